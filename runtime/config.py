@@ -1,0 +1,115 @@
+"""The model config: one dataclass from training to the bundle manifest to the runtime.
+
+Torch-free on purpose, so that the runtime reads the same facts the trainer wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_FACTORS = (4, 8, 16)
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Architecture and tokenization facts of a configurable VQ-VAE.
+
+    The downsampling factor ``f`` is ``2 ** (len(channel_mult) - 1)``: each level after the
+    first halves the resolution.
+    """
+
+    # image channels (RGB)
+    in_channels: int = 3
+    # width of the first level; level i is base_channels * channel_mult[i] wide
+    base_channels: int = 32
+    # one entry per resolution level; len(channel_mult) - 1 stride-2 steps set f
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    # residual blocks per level (encoder and decoder alike)
+    num_res_blocks: int = 1
+    # extra residual blocks at the latent resolution, on each side of the quantizer
+    num_mid_blocks: int = 2
+    # K, the number of codes
+    codebook_size: int = 1024
+    # C, the dimension of one code
+    code_dim: int = 16
+    # weight of the commitment term of the VQ loss
+    commitment_cost: float = 0.25
+    # codebook learnt by exponential moving averages instead of gradients
+    ema: bool = True
+    # decay of the EMA codebook and of the usage counts
+    ema_decay: float = 0.99
+    # a code whose EMA usage count falls below this is restarted from encoder outputs
+    dead_code_threshold: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        ints = {
+            "in_channels": self.in_channels,
+            "base_channels": self.base_channels,
+            "codebook_size": self.codebook_size,
+            "code_dim": self.code_dim,
+        }
+        for name, value in ints.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        if self.num_res_blocks < 0 or self.num_mid_blocks < 0:
+            raise ValueError("config num_res_blocks and num_mid_blocks must be >= 0")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"config channel_mult must be positive, got {self.channel_mult}")
+        if self.downsample_factor not in SUPPORTED_FACTORS:
+            raise ValueError(
+                f"config channel_mult {self.channel_mult} gives f={self.downsample_factor}; "
+                f"expected f in {SUPPORTED_FACTORS} (3, 4 or 5 levels)"
+            )
+        if self.codebook_size < 2:
+            raise ValueError("config codebook_size must be at least 2")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"config ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """f: image pixels per token along each side."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def bits_per_token(self) -> int:
+        """Whole bits that hold one index in [0, K)."""
+        return max(1, math.ceil(math.log2(self.codebook_size)))
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """log2(K) / f^2: the rate of the token map per image pixel."""
+        return math.log2(self.codebook_size) / self.downsample_factor**2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VQVAEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> VQVAEConfig:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model config not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model config {path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"model config {path} must hold a JSON object")
+        return cls.from_dict(d)
