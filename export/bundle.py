@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from vqedge.export.graphs import (
     EXPORTER,
     OPSET,
@@ -31,9 +32,10 @@ from vqedge.export.graphs import (
 from vqedge.export.validate import ExportValidationError, format_report, session, validate_fp32
 from vqedge.export.variants import fuse, to_fp16, to_int8
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
-from vqedge.models.data import default_train_paths, held_out_paths, load_rgb
+from vqedge.models.data import default_train_paths, held_out_paths
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float
+from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIZE_POLICY, sha256_file
 from vqedge.runtime.metrics import psnr
 
@@ -56,7 +58,7 @@ def _versions() -> dict[str, str]:
 
 def _validation_images(f: int) -> list[torch.Tensor]:
     """Real held-out photos at full size and at sizes never seen at trace time."""
-    photos = [load_rgb(p) for p in held_out_paths()]
+    photos = [read_image(p) for p in held_out_paths()]
     china, flower, chelsea = photos
     cases = [uint8_to_float(p) for p in photos]
     cases += [
@@ -72,7 +74,7 @@ def _calibration(f: int, n: int = 12, side: int = 128) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     arrays = []
     for path in default_train_paths()[:n]:
-        img = load_rgb(path)
+        img = read_image(path)
         y = rng.integers(0, img.shape[0] - side + 1)
         x = rng.integers(0, img.shape[1] - side + 1)
         arrays.append(uint8_to_float(img[y : y + side, x : x + side]))
@@ -84,7 +86,7 @@ def _held_out_quality(tokenizer: Path, f: int, ref_idx: list[np.ndarray] | None)
     s = session(tokenizer)
     psnrs, all_idx = [], []
     for path in held_out_paths():
-        img = load_rgb(path)
+        img = read_image(path)
         x = pad_to_multiple(uint8_to_float(img), f)
         idx, recon = s.run(None, {"image": x})
         if not np.isfinite(recon).all():
@@ -137,6 +139,11 @@ def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise FileExistsError(f"output {out} already exists: pass --force to replace it")
     parent = out.parent if str(out.parent) else Path(".")
+    for above in (parent, *parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise NotADirectoryError(f"cannot write the bundle: {above} is not a folder")
+            break
     parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write the bundle: {parent} is not writable")
@@ -187,8 +194,9 @@ def export_bundle(
     if unknown:
         raise ValueError(f"unknown precisions {sorted(unknown)}; expected fp32, fp16, int8")
     out = Path(out)
-    _prepare_out(out, force)
+    # the checkpoint is read before anything is created, so bad input leaves no trace
     model, ckpt = load_model(DEFAULT_PRETRAINED if checkpoint is None else checkpoint)
+    _prepare_out(out, force)
     model.eval()
     cfg, f = model.config, model.downsample_factor
     t0 = time.perf_counter()
@@ -200,6 +208,7 @@ def export_bundle(
             str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

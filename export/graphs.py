@@ -12,6 +12,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from vqedge.models.vqvae import VQTokenizerBase
 
 EXPORTER = "dynamo"  # torch.onnx.export(dynamo=True): torch.export-based, maintained
@@ -40,8 +41,11 @@ class QuantizerGraph(nn.Module):
     def __init__(self, model: VQTokenizerBase) -> None:
         super().__init__()
         self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
+        self.l2_normalize = model.quantize.l2_normalize
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.l2_normalize:  # the same projection as VectorQuantizer.project
+            latent = F.normalize(latent, dim=1)
         z = latent.permute(0, 2, 3, 1)  # [B, h, w, C]
         e = self.codebook_KC
         # the same formula, term order and argmin as VectorQuantizer.nearest

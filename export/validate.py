@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
+from vqedge.models.quantizer import VectorQuantizer
 from vqedge.models.vqvae import VQTokenizerBase
 
 LATENT_ATOL = 1e-4
@@ -43,14 +45,14 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def count_ties(
-    latent: torch.Tensor, codebook: torch.Tensor, idx_a: np.ndarray, idx_b: np.ndarray
+    quantizer: VectorQuantizer, latent: torch.Tensor, idx_a: np.ndarray, idx_b: np.ndarray
 ) -> tuple[int, int]:
     """(mismatches, ties) between two index maps [B, h, w] of the same latent [B, C, h, w]."""
     diff = idx_a != idx_b
     if not diff.any():
         return 0, 0
-    z = latent.permute(0, 2, 3, 1).double().numpy()[diff]  # [M, C]
-    e = codebook.double().numpy()
+    z = quantizer.project(latent).permute(0, 2, 3, 1).double().numpy()[diff]  # [M, C]
+    e = quantizer.get_codebook().double().numpy()
     d_a = ((z - e[idx_a[diff]]) ** 2).sum(1)
     d_b = ((z - e[idx_b[diff]]) ** 2).sum(1)
     scale = (z**2).sum(1) + (e[idx_a[diff]] ** 2).sum(1) + 1.0
@@ -68,7 +70,6 @@ def validate_fp32(model: VQTokenizerBase, graphs: dict[str, Path], images: list[
     """
     model.eval()
     s = {name: session(path) for name, path in graphs.items()}
-    codebook = model.quantize.get_codebook()
     results = []
     for x in images:
         latent = model.encode(x)
@@ -79,8 +80,8 @@ def validate_fp32(model: VQTokenizerBase, graphs: dict[str, Path], images: list[
         o_idx = s["quantizer"].run(None, {"latent": latent.numpy()})[0]
         o_img = s["decoder"].run(None, {"indices": t_idx.numpy()})[0]
         f_idx, f_img = s["tokenizer"].run(None, {"image": x.numpy()})
-        mism, ties = count_ties(latent, codebook, o_idx, t_idx.numpy())
-        f_mism, f_ties = count_ties(latent, codebook, f_idx, t_idx.numpy())
+        mism, ties = count_ties(model.quantize, latent, o_idx, t_idx.numpy())
+        f_mism, f_ties = count_ties(model.quantize, latent, f_idx, t_idx.numpy())
         # the fused reconstruction is compared with PyTorch decoding the same tokens
         f_ref = model.decode_indices(torch.from_numpy(f_idx)).numpy()
         r = CaseResult(

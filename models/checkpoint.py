@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
 from vqedge.models.vqvae import VQVAE
+from vqedge.runtime.atomic import fsync_dir, write_bytes_atomic
 from vqedge.runtime.config import VQVAEConfig
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -31,28 +33,6 @@ WEIGHTS, CONFIG, STATE, OPTIM, RNG = (
     "optimizer.safetensors",
     "rng.safetensors",
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -102,14 +82,15 @@ def save_checkpoint(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if final.exists():  # re-saving a step (after a resume): move the old one aside first
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(run)
+        fsync_dir(run)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_text_atomic(run / "latest", final.name + "\n")
+    write_bytes_atomic(run / "latest", (final.name + "\n").encode())
     for old in sorted(run.glob("ckpt-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from vqedge.runtime.images import uint8_to_float
+from vqedge.runtime.inputs import read_image
 
 # (package, path inside the package): natural photos, grayscale ones included as RGB.
 DEFAULT_TRAIN = [
@@ -65,30 +65,9 @@ def held_out_paths() -> list[Path]:
     return [package_file(pkg, rel) for pkg, rel in HELD_OUT]
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Image files (PNG, JPEG, WebP) under ``folder``, recursively, in sorted order."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
-    return paths
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB [H, W, 3]; a clear ValueError if it is unreadable."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-
-
 def uint8_to_tensor(img_HWC: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [1, 3, H, W] in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(img_HWC)).permute(2, 0, 1).float()
-    return (x / 127.5 - 1.0).unsqueeze(0)
+    return torch.from_numpy(uint8_to_float(img_HWC))
 
 
 def load_images(paths: list[Path]) -> list[np.ndarray]:
@@ -96,7 +75,7 @@ def load_images(paths: list[Path]) -> list[np.ndarray]:
     images = []
     for p in paths:
         try:
-            images.append(load_rgb(p))
+            images.append(read_image(p))
         except ValueError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
     if not images:

@@ -26,6 +26,9 @@ class VectorQuantizer(nn.Module):
     dead_code_threshold : float
         In training, codes whose EMA usage count falls below this are restarted from random
         latents of the current batch. 0 turns restarts off.
+    l2_normalize : bool
+        Compare directions only: latents and codes are scaled to unit length before the
+        lookup (cosine similarity), which keeps far more codes in use.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class VectorQuantizer(nn.Module):
         ema: bool = False,
         decay: float = 0.99,
         dead_code_threshold: float = 0.0,
+        l2_normalize: bool = False,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -45,6 +49,7 @@ class VectorQuantizer(nn.Module):
         self.ema = ema
         self.decay = decay
         self.dead_code_threshold = dead_code_threshold
+        self.l2_normalize = l2_normalize
         self.eps = eps
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
@@ -54,13 +59,22 @@ class VectorQuantizer(nn.Module):
             self.embedding.weight.requires_grad_(False)
             self.register_buffer("ema_sum", self.embedding.weight.data.clone())
 
+    def codes(self) -> torch.Tensor:
+        """The effective codebook [K, C] (unit rows with l2_normalize), with its gradient."""
+        w = self.embedding.weight
+        return F.normalize(w, dim=1) if self.l2_normalize else w
+
     def get_codebook(self) -> torch.Tensor:
-        """The codebook, [K, C]."""
-        return self.embedding.weight.data
+        """The codebook, [K, C]: what the decoder receives for each index."""
+        return self.codes().detach()
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """The latent as the lookup sees it: unit length along dim 1 with l2_normalize."""
+        return F.normalize(z, dim=1) if self.l2_normalize else z
 
     def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``z_NC`` [N, C] -> [N] (int64)."""
-        e_KC = self.embedding.weight
+        e_KC = self.codes()
         # |z|^2 + |e|^2 - 2 z.e: exports as MatMul + ArgMin (torch.cdist exports badly).
         d_NK = (
             z_NC.pow(2).sum(1, keepdim=True) + e_KC.pow(2).sum(1)[None, :] - 2.0 * z_NC @ e_KC.t()
@@ -81,14 +95,14 @@ class VectorQuantizer(nn.Module):
         B, C, H, W = z.shape
         if self.embedding_dim != C:
             raise ValueError(f"quantizer expects {self.embedding_dim} channels, got {C}")
-        z_NC = z.permute(0, 2, 3, 1).reshape(-1, C)
+        z_NC = self.project(z).permute(0, 2, 3, 1).reshape(-1, C)
         with torch.no_grad():
             idx_N = self.nearest(z_NC.detach())
         if self.training:
             self._update(z_NC.detach(), idx_N)
             if self.dead_code_threshold > 0:
                 self._restart_dead_codes(z_NC.detach())
-        q_NC = F.embedding(idx_N, self.embedding.weight)
+        q_NC = F.embedding(idx_N, self.codes())
         commitment = F.mse_loss(z_NC, q_NC.detach())
         if self.ema:
             loss = self.commitment_cost * commitment

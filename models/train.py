@@ -15,17 +15,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
 from vqedge.models.checkpoint import load_model, load_training, resolve_checkpoint, save_checkpoint
 from vqedge.models.data import (
     CropSampler,
     default_train_paths,
-    find_images,
     held_out_paths,
     load_images,
     uint8_to_tensor,
 )
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.inputs import find_images
 from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
 
 

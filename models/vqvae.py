@@ -10,13 +10,13 @@ single-scale model has one scale, l = h * w tokens in row-major order.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from vqedge.models.quantizer import VectorQuantizer
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.inputs import token_map_hw
 
 
 def check_images(img: torch.Tensor, channels: int = 3) -> None:
@@ -72,7 +72,7 @@ class VQTokenizerBase(nn.Module):
 
     def decode_indices(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Token map [B, h, w] -> images [B, 3, h*f, w*f]."""
-        q = F.embedding(idx_Bhw, self.quantize.embedding.weight)  # [B, h, w, C]
+        q = F.embedding(idx_Bhw, self.quantize.get_codebook())  # [B, h, w, C]
         return self.decode(q.permute(0, 3, 1, 2).contiguous())
 
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,15 +133,7 @@ class VQTokenizerBase(nn.Module):
             return idx
         if idx.dim() != 2:
             raise ValueError(f"a scale's indices must be [B, l] or [B, h, w], got {idx.shape}")
-        B, L = idx.shape
-        if hw is None:
-            side = math.isqrt(L)
-            if side * side != L:
-                raise ValueError(f"{L} tokens are not a square map: pass hw=(h, w)")
-            hw = (side, side)
-        if hw[0] * hw[1] != L:
-            raise ValueError(f"hw={hw} does not match {L} tokens per image")
-        return idx.view(B, *hw)
+        return idx.view(idx.shape[0], *token_map_hw(idx.shape[1], hw))
 
 
 class SimpleVQVAE(VQTokenizerBase):
@@ -213,6 +205,7 @@ class VQVAE(VQTokenizerBase):
             ema=cfg.ema,
             decay=cfg.ema_decay,
             dead_code_threshold=cfg.dead_code_threshold,
+            l2_normalize=cfg.l2_normalize,
         )
 
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, chs[-1], 3, padding=1), nn.ReLU()]

@@ -40,6 +40,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         codebook_size=args.codebook_size,
         code_dim=args.code_dim,
         ema=not args.no_ema,
+        l2_normalize=args.l2,
+        dead_code_threshold=args.dead_threshold,
     )
     tc = TrainConfig(
         data=args.data,
@@ -90,6 +92,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook-size", type=int, default=1024, help="K")
     p.add_argument("--code-dim", type=int, default=16, help="C")
     p.add_argument("--no-ema", action="store_true", help="learn the codebook by gradients")
+    p.add_argument("--l2", action="store_true", help="cosine lookup (unit latents and codes)")
+    p.add_argument("--dead-threshold", type=float, default=1.0, help="restart codes below")
     p.set_defaults(func=_cmd_train)
 
 
@@ -121,8 +125,214 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+# -- runtime commands (numpy + onnxruntime only) --------------------------------------------
+
+# above this side, the CLI tokenizes tile by tile (bounded memory, same tokens)
+TILE_ABOVE = 1024
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
+    p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
+
+
+def _load(args: argparse.Namespace):
+    from vqedge.runtime.tokenizer import Tokenizer
+
+    return Tokenizer.load(
+        args.bundle, providers=args.providers, precision=args.precision, threads=args.threads
+    )
+
+
+def _progress(items: list, desc: str):
+    """tqdm when it is installed and there are several items; the plain list otherwise."""
+    if len(items) < 2:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="img")
+
+
+def _expand_inputs(inputs: list[str]) -> list[tuple]:
+    """(path, name relative to its root) for every file given or found in a folder."""
+    from pathlib import Path
+
+    from vqedge.runtime.inputs import find_images
+
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += [(f, f.relative_to(p)) for f in find_images(p)]
+        elif p.exists():
+            out.append((p, Path(p.name)))
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    return out
+
+
+def _tokenize_file(tok, path) -> tuple:
+    """(indices [1, h, w], uint8 image [H, W, 3]) of one image file, tiled when large."""
+    from vqedge.runtime.inputs import read_image
+
+    img = read_image(path)
+    if max(img.shape[:2]) > TILE_ABOVE:
+        return tok.encode_tiled(img), img
+    return tok.encode(img), img
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vqedge.runtime.tokens import save_tokens
+
+    files = _expand_inputs(args.images)
+    out = Path(args.output)
+    single_file = len(files) == 1 and out.suffix == ".vqt"
+    tok = _load(args)
+    failures, total_bytes, total_px = [], 0, 0
+    for path, rel in _progress(files, "encode"):
+        try:
+            idx, img = _tokenize_file(tok, path)
+        except ValueError as e:
+            failures.append(f"{path}: {e}")
+            continue
+        target = out if single_file else out / rel.with_suffix(".vqt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        total_bytes += save_tokens(
+            target, idx, tok.codebook_size, tok.bundle_sha256, image_size=img.shape[:2]
+        )
+        total_px += img.shape[0] * img.shape[1]
+    for f in failures:
+        print(f"vqedge encode: skipped {f}", file=sys.stderr)
+    done = len(files) - len(failures)
+    if done:
+        print(f"encoded {done} image(s) to {out}: {8 * total_bytes / total_px:.3f} bits per pixel")
+    if failures:
+        return EXIT_PARTIAL if done else EXIT_ERROR
+    return EXIT_OK
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from vqedge.runtime.tokens import load_tokens
+
+    tok = _load(args)
+    tf = load_tokens(args.tokens, bundle_sha256=tok.bundle_sha256, force=args.force)
+    if tf.codebook_size != tok.codebook_size:
+        raise ValueError(
+            f"{args.tokens} holds indices for K={tf.codebook_size}, the bundle has "
+            f"K={tok.codebook_size}"
+        )
+    idx = tf.indices
+    if idx.shape[0] != 1:
+        raise ValueError(f"{args.tokens} holds {idx.shape[0]} images; decode writes one")
+    size = tuple(tf.image_size) if tf.image_size else None
+    big = max(idx.shape[1:]) * tok.f > TILE_ABOVE
+    img = tok.decode_tiled(idx, size=size) if big else tok.decode(idx, size=size)
+    Image.fromarray(img[0]).save(args.output)
+    print(f"decoded {args.tokens} to {args.output} ({img.shape[2]}x{img.shape[1]})")
+    return EXIT_OK
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from vqedge.runtime.metrics import psnr
+
+    tok = _load(args)
+    idx, img = _tokenize_file(tok, args.image)
+    big = max(img.shape[:2]) > TILE_ABOVE
+    dec = tok.decode_tiled if big else tok.decode
+    recon = dec(idx, size=img.shape[:2])[0]
+    Image.fromarray(recon).save(args.output)
+    bpp = tok.config.bits_per_token * idx.size / (img.shape[0] * img.shape[1])
+    print(
+        f"{args.image} -> {args.output}: PSNR {psnr(recon, img):.2f} dB, "
+        f"{bpp:.3f} bits per pixel ({idx.shape[1]}x{idx.shape[2]} tokens, K={tok.codebook_size}, "
+        f"{tok.precision} on {tok.info['providers_in_use']['encoder'][0]})"
+    )
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    import onnxruntime as ort
+
+    from vqedge.runtime.providers import installed_runtimes, runtime_clash
+    from vqedge.runtime.tokenizer import list_bundles
+
+    args.bundle = args.bundle_arg or args.bundle
+    tok = _load(args)
+    m = tok.manifest
+    info = tok.info
+    lines = [
+        f"bundle      {info['bundle']} ({info['name']}, {info['kind']})",
+        f"model       f={tok.f}, K={tok.codebook_size}, code dim {tok.config.code_dim}, "
+        f"{tok.config.bits_per_pixel:.3f} bits per pixel",
+        f"input       {m['input']['color']} {m['input']['layout']} {m['input']['dtype']} in "
+        f"{m['input']['range']}, sizes: {m['input']['size_policy']}",
+        f"export      {m['export']['exporter']} exporter, opset {m['export']['opset']}, "
+        f"IR {m['export']['ir_version']}, torch {m['export']['producers']['torch']}",
+        "variants    "
+        + ", ".join(
+            f"{p} ({v['quality']['size_bytes'] / 1e6:.1f} MB, "
+            f"{v['quality']['held_out_psnr']:.2f} dB)"
+            for p, v in m["variants"].items()
+        ),
+        f"shipped     {', '.join(list_bundles()) or 'none'}",
+        f"onnxruntime {', '.join(installed_runtimes())}",
+        f"available   {', '.join(ort.get_available_providers())}",
+        f"in use      {info['precision']} on {', '.join(info['providers_in_use']['encoder'])}",
+    ]
+    clash = runtime_clash()
+    if clash:
+        lines.append(f"WARNING     {clash}")
+    print(json.dumps(info, indent=2) if args.json else "\n".join(lines))
+    return EXIT_OK
+
+
+def _add_runtime(sub: argparse._SubParsersAction) -> None:
+    d = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("encode", help="images -> token files (.vqt)", formatter_class=d)
+    p.add_argument("images", nargs="+", help="image files or folders (recursive)")
+    p.add_argument("-o", "--output", required=True, help="folder, or a .vqt file for one image")
+    _runtime_args(p)
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help="a token file -> image", formatter_class=d)
+    p.add_argument("tokens", help="a .vqt token file")
+    p.add_argument("-o", "--output", required=True, help="image file to write (PNG)")
+    p.add_argument("--force", action="store_true", help="accept tokens of another bundle")
+    _runtime_args(p)
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("reconstruct", help="image -> tokens -> image; PSNR", formatter_class=d)
+    p.add_argument("image", help="an image file")
+    p.add_argument("-o", "--output", required=True, help="image file to write (PNG)")
+    _runtime_args(p)
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("info", help="bundle facts and execution providers", formatter_class=d)
+    p.add_argument("bundle_arg", nargs="?", metavar="BUNDLE", help="bundle (default: shipped)")
+    p.add_argument("--json", action="store_true", help="print the info as JSON")
+    _runtime_args(p)
+    p.set_defaults(func=_cmd_info)
+
+
 # Each stage adds its subcommands here as it lands.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_export]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_export,
+    _add_runtime,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from vqedge.runtime.providers import ProviderError
+
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ProviderError) as e:
         print(f"vqedge {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class VQVAEConfig:
     ema_decay: float = 0.99
     # a code whose EMA usage count falls below this is restarted from encoder outputs
     dead_code_threshold: float = 1.0
+    # look codes up by direction (unit-length latents and codes, cosine similarity)
+    l2_normalize: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))

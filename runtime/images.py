@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from vqedge.runtime.metrics import to_uint8
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from vqedge.runtime.config import VQVAEConfig
 
 
@@ -19,6 +20,7 @@ def tiny_config() -> VQVAEConfig:
 def photo_folder(tmp_path):
     """A folder of small real photo crops (from the packaged photos), PNG and JPEG."""
     from PIL import Image
+
     from vqedge.models.data import default_train_paths
 
     out = tmp_path / "photos"

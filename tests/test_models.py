@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from vqedge.models import VQVAE, SimpleVQVAE
 from vqedge.runtime.config import VQVAEConfig
 

@@ -1,4 +1,5 @@
 import torch
+
 from vqedge.models import VectorQuantizer
 
 

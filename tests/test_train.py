@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from vqedge.models import VQVAE
 from vqedge.models.checkpoint import load_model, load_pretrained, save_checkpoint
-from vqedge.models.data import CropSampler, find_images, load_images
+from vqedge.models.data import CropSampler, load_images
 from vqedge.models.train import TrainConfig, train
+from vqedge.runtime.inputs import find_images
 
 TINY_ARGS = [
     "--base-channels",

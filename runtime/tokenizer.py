@@ -1,0 +1,338 @@
+"""The Tokenizer: a bundle's graphs on onnxruntime, image <-> token map, numpy in and out."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.images import float_to_uint8, pad_to_multiple
+from vqedge.runtime.inputs import check_indices, to_batch, to_uint8_image, token_map_hw
+from vqedge.runtime.manifest import (
+    MANIFEST,
+    BundleError,
+    manifest_config,
+    read_manifest,
+    sha256_file,
+)
+from vqedge.runtime.providers import (
+    ProviderList,
+    make_session,
+    provider_names,
+    resolve_providers,
+)
+from vqedge.runtime.tiling import decode_tiled, encode_tiled
+
+BUNDLES_DIR = Path(__file__).parent / "bundles"
+DEFAULT_BUNDLE = "vqvae-f4"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# largest image side accepted by the untiled methods (tiled ones take any size)
+DEFAULT_MAX_SIDE = 4096
+# providers whose outputs can stay in CUDA memory between sessions (IO binding)
+CUDA_DEVICE = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def list_bundles() -> list[str]:
+    """Names of the bundles shipped inside the package."""
+    if not BUNDLES_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
+def bundle_path(bundle: str | Path | None) -> Path:
+    """A bundle folder from a path or a shipped bundle's name (None: the default)."""
+    if bundle is None:
+        bundle = DEFAULT_BUNDLE
+    p = Path(bundle)
+    if p.is_dir():
+        return p
+    if isinstance(bundle, str) and (BUNDLES_DIR / bundle).is_dir():
+        return BUNDLES_DIR / bundle
+    raise BundleError(
+        f"no bundle at {bundle!r}: pass a bundle folder or one of the shipped bundles "
+        f"{list_bundles()}"
+    )
+
+
+class Tokenizer:
+    """Image <-> token map with an exported bundle, on onnxruntime.
+
+    Images go in as file paths, PIL images, uint8 [H, W, 3] / [N, H, W, 3] arrays, or
+    float32 [N, 3, H, W] arrays in [-1, 1]. A size that is not a multiple of f is edge-padded
+    at the bottom and right, and reconstructions are cropped back.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        providers: ProviderList,
+        providers_arg: str | ProviderList,
+        precision: str,
+        options: ort.SessionOptions,
+        strict: bool,
+        max_side: int,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.config: VQVAEConfig = manifest_config(manifest)
+        self.f = self.config.downsample_factor
+        self.codebook_size = self.config.codebook_size
+        self.precision = precision
+        self.max_side = max_side
+        self._providers = providers
+        # The quantizer's argmin runs at full precision whatever the precision asked for:
+        # bf16 distances flip about half of the tokens.
+        self._providers_exact = resolve_providers(providers_arg, "fp32")
+        self._options = options
+        self._strict = strict
+        self._variant = manifest["variants"]["fp32" if precision == "bf16" else precision]
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._codebook: np.ndarray | None = None
+        # identity of the bundle, written into token files
+        self.bundle_sha256 = sha256_file(root / MANIFEST)
+        # Fail at load, not at first use, when a provider asked for does not run.
+        self._session("encoder")
+        # On a GPU, keep the latent on the device between encoder and quantizer.
+        self.io_binding = provider_names(providers)[0] in CUDA_DEVICE
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path | None = None,
+        providers: str | ProviderList = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+        strict: bool = True,
+        session_options: ort.SessionOptions | None = None,
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> Tokenizer:
+        """Load a bundle.
+
+        Parameters
+        ----------
+        bundle : str or Path, optional
+            A bundle folder, or the name of a shipped bundle (``list_bundles()``); None loads
+            the shipped default.
+        providers : "auto", a provider name, or a list of names / (name, options) pairs
+            "auto" takes the best available of TensorRT, CUDA, ROCm, DirectML, CoreML,
+            OpenVINO, then the CPU provider. A list is passed to onnxruntime as it is.
+        precision : {"fp32", "fp16", "bf16", "int8"}
+            The bundle variant to run. bf16 runs the fp32 graphs at bf16 on the OpenVINO
+            provider.
+        threads : int, optional
+            Intra-op threads per session (default: onnxruntime's choice).
+        strict : bool
+            Raise when a provider that was asked for does not run (else warn loudly).
+        session_options : onnxruntime.SessionOptions, optional
+            Used as given (``threads`` then does not apply).
+        max_side : int
+            Largest image side the untiled methods accept.
+
+        Raises
+        ------
+        BundleError
+            Missing bundle, tampered or missing file, a newer format, an absent variant.
+        ProviderError
+            With ``strict``, a provider that was asked for does not run.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        root = bundle_path(bundle)
+        manifest = read_manifest(root, verify=True)
+        variant = "fp32" if precision == "bf16" else precision
+        if variant not in manifest["variants"]:
+            raise BundleError(
+                f"bundle {root.name} has no {variant} variant (it has "
+                f"{sorted(manifest['variants'])}); export it with --precisions {variant}"
+            )
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            if threads:
+                session_options.intra_op_num_threads = threads
+            session_options.inter_op_num_threads = 1
+        resolved = resolve_providers(providers, precision)
+        return cls(
+            root, manifest, resolved, providers, precision, session_options, strict, max_side
+        )
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _session(self, graph: str) -> ort.InferenceSession:
+        sess = self._sessions.get(graph)
+        if sess is None:
+            path = self.root / self._variant["graphs"][graph]["file"]
+            exact = graph == "quantizer" and self.precision == "bf16"
+            providers = self._providers_exact if exact else self._providers
+            sess = make_session(path, providers, self._options, self._strict, self.precision)
+            self._sessions[graph] = sess
+        return sess
+
+    def _run(self, graph: str, name: str, x: np.ndarray) -> list[np.ndarray]:
+        return self._session(graph).run(None, {name: x})
+
+    # -- facts ----------------------------------------------------------------------------
+
+    @property
+    def codebook(self) -> np.ndarray:
+        """The codebook, float32 [K, C]."""
+        if self._codebook is None:
+            self._codebook = np.load(self.root / self.manifest["codebook"]["file"])
+        return self._codebook
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Model facts, the precision, and the providers actually running each session."""
+        return {
+            "bundle": str(self.root),
+            "name": self.manifest.get("name"),
+            "kind": self.manifest.get("kind", "single-scale"),
+            "downsample_factor": self.f,
+            "codebook_size": self.codebook_size,
+            "code_dim": self.config.code_dim,
+            "bits_per_pixel": self.config.bits_per_pixel,
+            "precision": self.precision,
+            "providers_requested": provider_names(self._providers),
+            "providers_in_use": {g: s.get_providers() for g, s in self._sessions.items()},
+            "io_binding": self.io_binding,
+            "quality": self._variant.get("quality"),
+        }
+
+    def token_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the token map of an H x W image."""
+        return math.ceil(height / self.f), math.ceil(width / self.f)
+
+    # -- the stages -----------------------------------------------------------------------
+
+    def _prepare(self, images: Any) -> tuple[np.ndarray, tuple[int, int]]:
+        x = to_batch(images, self.max_side)
+        size = (x.shape[2], x.shape[3])
+        return pad_to_multiple(x, self.f), size
+
+    def encode_latent(self, images: Any) -> np.ndarray:
+        """Images -> latent float32 [B, C, h, w] (the encoder graph alone)."""
+        x, _ = self._prepare(images)
+        return self._run("encoder", "image", x)[0]
+
+    def quantize(self, latent: np.ndarray) -> np.ndarray:
+        """Latent [B, C, h, w] -> indices int64 [B, h, w] (the quantizer graph alone)."""
+        return self._run("quantizer", "latent", np.ascontiguousarray(latent, dtype=np.float32))[0]
+
+    def encode(self, images: Any) -> np.ndarray:
+        """Images -> token indices int64 [B, h, w], h = ceil(H / f), w = ceil(W / f)."""
+        x, _ = self._prepare(images)
+        return self._encode_prepared(x)
+
+    def _encode_prepared(self, x: np.ndarray) -> np.ndarray:
+        if self.io_binding:
+            return self._encode_bound(x)
+        return self.quantize(self._run("encoder", "image", x)[0])
+
+    def _encode_bound(self, x: np.ndarray) -> np.ndarray:
+        """Encoder -> quantizer with the latent left on the device between the two graphs."""
+        device = "cuda" if provider_names(self._providers)[0] in CUDA_DEVICE else "cpu"
+        enc, quant = self._session("encoder"), self._session("quantizer")
+        b1 = enc.io_binding()
+        b1.bind_cpu_input("image", x)
+        b1.bind_output("latent", device)
+        enc.run_with_iobinding(b1)
+        latent = b1.get_outputs()[0]
+        b2 = quant.io_binding()
+        b2.bind_ortvalue_input("latent", latent)
+        b2.bind_output("indices", "cpu")
+        quant.run_with_iobinding(b2)
+        return b2.copy_outputs_to_cpu()[0]
+
+    def decode(
+        self, indices: Any, output: str = "uint8", size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Token indices [B, h, w] (or [h, w]) -> images.
+
+        Parameters
+        ----------
+        output : {"uint8", "float"}
+            uint8 [B, H, W, 3], or float32 [B, 3, H, W] in [-1, 1].
+        size : (H, W), optional
+            Crop to this original image size (default: the full h*f x w*f).
+        """
+        idx = check_indices(indices, self.codebook_size)
+        img = self._run("decoder", "indices", idx)[0]
+        return self._finish(img, size, output)
+
+    def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
+        """Images -> (reconstructions at the input size, indices [B, h, w]), in one graph."""
+        x, size = self._prepare(images)
+        if self.precision == "bf16":  # the fused graph would run its quantizer at bf16
+            idx = self._encode_prepared(x)
+            return self._finish(self._run("decoder", "indices", idx)[0], size, output), idx
+        idx, img = self._run("tokenizer", "image", x)
+        return self._finish(img, size, output), idx
+
+    @staticmethod
+    def _finish(img: np.ndarray, size: tuple[int, int] | None, output: str) -> np.ndarray:
+        if output not in ("uint8", "float"):
+            raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
+        if size is not None:
+            img = img[:, :, : size[0], : size[1]]
+        return float_to_uint8(img) if output == "uint8" else np.ascontiguousarray(img)
+
+    # -- any size, bounded memory (see vqedge.runtime.tiling) -----------------------------
+
+    def encode_tiled(self, image: Any, tile: int = 512, overlap: int = 64) -> np.ndarray:
+        """One image of any size -> token map int64 [1, h, w], tile by tile."""
+        return encode_tiled(self, to_uint8_image(image), tile, overlap)
+
+    def decode_tiled(
+        self,
+        indices: Any,
+        tile: int = 512,
+        overlap: int = 64,
+        size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """One token map [1, h, w] -> uint8 image [1, H, W, 3], tile by tile."""
+        return decode_tiled(self, check_indices(indices, self.codebook_size), tile, overlap, size)
+
+    def reconstruct_tiled(
+        self, image: Any, tile: int = 512, overlap: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One image of any size -> (uint8 reconstruction [1, H, W, 3], indices [1, h, w])."""
+        img = to_uint8_image(image)
+        idx = encode_tiled(self, img, tile, overlap)
+        return decode_tiled(self, idx, tile, overlap, size=img.shape[:2]), idx
+
+    # -- VAR-style token lists ------------------------------------------------------------
+
+    def img_to_idxBl(self, images: Any) -> list[np.ndarray]:
+        """Images -> idx_Bl: one int64 [B, h*w] array per scale (one scale here)."""
+        idx = self.encode(images)
+        return [idx.reshape(idx.shape[0], -1)]
+
+    def idxBl_to_img(
+        self, idx_Bl: list[np.ndarray], hw: tuple[int, int] | None = None, output: str = "uint8"
+    ) -> np.ndarray:
+        """idx_Bl -> images; the last scale is decoded ([B, h, w], or [B, l] with ``hw``;
+        a [B, l] without ``hw`` is taken as a square map)."""
+        if not idx_Bl:
+            raise ValueError("idx_Bl must hold at least one scale")
+        idx = np.asarray(idx_Bl[-1])
+        if idx.ndim == 2:
+            idx = idx.reshape(idx.shape[0], *token_map_hw(idx.shape[1], hw))
+        return self.decode(idx, output=output)
+
+    def idxBl_to_var_input(self, idx_Bl: list[np.ndarray]) -> np.ndarray:
+        """idx_Bl -> code embeddings of every token as one sequence, float32 [B, L, C]."""
+        if not idx_Bl:
+            raise ValueError("idx_Bl must hold at least one scale")
+        flat = np.concatenate([np.asarray(i).reshape(len(i), -1) for i in idx_Bl], axis=1)
+        flat = check_indices(flat[:, None, :], self.codebook_size)[:, 0]  # [B, L]
+        return self.codebook[flat]
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer({self.root.name}, f={self.f}, K={self.codebook_size}, "
+            f"precision={self.precision}, providers={provider_names(self._providers)})"
+        )

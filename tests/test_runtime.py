@@ -1,0 +1,276 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from vqedge.export.validate import count_ties
+from vqedge.models import load_pretrained
+from vqedge.models.data import held_out_paths
+from vqedge.runtime.images import uint8_to_float
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import BundleError
+from vqedge.runtime.metrics import psnr
+from vqedge.runtime.providers import ProviderError, resolve_providers
+from vqedge.runtime.tokenizer import Tokenizer, bundle_path, list_bundles
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.load()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    return [read_image(p) for p in held_out_paths()]
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle_path(None), dst)
+    return dst
+
+
+def test_shipped_default_is_listed():
+    assert "vqvae-f4" in list_bundles()
+
+
+def test_runtime_matches_pytorch_on_held_out(tok, model, photos):
+    for img in photos:
+        idx = tok.encode(img)
+        x = torch.from_numpy(uint8_to_float(img))
+        with torch.no_grad():
+            t_recon, _, t_idx = model(x)
+            latent = model.encode(
+                torch.nn.functional.pad(
+                    x, (0, -x.shape[3] % 4, 0, -x.shape[2] % 4), mode="replicate"
+                )
+            )
+        mism, ties = count_ties(model.quantize, latent, idx, t_idx.numpy())
+        assert mism == ties, f"{mism - ties} non-tie index differences"
+        # decode the same tokens on both sides: reconstruction within the export tolerance
+        recon = tok.decode(t_idx.numpy(), output="float", size=img.shape[:2])
+        assert np.abs(recon - t_recon.numpy()).max() < 1e-3
+
+
+def test_variants_meet_their_reported_quality(photos):
+    reported = {}
+    for precision in ("fp32", "fp16", "int8"):
+        t = Tokenizer.load(precision=precision)
+        scores = [psnr(t.reconstruct(img)[0][0], img) for img in photos]
+        q = t.info["quality"]
+        assert abs(np.mean(scores) - q["held_out_psnr"]) < 0.05, precision
+        reported[precision] = np.mean(scores)
+    assert reported["int8"] >= reported["fp32"] - 0.5
+
+
+def test_input_forms_agree(tok, photos, tmp_path):
+    img = photos[2][:64, :96]
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    ref = tok.encode(img)
+    assert ref.shape == (1, 16, 24) and ref.dtype == np.int64
+    assert np.array_equal(tok.encode(str(path)), ref)
+    assert np.array_equal(tok.encode(path), ref)
+    assert np.array_equal(tok.encode(Image.open(path)), ref)
+    assert np.array_equal(tok.encode(img[None]), ref)
+    assert np.array_equal(tok.encode(uint8_to_float(img)), ref)
+    assert np.array_equal(tok.encode([img, img]), np.concatenate([ref, ref]))
+
+
+def test_sizes_not_multiple_of_f(tok, photos):
+    img = photos[1][:37, :50]
+    recon, idx = tok.reconstruct(img)
+    assert recon.shape == (1, 37, 50, 3) and idx.shape == (1, 10, 13)
+    assert tok.decode(idx).shape == (1, 40, 52, 3)
+    assert tok.decode(idx, size=(37, 50)).shape == (1, 37, 50, 3)
+    float_out = tok.decode(idx, output="float")
+    assert float_out.dtype == np.float32 and float_out.shape == (1, 3, 40, 52)
+    assert float_out.min() >= -1.0 and float_out.max() <= 1.0
+
+
+def test_idxBl_api_matches_pytorch(tok, model, photos):
+    img = photos[0][:64, :64]
+    idx_Bl = tok.img_to_idxBl(img)
+    t_idx_Bl = model.img_to_idxBl(torch.from_numpy(uint8_to_float(img)))
+    assert len(idx_Bl) == 1 and idx_Bl[0].shape == (1, 256)
+    assert np.array_equal(idx_Bl[0], t_idx_Bl[0].numpy())
+    var = tok.idxBl_to_var_input(idx_Bl)
+    assert np.allclose(var, model.idxBl_to_var_input(t_idx_Bl).numpy())
+    out = tok.idxBl_to_img(idx_Bl, output="float")
+    assert np.abs(out - model.idxBl_to_img(t_idx_Bl).numpy()).max() < 1e-3
+    with pytest.raises(ValueError, match="square"):
+        tok.idxBl_to_img([np.zeros((1, 15), np.int64)])
+
+
+def test_io_binding_path_gives_same_tokens(photos):
+    t = Tokenizer.load()
+    ref = t.encode(photos[2])
+    t.io_binding = True  # the GPU path, exercised here on the CPU device
+    assert np.array_equal(t.encode(photos[2]), ref)
+
+
+def test_tiled_matches_untiled_away_from_seams(tok, photos):
+    img = photos[2]  # 300 x 451: several 128-pixel tiles with seams inside
+    recon, idx = tok.reconstruct(img)
+    recon_t, idx_t = tok.reconstruct_tiled(img, tile=128, overlap=64)
+    assert idx_t.shape == idx.shape
+    assert (idx_t == idx).mean() > 0.999
+    assert np.abs(recon_t.astype(int) - recon.astype(int)).max() <= 1
+    # a margin smaller than the receptive field shows the seams: the overlap matters
+    recon_small, _ = tok.reconstruct_tiled(img, tile=64, overlap=0)
+    assert np.abs(recon_small.astype(int) - recon.astype(int)).max() > 1
+
+
+def test_codebook_and_info(tok):
+    assert tok.codebook.shape == (1024, 16) and tok.codebook.dtype == np.float32
+    info = tok.info
+    assert info["downsample_factor"] == 4 and info["codebook_size"] == 1024
+    assert info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]
+    assert info["precision"] == "fp32" and info["kind"] == "single-scale"
+
+
+def test_provider_selection_and_strict_mode():
+    assert resolve_providers("auto", "fp32") == ["CPUExecutionProvider"]
+    assert resolve_providers("cpu", "fp32") == ["CPUExecutionProvider"]
+    # OpenVINO is not installed in this environment: strict refuses, lenient warns loudly
+    with pytest.raises(ProviderError, match="OpenVINOExecutionProvider"):
+        Tokenizer.load(providers=["OpenVINOExecutionProvider"])
+    with pytest.warns(RuntimeWarning, match="OpenVINOExecutionProvider"):
+        t = Tokenizer.load(providers=["OpenVINOExecutionProvider"], strict=False)
+    assert t.info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]
+    with pytest.raises(ProviderError, match="bf16 runs on the OpenVINO"):
+        Tokenizer.load(precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Tokenizer.load(precision="fp8")
+
+
+def test_runtime_import_never_imports_torch():
+    code = (
+        "import sys, vqedge.runtime, vqedge.runtime.tokenizer, vqedge.runtime.cli, "
+        "vqedge.runtime.tokens, vqedge.runtime.tiling\n"
+        "from vqedge.runtime.tokenizer import Tokenizer\n"
+        "Tokenizer.load().encode(__import__('numpy').zeros((8, 8, 3), 'uint8'))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
+    target = bundle_copy / "fp32" / "decoder.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="fp32/decoder.onnx does not match its sha256"):
+        Tokenizer.load(bundle_copy)
+    target.unlink()
+    with pytest.raises(BundleError, match="fp32/decoder.onnx is missing"):
+        Tokenizer.load(bundle_copy)
+
+
+def test_newer_bundle_format_is_refused(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["format_version"] = 99
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version 99"):
+        Tokenizer.load(bundle_copy)
+
+
+def test_unknown_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="no bundle"):
+        Tokenizer.load("no-such-bundle")
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        Tokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((8, 8), np.uint8), "uint8 images must be RGB"),
+        (np.zeros((8, 8, 4), np.uint8), "uint8 images must be RGB"),
+        (np.zeros((1, 4, 8, 8), np.float32), r"\[N, 3, H, W\]"),
+        (np.full((1, 3, 8, 8), np.nan, np.float32), "NaN"),
+        (np.full((1, 3, 8, 8), 2.0, np.float32), r"in \[-1, 1\]"),
+        (np.zeros((0, 3, 8, 8), np.float32), "empty batch"),
+        (np.zeros((1, 3, 8, 8), np.int32), "dtype"),
+        ([], "empty batch"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)], "share a size"),
+        (np.zeros((1, 3, 8, 5000), np.float32), "exceeds the limit"),
+    ],
+)
+def test_bad_images_give_clear_errors(tok, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tok.encode(bad)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.full((1, 4, 4), 1024), r"\[0, 1024\)"),
+        (np.full((1, 4, 4), -1), r"\[0, 1024\)"),
+        (np.zeros((1, 4, 4), np.float32), "integers"),
+        (np.zeros((4,), np.int64), r"\[B, h, w\]"),
+        (np.zeros((1, 0, 4), np.int64), r"\[B, h, w\]"),
+    ],
+)
+def test_bad_indices_give_clear_errors(tok, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tok.decode(bad)
+
+
+def test_corrupt_image_file(tok, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(ValueError, match="cannot read image"):
+        tok.encode(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        tok.encode(tmp_path / "missing.png")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    dtype=st.sampled_from(["uint8", "float32", "float64", "int64", "float16", "bool"]),
+)
+def test_any_shape_and_dtype_is_answered_or_refused_clearly(tok, shape, dtype):
+    x = np.zeros(shape, dtype=dtype)
+    try:
+        idx = tok.encode(x)
+    except ValueError as e:
+        assert str(e)  # a clear message, never another exception type
+        return
+    assert idx.ndim == 3 and idx.dtype == np.int64
+    assert idx.shape[0] == (x.shape[0] if x.ndim == 4 else 1)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    dtype=st.sampled_from(["int64", "int32", "uint8", "float32"]),
+    high=st.sampled_from([1, 1024, 5000]),
+)
+def test_any_token_array_is_decoded_or_refused_clearly(tok, shape, dtype, high):
+    idx = (np.arange(int(np.prod(shape))) % high).reshape(shape).astype(dtype)
+    try:
+        img = tok.decode(idx)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert img.dtype == np.uint8 and img.shape[-1] == 3
