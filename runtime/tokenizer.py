@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,18 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_MAX_SIDE = 4096
 # providers whose outputs can stay in CUDA memory between sessions (IO binding)
 CUDA_DEVICE = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def cpu_signature() -> str:
+    """The machine and, on Linux, the CPU's model and instruction-set flags."""
+    sig = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [ln for ln in fh if ln.startswith(("model name", "flags"))][:2]
+        sig += "".join(lines)
+    except OSError:
+        sig += platform.processor()
+    return sig
 
 
 def list_bundles() -> list[str]:
@@ -76,6 +90,7 @@ class Tokenizer:
         options: ort.SessionOptions,
         strict: bool,
         max_side: int,
+        cache_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -89,6 +104,7 @@ class Tokenizer:
         # bf16 distances flip about half of the tokens.
         self._providers_exact = resolve_providers(providers_arg, "fp32")
         self._options = options
+        self._cache_dir = cache_dir
         self._strict = strict
         self._variant = manifest["variants"]["fp32" if precision == "bf16" else precision]
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -110,6 +126,7 @@ class Tokenizer:
         strict: bool = True,
         session_options: ort.SessionOptions | None = None,
         max_side: int = DEFAULT_MAX_SIDE,
+        cache_dir: str | Path | None = None,
     ) -> Tokenizer:
         """Load a bundle.
 
@@ -132,6 +149,10 @@ class Tokenizer:
             Used as given (``threads`` then does not apply).
         max_side : int
             Largest image side the untiled methods accept.
+        cache_dir : str or Path, optional
+            Keep onnxruntime's optimized graphs here and load them on later runs (faster
+            start). Entries are keyed by bundle, graph, provider, onnxruntime version and
+            CPU, since an optimized graph is only valid where it was made.
 
         Raises
         ------
@@ -156,8 +177,11 @@ class Tokenizer:
                 session_options.intra_op_num_threads = threads
             session_options.inter_op_num_threads = 1
         resolved = resolve_providers(providers, precision)
+        cache = Path(cache_dir) if cache_dir is not None else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
         return cls(
-            root, manifest, resolved, providers, precision, session_options, strict, max_side
+            root, manifest, resolved, providers, precision, session_options, strict, max_side, cache
         )
 
     # -- sessions -------------------------------------------------------------------------
@@ -168,9 +192,35 @@ class Tokenizer:
             path = self.root / self._variant["graphs"][graph]["file"]
             exact = graph == "quantizer" and self.precision == "bf16"
             providers = self._providers_exact if exact else self._providers
-            sess = make_session(path, providers, self._options, self._strict, self.precision)
+            if self._cache_dir is None:
+                sess = make_session(path, providers, self._options, self._strict, self.precision)
+            else:
+                sess = self._cached_session(path, graph, providers)
             self._sessions[graph] = sess
         return sess
+
+    def _cached_session(
+        self, path: Path, graph: str, providers: ProviderList
+    ) -> ort.InferenceSession:
+        """Load the optimized graph from the cache, or make it there on this first run."""
+        machine = hashlib.sha256(cpu_signature().encode()).hexdigest()[:12]
+        first = provider_names(providers)[0].replace("ExecutionProvider", "")
+        key = f"{self.bundle_sha256[:12]}-{path.parent.name}-{graph}-{first}-ort{ort.__version__}"
+        cached = self._cache_dir / f"{key}-{machine}.onnx"
+        opts = self._options
+        saved = opts.optimized_model_filepath, opts.graph_optimization_level
+        saved_log = opts.log_severity_level
+        # the key above already holds what onnxruntime warns about when it saves one
+        opts.log_severity_level = 3
+        try:
+            if cached.is_file():
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                return make_session(cached, providers, opts, self._strict, self.precision)
+            opts.optimized_model_filepath = str(cached)
+            return make_session(path, providers, opts, self._strict, self.precision)
+        finally:
+            opts.optimized_model_filepath, opts.graph_optimization_level = saved
+            opts.log_severity_level = saved_log
 
     def _run(self, graph: str, name: str, x: np.ndarray) -> list[np.ndarray]:
         return self._session(graph).run(None, {name: x})

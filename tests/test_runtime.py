@@ -122,6 +122,18 @@ def test_io_binding_path_gives_same_tokens(photos):
     assert np.array_equal(t.encode(photos[2]), ref)
 
 
+def test_optimized_graph_cache(photos, tmp_path):
+    img = photos[2][:64, :64]
+    ref = Tokenizer.load().reconstruct(img)
+    first = Tokenizer.load(cache_dir=tmp_path / "cache").reconstruct(img)
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert any("-fp32-tokenizer-CPU-" in name for name in cached)
+    again = Tokenizer.load(cache_dir=tmp_path / "cache").reconstruct(img)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
+    for out in (first, again):
+        assert np.array_equal(out[1], ref[1]) and np.array_equal(out[0], ref[0])
+
+
 def test_tiled_matches_untiled_away_from_seams(tok, photos):
     img = photos[2]  # 300 x 451: several 128-pixel tiles with seams inside
     recon, idx = tok.reconstruct(img)
