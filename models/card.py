@@ -36,8 +36,8 @@ into {K} codes of dimension {cfg.code_dim}, {cfg.bits_per_pixel:.3f} bits per pi
 | | |
 | --- | --- |
 | config | {params} |
-| data | the photos shipped in scikit-image and scikit-learn ({len(DEFAULT_TRAIN)} images); held out: {", ".join(p for _, p in HELD_OUT)} |
-| training | {state["step"]} steps of batch {tc["batch_size"]}, {tc["crop"]}x{tc["crop"]} random crops with flips and channel permutations; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
+| data | the colour photos shipped in scikit-image ({len(DEFAULT_TRAIN)} images: {", ".join(Path(p).stem for _, p in DEFAULT_TRAIN)}); held out, never trained on: {", ".join(p for _, p in HELD_OUT)} |
+| training | {state["step"]} steps of batch {tc["batch_size"]}, {tc["crop"]}x{tc["crop"]} random crops with horizontal and vertical flips; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
 | wall time | {state["wall_seconds"] / 60:.0f} minutes on a 2-core CPU (torch threads: {tc["threads"]}) |
 | held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; full size, uint8) |
 | codes used on held-out | {last["codes_used"]} of {K} ({100 * last["usage"]:.1f}%) |

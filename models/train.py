@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -81,26 +82,37 @@ def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, float]:
     return {"psnr": float(np.mean(psnrs)), "psnr_each": psnrs, **stats}
 
 
+# what a resumed run may change; everything else continues as the run was started
+RESUME_OVERRIDES = ("out", "steps", "stop_at", "threads", "eval_every", "ckpt_every")
+
+
+def _resumed_config(given: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    saved = dict(state["train_config"])
+    saved["model"] = VQVAEConfig.from_dict(saved["model"])
+    saved.update({k: getattr(given, k) for k in RESUME_OVERRIDES})
+    return TrainConfig(**saved)
+
+
 def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {"torch": torch.get_rng_state(), "sampler": gen.get_state()}
 
 
 def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a VQVAE; return the final held-out evaluation."""
+    start, state = 0, {"history": [], "wall_seconds": 0.0}
+    if resume:
+        model, ckpt = load_model(resolve_checkpoint(tc.out))
+        tc = _resumed_config(tc, json.loads((ckpt / "train_state.json").read_text()))
+        tc.model = model.config
+    else:
+        torch.manual_seed(tc.seed)
+        model = VQVAE(tc.model)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     paths = find_images(tc.data) if tc.data else default_train_paths()
     sampler = CropSampler(load_images(paths), tc.crop, gen)
     held_out = load_images(held_out_paths())
-
-    start, state = 0, {"history": [], "wall_seconds": 0.0}
-    if resume:
-        model, ckpt = load_model(resolve_checkpoint(tc.out))
-        tc.model = model.config
-    else:
-        model = VQVAE(tc.model)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )

@@ -461,3 +461,33 @@ def test_cli_reports_errors_readably(tiny_ckpt, bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "no checkpoint at" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_reexport_agrees_with_the_shipped_bundle(bundle, manifest, torch_model, photos):
+    """The bundle shipped with the runtime is the shipped checkpoint's, within parity."""
+    from vqedge.runtime.tokenizer import bundle_path
+
+    shipped = bundle_path(None)
+    shipped_manifest = read_manifest(shipped)
+    assert (
+        shipped_manifest["export"]["checkpoint_sha256"] == manifest["export"]["checkpoint_sha256"]
+    )
+    assert shipped_manifest["config"] == manifest["config"]
+    fresh, ship = (
+        {g: _session(_graph_file(b, m, "fp32", g)) for g in ("tokenizer", "decoder")}
+        for b, m in ((bundle, manifest), (shipped, shipped_manifest))
+    )
+    for img in photos:
+        x = pad_to_multiple(uint8_to_float(img), 4)
+        idx_a = fresh["tokenizer"].run(None, {"image": x})[0]
+        idx_b = ship["tokenizer"].run(None, {"image": x})[0]
+        with torch.no_grad():
+            latent = torch_model.encode(torch.from_numpy(x))
+        mismatches, ties = count_ties(torch_model.quantize, latent, idx_a, idx_b)
+        assert mismatches == ties
+        img_a = fresh["decoder"].run(None, {"indices": idx_a})[0]
+        img_b = ship["decoder"].run(None, {"indices": idx_a})[0]
+        assert np.abs(img_a - img_b).max() <= 1e-3
+    for precision, v in manifest["variants"].items():
+        reported = shipped_manifest["variants"][precision]["quality"]["held_out_psnr"]
+        assert abs(v["quality"]["held_out_psnr"] - reported) < 0.05, precision

@@ -84,7 +84,8 @@ def test_resume_is_exact(tiny_config, photo_folder, tmp_path):
     train(_tc(tiny_config, photo_folder, tmp_path / "a"), progress=False)
     train(_tc(tiny_config, photo_folder, tmp_path / "b", stop_at=3), progress=False)
     assert (tmp_path / "b" / "latest").read_text().strip() == "ckpt-0000003"
-    train(_tc(tiny_config, photo_folder, tmp_path / "b"), resume=True, progress=False)
+    # a resumed run keeps its own hyperparameters (the lr given here is not used)
+    train(_tc(tiny_config, photo_folder, tmp_path / "b", lr=1.0), resume=True, progress=False)
     a, _ = load_model(tmp_path / "a")
     b, _ = load_model(tmp_path / "b")
     for k, v in a.state_dict().items():

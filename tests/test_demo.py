@@ -1,0 +1,454 @@
+"""The Gradio demo: its numerics, its engine, and the app launched for real.
+
+One app is launched for the module on a free port of 127.0.0.1 and driven by gradio_client
+(every endpoint, bad inputs, 20 requests from 4 clients at once) and by Debian's chromium
+through Playwright (no browser download). Every network wait has a timeout. The browser
+screenshots are kept in test-artifacts/ at the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqedge.demo import cli
+from vqedge.demo.metrics import code_palette, compression, error_heatmap, ssim, token_image
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.metrics import psnr
+from vqedge.runtime.tokenizer import Tokenizer
+from vqedge.runtime.tokens import load_tokens
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+EXAMPLES = REPO_ROOT / "demo" / "examples"
+CHELSEA = EXAMPLES / "chelsea.png"  # the smallest held-out photo: 451x300
+START_TIMEOUT = 60  # s for a server to answer /gradio_api/info
+CALL_TIMEOUT = 60  # s for one API call
+PAGE_TIMEOUT = 60_000  # ms for a browser wait
+# gradio 6.31's queue statistics use pandas options that pandas 3 deprecates (harmless here)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_info(url: str, timeout: float = START_TIMEOUT) -> dict:
+    """Poll /gradio_api/info until the server answers (what Gradio's own browser tests do)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/gradio_api/info", timeout=5) as r:
+                return json.load(r)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+# -- numerics (no server) -------------------------------------------------------------------
+
+
+def test_ssim_matches_scikit_image_and_bounds():
+    img = read_image(CHELSEA)[:96, :128]
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 12, img.shape), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    assert ssim(img, img) == pytest.approx(1.0)
+    s = ssim(img, noisy)
+    assert 0.0 < s < 1.0
+    assert 0.0 < ssim(img[:5, :7], noisy[:5, :7]) <= 1.0  # smaller than the 11x11 window
+    metrics = pytest.importorskip("skimage.metrics")
+    luma = np.array([0.299, 0.587, 0.114])
+    ref = metrics.structural_similarity(
+        img @ luma,
+        noisy @ luma,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+    )
+    assert s == pytest.approx(ref, abs=1e-9)
+
+
+def test_display_helpers():
+    a = np.zeros((5, 6, 3), np.uint8)
+    heat = error_heatmap(a, a)
+    assert heat.shape == (5, 6, 3) and (heat == heat[0, 0]).all() and heat[0, 0].sum() < 10
+    assert error_heatmap(a, a + 200)[0, 0].tolist() == [252, 255, 164]  # saturated: brightest
+    c = compression(n_tokens=16 * 16, bits_per_token=10, size=(64, 64), png=4096)
+    assert c["bits_per_pixel"] == pytest.approx(10 / 16)
+    assert c["ratio_vs_raw_rgb"] == pytest.approx(24 / (10 / 16))
+    assert c["ratio_vs_png"] == pytest.approx(8 * 4096 / 64**2 / (10 / 16))
+    palette = code_palette(np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32))
+    assert palette.shape == (32, 3) and palette.dtype == np.uint8
+    idx = np.array([[0, 1], [2, 3]])
+    t = token_image(idx, palette, 4, (7, 5))
+    assert (
+        t.shape == (7, 5, 3) and (t[:4, :4] == palette[0]).all() and (t[4:, 4:] == palette[3]).all()
+    )
+
+
+# -- the launched app -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served():
+    pytest.importorskip("gradio")
+    from vqedge.demo.app import build_app, launch
+
+    demo = build_app()
+    _, url, share_url = launch(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        _wait_info(url)
+        yield demo, url, share_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(
+        served[1],
+        analytics_enabled=False,
+        verbose=False,
+        download_files=str(tmp_path_factory.mktemp("downloads")),
+    )
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.load()
+
+
+def _call(client, *args, api_name: str):
+    return client.submit(*args, api_name=api_name).result(timeout=CALL_TIMEOUT)
+
+
+def _expected_recon(tok: Tokenizer, img: np.ndarray) -> np.ndarray:
+    idx = tok.quantize(tok.encode_latent(img))
+    return tok.decode(idx, size=img.shape[:2])[0]
+
+
+def test_offline_settings(served):
+    demo, url, share_url = served
+    assert share_url is None
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert demo.analytics_enabled is False
+    assert url.startswith("http://127.0.0.1:")
+
+
+def test_reconstruct_endpoint(client, tok):
+    from gradio_client import handle_file
+
+    recon_path, tokmap_path, m = _call(client, handle_file(str(CHELSEA)), api_name="/reconstruct")
+    img = read_image(CHELSEA)
+    assert Path(recon_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # lossless, not WebP
+    recon = read_image(recon_path)
+    expected = _expected_recon(tok, img)
+    assert recon.shape == img.shape
+    assert np.abs(recon.astype(int) - expected).max() <= 1
+    assert m["psnr_db"] == pytest.approx(psnr(expected, img), abs=0.05)
+    assert m["ssim"] == pytest.approx(ssim(img, expected), abs=1e-3)
+    h, w = tok.token_shape(*img.shape[:2])
+    assert m["token_shape"] == [h, w] and m["image_size"] == list(img.shape[:2])
+    assert m["bits_per_pixel"] == pytest.approx(10 * h * w / (img.shape[0] * img.shape[1]))
+    assert m["ratio_vs_raw_rgb"] == pytest.approx(24 / m["bits_per_pixel"])
+    assert m["ratio_vs_png"] > 1
+    assert 0 < m["codes_used"] <= m["codebook_size"] == tok.codebook_size
+    assert set(m["latency_ms"]) == {"encode", "quantize", "decode"}
+    assert all(v > 0 for v in m["latency_ms"].values())
+    assert m["precision"] == "fp32" and m["providers"]["encoder"] == "CPUExecutionProvider"
+    assert read_image(tokmap_path).shape == img.shape
+
+
+def test_other_precision_and_provider(client):
+    from gradio_client import handle_file
+
+    small = str(EXAMPLES / "flower.jpg")
+    _, _, m = _call(
+        client, handle_file(small), "int8", "CPUExecutionProvider", api_name="/reconstruct"
+    )
+    assert m["precision"] == "int8" and m["psnr_db"] > 10
+    with pytest.raises(Exception, match="fp64 is not in the list of choices"):
+        _call(client, handle_file(small), "fp64", api_name="/reconstruct")
+
+
+def test_encode_then_decode_endpoints(client, tok):
+    from gradio_client import handle_file
+
+    vqt, tokens = _call(client, handle_file(str(CHELSEA)), api_name="/encode")
+    img = read_image(CHELSEA)
+    idx = tok.encode(img)
+    assert np.array_equal(np.array(tokens["indices"]), idx[0])
+    tf = load_tokens(vqt, bundle_sha256=tok.bundle_sha256)
+    assert np.array_equal(tf.indices, idx) and tuple(tf.image_size) == img.shape[:2]
+    assert tokens["file_bytes"] == Path(vqt).stat().st_size
+    decoded = read_image(_call(client, handle_file(vqt), api_name="/decode"))
+    assert np.array_equal(decoded, tok.decode(idx, size=img.shape[:2])[0])
+
+
+def test_bad_inputs_give_readable_errors(client, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
+    with pytest.raises(Exception, match="cannot read 'broken.png' as an image") as e:
+        _call(client, handle_file(str(bad)), api_name="/reconstruct")
+    assert "Traceback" not in str(e.value)
+    bad_tokens = tmp_path / "broken.vqt"
+    bad_tokens.write_bytes(b"VQETOK\x00" + b"\x00" * 40)
+    with pytest.raises(Exception, match=r"(?i)token|header|crc|corrupt|truncated"):
+        _call(client, handle_file(str(bad_tokens)), api_name="/decode")
+    # larger than the demo's max side (1024): downscaled, with a note
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((8, 1100, 3), 128, np.uint8)).save(wide)
+    recon, _, m = _call(client, handle_file(str(wide)), api_name="/reconstruct")
+    assert m["image_size"] == [7, 1024] and "downscaled from 1100x8" in m["note"]
+    assert read_image(recon).shape == (7, 1024, 3)
+
+
+def test_engine_refuses_or_downscales_large_images(served, tmp_path):
+    from vqedge.demo.app import Engine
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 80, 3), np.uint8)).save(path)
+    refuse = Engine(max_side=64, oversize="refuse")
+    with pytest.raises(ValueError, match="80x40 pixels; this demo takes at most 64"):
+        refuse.load_image(path)
+    img, note = Engine(max_side=64).load_image(path)
+    assert img.shape == (32, 64, 3) and "downscaled" in note
+    with pytest.raises(ValueError, match="no image"):
+        refuse.load_image(None)
+
+
+def test_replacing_codes(served, tok):
+    eng = served[0].engine
+    img = read_image(CHELSEA)[:64, :96]
+    idx = tok.encode(img)[0]  # [16, 24]
+    region = (2, 5, 3, 9)  # rows 2..5, columns 3..9, inclusive
+    inside = (slice(2, 6), slice(3, 10))
+    outside = np.ones(idx.shape, bool)
+    outside[inside] = False
+
+    one, box = eng.replace(idx, (5, 2, 9, 3), "one code", code=7)  # corners in any order
+    assert box == region and (one[inside] == 7).all()
+    assert np.array_equal(one[outside], idx[outside])
+    r1, _ = eng.replace(idx, region, "random codes", seed=3)
+    r2, _ = eng.replace(idx, region, "random codes", seed=3)
+    assert np.array_equal(r1, r2) and r1.max() < eng.K and np.array_equal(r1[outside], idx[outside])
+    other = read_image(EXAMPLES / "flower.jpg")
+    mixed, _ = eng.replace(idx, region, "codes from another image", other=other, tok=tok)
+    other_idx = tok.encode(np.asarray(Image.fromarray(other).resize((96, 64), Image.LANCZOS)))
+    assert np.array_equal(mixed[inside], other_idx[0][inside])
+    assert np.array_equal(mixed[outside], idx[outside])
+    with pytest.raises(ValueError, match="code must be in"):
+        eng.replace(idx, region, "one code", code=eng.K)
+
+
+def test_concurrent_load(served, tok, tmp_path):
+    """20 requests from 4 clients at once, every answer correct; the queue's limit holds."""
+    from gradio_client import Client, handle_file
+
+    demo, url, _ = served
+    eng = demo.engine
+    photo = read_image(EXAMPLES / "china.jpg")
+    crops = [np.ascontiguousarray(photo[18 * i :][:48, 24 * i :][:, :64]) for i in range(20)]
+    paths = [tmp_path / f"crop{i}.png" for i in range(20)]
+    for path, crop in zip(paths, crops):
+        Image.fromarray(crop).save(path)
+
+    running, peak, lock = 0, 0, threading.Lock()
+    analyze = eng.analyze
+
+    def counted(*a, **k):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return analyze(*a, **k)
+        finally:
+            with lock:
+                running -= 1
+
+    eng.analyze = counted
+    try:
+
+        def one_client(k: int) -> list[tuple[int, str, dict]]:
+            c = Client(url, analytics_enabled=False, verbose=False)
+            jobs = [
+                (i, c.submit(handle_file(str(paths[i])), api_name="/reconstruct"))
+                for i in range(k, 20, 4)
+            ]
+            return [(i, *j.result(timeout=CALL_TIMEOUT * 2)[::2]) for i, j in jobs]
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = [
+                a for f in [pool.submit(one_client, k) for k in range(4)] for a in f.result()
+            ]
+    finally:
+        eng.analyze = analyze
+    assert sorted(i for i, _, _ in answers) == list(range(20))
+    for i, recon_path, m in answers:
+        expected = _expected_recon(tok, crops[i])
+        assert np.abs(read_image(recon_path).astype(int) - expected).max() <= 1, i
+        assert m["image_size"] == [48, 64]
+    assert 1 <= peak <= 2  # the demo's default concurrency limit
+
+
+# -- a real browser -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(served):
+    """Debian's chromium, headless; every request that leaves 127.0.0.1 is blocked and listed."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    outside: list[str] = []
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+        try:
+            yield b, outside
+        finally:
+            b.close()
+    assert outside == [], f"the page asked for outside resources: {outside}"
+
+
+@pytest.fixture
+def page(browser, served):
+    b, outside = browser
+
+    def local_only(route):
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context = b.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(PAGE_TIMEOUT)
+    context.route("**/*", local_only)
+    pg = context.new_page()
+    _wait_info(served[1])
+    pg.goto(served[1])
+    yield pg
+    context.close()
+
+
+def _screenshot(page, name: str, tmp_path: Path) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(path, ARTIFACTS / name)
+    return path
+
+
+def test_browser_corrupt_upload_shows_a_message(page, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    page.get_by_role("button", name="Tokenize and reconstruct").click()
+    page.get_by_text("cannot read 'broken.png' as an image").first.wait_for()
+    assert "Traceback" not in page.inner_text("body")
+    _screenshot(page, "demo-corrupt-upload.png", tmp_path)
+
+
+def test_browser_reconstruct_and_edit_tokens(page, tmp_path):
+    page.locator("input[type=file]").first.set_input_files(str(CHELSEA))
+    page.get_by_role("button", name="Tokenize and reconstruct").click()
+    page.wait_for_function(
+        "() => /PSNR \\d+\\.\\d+ dB/.test(document.querySelector('#metrics')?.innerText || '')"
+    )
+    text = page.inner_text("#metrics")
+    assert "SSIM" in text and "bpp" in text and "encode" in text and "CPUExecutionProvider" in text
+    _screenshot(page, "demo-reconstruction.png", tmp_path)
+
+    # two clicks on the token map select a region; replace its codes and decode
+    tokmap = page.locator("#token-map img")
+    box = tokmap.bounding_box()
+    tokmap.click(position={"x": box["width"] * 0.25, "y": box["height"] * 0.25})
+    page.get_by_text("now click the opposite corner").wait_for()
+    tokmap.click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.6})
+    page.get_by_text("selected rows").wait_for()
+    page.get_by_role("radio", name="random codes").check()
+    page.get_by_role("button", name="Replace and decode").click()
+    page.get_by_text("tokens changed now").wait_for()
+    changed = int(page.get_by_text("tokens changed now").inner_text().split()[0])
+    assert changed > 50  # a region of about 30x20 tokens
+    _screenshot(page, "demo-edited-tokens.png", tmp_path)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def test_cli_registers_without_heavy_imports():
+    code = (
+        "import argparse, sys; from vqedge.demo.cli import add_parser; "
+        "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='command')); "
+        "a = p.parse_args(['demo', '--port', '7999', '--max-side', '512']); "
+        "assert (a.port, a.max_side, a.host, a.bundle) == (7999, 512, '127.0.0.1', None); "
+        "heavy = [m for m in ('gradio', 'onnxruntime', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_says_which_extra_without_gradio(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a)
+    )
+    p = argparse.ArgumentParser()
+    cli.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["demo"])
+    with pytest.raises(SystemExit, match=r"pip install 'vqedge\[demo\]'"):
+        args.func(args)
+
+
+def test_cli_serves_the_shipped_default(tmp_path):
+    pytest.importorskip("gradio")
+    port = _free_port()
+    code = (
+        "import argparse, sys; from vqedge.demo.cli import add_parser; "
+        "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='command')); "
+        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    log = (tmp_path / "demo.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "demo", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        info = _wait_info(f"http://127.0.0.1:{port}/")
+        assert {"/reconstruct", "/encode", "/decode"} <= set(info["named_endpoints"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
