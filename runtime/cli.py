@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
+from vqedge.runtime.bench import add_parser as _add_bench
+
 
 def _version() -> str:
     try:
@@ -332,6 +334,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_export,
     _add_runtime,
+    _add_bench,
 ]
 
 

@@ -1,0 +1,568 @@
+"""The full comparison: every configuration, the same images, threads and machine, one run.
+
+    python benchmarks/compare.py --ov-python .venv-ov/bin/python
+
+Each configuration runs in fresh processes (worker.py): first a cold start (import, load,
+first result), then the timed cases and the held-out quality pass. Configurations whose
+libraries an interpreter lacks are looked for in the ``--ov-python`` interpreters, else
+skipped with the reason. FLOPs, achieved FLOP/s, quality against the fp32 reference and the
+report are computed here. Writes ``OUT/latest.json`` and ``OUT/latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import flops  # noqa: E402
+import machine  # noqa: E402
+
+WORKER = HERE / "worker.py"
+E2E = "end_to_end"
+STAGES = ("encoder", "quantizer", "decoder")
+
+
+@dataclass(frozen=True)
+class Config:
+    # the name in the report
+    name: str
+    # worker family: torch, vqedge or openvino
+    family: str
+    # fp32, bf16 or int8: also picks the peak that FLOP/s are compared with
+    precision: str
+    # torch.compile (torch family)
+    compile: bool = False
+    # "cpu" or "openvino" (vqedge family)
+    providers: str | None = None
+
+    @property
+    def needs(self) -> str:
+        if self.family == "vqedge":
+            return "ort_openvino" if self.providers == "openvino" else "ort_cpu"
+        return self.family
+
+
+# in the order they run: the most variable (compilation) last, where the --budget-s safety
+# net leaves it everything the others did not use
+CONFIGS = [
+    Config("vqedge-cpu/fp32", "vqedge", "fp32", providers="cpu"),
+    Config("vqedge-cpu/int8", "vqedge", "int8", providers="cpu"),
+    Config("vqedge-openvino/fp32", "vqedge", "fp32", providers="openvino"),
+    Config("vqedge-openvino/bf16", "vqedge", "bf16", providers="openvino"),
+    Config("vqedge-openvino/int8", "vqedge", "int8", providers="openvino"),
+    Config("openvino/fp32", "openvino", "fp32"),
+    Config("openvino/bf16", "openvino", "bf16"),
+    Config("openvino/int8", "openvino", "int8"),
+    Config("torch-eager/fp32", "torch", "fp32"),
+    Config("torch-eager/bf16", "torch", "bf16"),
+    Config("torch-compile/fp32", "torch", "fp32", compile=True),
+    Config("torch-compile/bf16", "torch", "bf16", compile=True),
+]
+# the quality reference: the first of these that ran
+REFERENCES = ("torch-eager/fp32", "vqedge-cpu/fp32")
+
+# Prints what an interpreter can run, as JSON.
+PROBE = r"""
+import importlib.util as u, json, sys
+out = {"python": sys.executable, "version": sys.version.split()[0]}
+out["vqedge"] = u.find_spec("vqedge") is not None
+out["torch"] = u.find_spec("torch") is not None and u.find_spec("vqedge.models") is not None
+try:
+    import onnxruntime as ort
+    av = ort.get_available_providers()
+    out["onnxruntime"] = ort.__version__
+    out["ort_cpu"] = "CPUExecutionProvider" in av and "OpenVINOExecutionProvider" not in av
+    out["ort_openvino"] = "OpenVINOExecutionProvider" in av
+    from vqedge.runtime.providers import installed_runtimes, runtime_clash
+    out["installed_runtimes"], out["clash"] = installed_runtimes(), runtime_clash()
+except Exception as e:
+    out["ort_cpu"] = out["ort_openvino"] = False
+    out["ort_error"] = repr(e)
+try:
+    import openvino as ov
+    out["openvino"] = ov.__version__
+except Exception:
+    out["openvino"] = False
+sys.path.insert(0, sys.argv[1])
+import machine
+out["versions"] = machine.versions()
+print(json.dumps(out))
+"""
+
+
+def _env(threads: int, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+        # one fresh compile cache per comparison: the cold start pays the real compile
+        TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"),
+    )
+    return env
+
+
+def probe(python: str, env: dict[str, str]) -> dict[str, Any]:
+    """What an interpreter offers (torch, the onnxruntime flavour, openvino)."""
+    proc = subprocess.run(
+        [python, "-c", PROBE, str(HERE)], capture_output=True, text=True, env=env, timeout=300
+    )
+    if proc.returncode != 0:
+        return {"python": python, "error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_inputs(path: Path, sizes: list[int]) -> dict[str, Any]:
+    """The held-out photos (full size) and square resized copies of them at every size."""
+    from PIL import Image
+
+    from vqedge.models.data import HELD_OUT, held_out_paths
+    from vqedge.runtime.inputs import read_image
+
+    paths = held_out_paths()
+    arrays: dict[str, np.ndarray] = {"heldout_count": np.array(len(paths))}
+    for i, p in enumerate(paths):
+        arrays[f"heldout{i}"] = read_image(p)
+    for s in sizes:
+        arrays[f"size{s}"] = np.stack(
+            [
+                np.asarray(Image.fromarray(arrays[f"heldout{i}"]).resize((s, s), Image.BICUBIC))
+                for i in range(len(paths))
+            ]
+        )
+    np.savez(path, **arrays)
+    return {
+        "held_out": [f"{pkg}:{rel}" for pkg, rel in HELD_OUT],
+        "held_out_shapes": [list(arrays[f"heldout{i}"].shape) for i in range(len(paths))],
+        "timing_inputs": "the held-out photos resized (bicubic) to size x size, cycled to fill "
+        "the batch",
+    }
+
+
+def run_worker(python: str, spec: dict[str, Any], env: dict[str, str], timeout: float) -> dict:
+    """Run worker.py on ``spec`` in a fresh process; its JSON result, plus wall time."""
+    spec_path = Path(spec["out"]).with_suffix(".spec.json")
+    spec_path.write_text(json.dumps(spec))
+    t_spawn = time.time()
+    try:
+        proc = subprocess.run(
+            [python, str(WORKER), str(spec_path)],
+            env=env,
+            timeout=timeout,
+            stdout=None if spec["mode"] == "bench" else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    wall = time.time() - t_spawn
+    out = Path(spec["out"])
+    if not out.is_file():
+        return {"error": f"worker exited {proc.returncode}: {proc.stderr[-3000:]}"}
+    result = json.loads(out.read_text())
+    result["wall_s"] = wall
+    result["t_spawn"] = t_spawn
+    if proc.returncode != 0 and "error" in result:
+        result["stderr"] = proc.stderr[-3000:]
+    return result
+
+
+# -- analysis ---------------------------------------------------------------------------------
+
+
+def add_flops(results: dict[str, Any], bundle: Path, peaks: dict[str, Any]) -> None:
+    """FLOPs per stage of every case, achieved GFLOP/s and the fraction of the peak."""
+    cache: dict[tuple[int, int], dict[str, int]] = {}
+    gflops_peak = peaks.get("gflops") or {}
+    for r in results.values():
+        for case in r.get("cases", []):
+            if "stages" not in case:
+                continue
+            key = (case["batch"], case["size"])
+            if key not in cache:
+                cache[key] = flops.stage_flops(bundle, case["batch"], case["size"], case["size"])
+            case["flops"] = cache[key]
+            for name, s in case["stages"].items():
+                g = cache[key][name] / (s["median_ms"] / 1e3) / 1e9
+                s["gflops_per_s"] = g
+                peak = gflops_peak.get(r["precision"])
+                s["fraction_of_peak"] = g / peak if peak else None
+
+
+def add_quality(results: dict[str, Any]) -> dict[str, Any]:
+    """Held-out PSNR, PSNR against the fp32 reference and token agreement with it."""
+    from vqedge.models.data import held_out_paths
+    from vqedge.runtime.inputs import read_image
+    from vqedge.runtime.metrics import psnr
+
+    ref_name = next((n for n in REFERENCES if results.get(n, {}).get("quality_file")), None)
+    if ref_name is None:
+        return {"reference": None, "note": "no fp32 reference ran: quality not compared"}
+    originals = [read_image(p) for p in held_out_paths()]
+    ref = np.load(results[ref_name]["quality_file"])
+    for r in results.values():
+        if not r.get("quality_file"):
+            continue
+        q = np.load(r["quality_file"])
+        n = len(originals)
+        agree = sum(int((q[f"tokens{i}"] == ref[f"tokens{i}"]).sum()) for i in range(n))
+        total = sum(ref[f"tokens{i}"].size for i in range(n))
+        held_out = np.mean([psnr(q[f"recon{i}"], originals[i]) for i in range(n)])
+        vs_ref = np.mean([psnr(q[f"recon{i}"], ref[f"recon{i}"]) for i in range(n)])
+        r["quality"] = {
+            "held_out_psnr_db": float(held_out),
+            # None when every reconstruction equals the reference's (infinite PSNR)
+            "psnr_vs_reference_db": float(vs_ref) if np.isfinite(vs_ref) else None,
+            "identical_to_reference": bool(not np.isfinite(vs_ref)),
+            "token_agreement": agree / total,
+            "images": n,
+        }
+    return {
+        "reference": ref_name,
+        "images": [str(p.name) for p in held_out_paths()],
+        "psnr": "mean over images of 10 log10(255^2 / MSE) on uint8 RGB (inf when identical)",
+    }
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def _f(v: Any, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None: strict JSON has no inf or NaN."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    pk = m["peaks"]
+    lines = [
+        "# vqedge benchmark",
+        "",
+        f"{report['created']}, bundle `{report['bundle_name']}`, {report['threads']} threads for "
+        f"every configuration, took {report['wall_s'] / 60:.1f} min.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']} ({m['vendor']} family {m['family']} model {m['model']}), "
+        f"{m['physical_cores']} cores / {m['logical_cpus']} logical CPUs"
+        f"{', under a hypervisor' if m['hypervisor'] else ''}, {m['memory_gib']} GiB",
+        f"- Key flags: {', '.join(m['key_flags']) or 'none'}",
+        f"- Frequency: {_f(m['freq_ghz'], '.3f')} GHz ({m['freq_source']})",
+        f"- Peaks ({pk['formula']}, {pk['cores']} cores): "
+        + ", ".join(
+            f"{k} {_f((pk['gflops'] or {}).get(k), '.0f')} G{'OP' if k == 'int8' else 'FLOP'}/s "
+            f"({pk['per_cycle_per_core'][k]}/cycle/core: {pk['derivation'][k]})"
+            for k in ("fp32", "bf16", "int8")
+        ),
+        "- Interpreters: "
+        + "; ".join(
+            f"`{p['python']}`: "
+            + ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items() if v)
+            for p in report["interpreters"]
+        ),
+        "",
+        "## End to end (encoder + quantizer + decoder, numpy in and out)",
+        "",
+        "Median and p99 latency of one call with the whole batch (p99 over n runs: with n < 100 "
+        "it lies between the two slowest); FLOP/s are the model's FLOPs over the median, "
+        "compared with the peak of the configuration's precision.",
+        "",
+        "| batch | size | configuration | median ms | p99 ms | n | images/s | GFLOP/s | "
+        "% of peak | peak RSS MiB |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = []
+    for name, r in report["results"].items():
+        for c in r.get("cases", []):
+            rows.append((c["batch"] * c["size"] ** 2, c["batch"], c["size"], name, c))
+    order = {c.name: i for i, c in enumerate(CONFIGS)}
+    rows.sort(key=lambda t: (t[0], t[1], order.get(t[3], 99)))
+    for _, b, s, name, c in rows:
+        if "stages" not in c:
+            why = c.get("skipped") or f"error: {c.get('error', '?')[:80]}"
+            lines.append(f"| {b} | {s} | {name} | {why} |||||||")
+            continue
+        e = c["stages"][E2E]
+        frac = e.get("fraction_of_peak")
+        lines.append(
+            f"| {b} | {s} | {name} | {e['median_ms']:.2f} | {e['p99_ms']:.2f} | {e['n']} | "
+            f"{c['images_per_s']:.1f} | {_f(e.get('gflops_per_s'))} | "
+            f"{_f(frac * 100 if frac is not None else None)} | {_f(c.get('peak_rss_mb'), '.0f')} |"
+        )
+    lines += [
+        "",
+        "## Per stage (median ms, and GFLOP/s)",
+        "",
+        "| batch | size | configuration | encoder ms | quantizer ms | decoder ms | encoder "
+        "GFLOP/s | decoder GFLOP/s |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for _, b, s, name, c in rows:
+        if "stages" not in c:
+            continue
+        st = c["stages"]
+        lines.append(
+            f"| {b} | {s} | {name} | {st['encoder']['median_ms']:.2f} | "
+            f"{st['quantizer']['median_ms']:.2f} | {st['decoder']['median_ms']:.2f} | "
+            f"{_f(st['encoder'].get('gflops_per_s'))} | {_f(st['decoder'].get('gflops_per_s'))} |"
+        )
+    q = report["quality_reference"]
+    lines += [
+        "",
+        "## Cold start and quality",
+        "",
+        f"Cold start: a fresh process, from its launch to the first result of batch "
+        f"{report['cold_case'][0]} at {report['cold_case'][1]}x{report['cold_case'][1]} "
+        "(interpreter start, imports, loading, sessions or compilation, first run). Quality: the "
+        "held-out photos at full size; PSNR against the originals and against "
+        + (f"`{q['reference']}`, token agreement with it" if q["reference"] else "no reference")
+        + " (identical: the same pixels as the reference).",
+        "",
+        "| configuration | runs on | cold start s | import s | load s | first result s | "
+        "cold peak RSS MiB | held-out PSNR dB | PSNR vs ref dB | token agreement |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in report["results"].items():
+        cs = r.get("cold", {})
+        qq = r.get("quality", {})
+        vs_ref = qq.get("psnr_vs_reference_db")
+        vs_ref = "identical" if qq.get("identical_to_reference") else _f(vs_ref, ".2f")
+        lines.append(
+            f"| {name} | {_runs_on(r)} | {_f(cs.get('total_s'), '.2f')} | "
+            f"{_f(cs.get('import_s'), '.2f')} | {_f(cs.get('load_s'), '.2f')} | "
+            f"{_f(cs.get('first_result_s'), '.2f')} | {_f(cs.get('peak_rss_mb'), '.0f')} | "
+            f"{_f(qq.get('held_out_psnr_db'), '.2f')} | {vs_ref} | "
+            f"{_f(qq.get('token_agreement'), '.4f')} |"
+        )
+    skipped = report["skipped_configs"]
+    errors = {n: r["error"] for n, r in report["results"].items() if "error" in r}
+    lines += ["", "## Not measured", ""]
+    if report["skipped_cases"]:
+        lines.append(
+            "- cases above --max-pixels "
+            f"({report['max_pixels']} pixels per call): "
+            + ", ".join(f"batch {b} x {s}" for b, s in report["skipped_cases"])
+        )
+    for n, why in {**skipped, **errors}.items():
+        lines.append(f"- {n}: {why}")
+    cut = [
+        f"{n} batch {c['batch']} x {c['size']}"
+        for n, r in report["results"].items()
+        for c in r.get("cases", [])
+        if "skipped" in c
+    ]
+    if cut:
+        lines.append(
+            f"- cut by the --budget-s {report['budget_s']:.0f} s safety net: " + ", ".join(cut)
+        )
+    if not (report["skipped_cases"] or skipped or errors or cut):
+        lines.append("- nothing: every configuration and case ran")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _runs_on(r: dict[str, Any]) -> str:
+    d = r.get("details", {})
+    if "providers_in_use" in d:
+        return ", ".join(sorted({p[0] for p in d["providers_in_use"].values()}))
+    if "inference_precision" in d:
+        return "OpenVINO CPU " + "/".join(sorted(set(d["inference_precision"].values())))
+    if "torch" in d:
+        return f"torch {d['torch']}"
+    return "-"
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=d)
+    p.add_argument("--bundle", default=None, help="bundle folder or shipped name")
+    p.add_argument("--checkpoint", default=None, help="PyTorch weights (default: shipped)")
+    p.add_argument("--threads", type=int, default=None, help="default: the physical cores")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 512])
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=8 * 256 * 256,
+        help="skip cases with more pixels per call (batch x size^2); 0: no limit",
+    )
+    p.add_argument("--configs", nargs="+", default=None, help="names or families to run")
+    p.add_argument("--ov-python", nargs="+", default=[], help="other interpreters to use")
+    p.add_argument("--min-iters", type=int, default=3)
+    p.add_argument("--max-iters", type=int, default=200)
+    p.add_argument("--target-s", type=float, default=1.0, help="timed seconds per case")
+    p.add_argument("--cold-case", default="1x256", help="BATCHxSIZE of the cold start")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold starts")
+    p.add_argument("--no-quality", action="store_true", help="skip the held-out quality pass")
+    p.add_argument("--freq-ghz", type=float, default=None, help="override the frequency")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=840,
+        help="safety net for the whole run: each configuration gets an equal share of what "
+        "is left, and skips its largest cases when they would overrun it; 0: no limit",
+    )
+    p.add_argument("--timeout", type=float, default=900, help="per worker process, seconds")
+    p.add_argument("--out", default=str(HERE / "results"), help="folder for latest.json/.md")
+    args = p.parse_args(argv)
+
+    from vqedge.runtime.tokenizer import bundle_path
+
+    t_begin = time.time()
+    bundle = bundle_path(args.bundle).resolve()
+    mach = machine.describe(args.threads, args.freq_ghz)
+    threads = args.threads or mach["physical_cores"]
+    cold_b, cold_s = (int(v) for v in args.cold_case.lower().split("x"))
+    cases, skipped_cases = [], []
+    for b in args.batches:
+        for s in args.sizes:
+            over = args.max_pixels and b * s * s > args.max_pixels
+            (skipped_cases if over else cases).append((b, s))
+    cases.sort(key=lambda c: (c[0] * c[1] ** 2, c[0]))  # small first: RSS peaks grow with cases
+
+    configs = [
+        c
+        for c in CONFIGS
+        if not args.configs
+        or c.name in args.configs
+        or c.name.split("/")[0] in args.configs
+        or c.family in args.configs
+    ]
+    if not configs:
+        p.error(f"no configuration matches {args.configs}; known: {[c.name for c in CONFIGS]}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="vqedge-bench-"))
+    env = _env(threads, workdir)
+    interpreters = [probe(py, env) for py in [sys.executable, *args.ov_python]]
+    inputs = workdir / "inputs.npz"
+    input_info = write_inputs(inputs, sorted({s for _, s in cases} | {cold_s}))
+
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for k, cfg in enumerate(configs):
+        python = next((i["python"] for i in interpreters if i.get(cfg.needs)), None)
+        if python is None:
+            skipped[cfg.name] = (
+                f"no interpreter offers {cfg.needs} (give one with --ov-python; see "
+                "benchmarks/README.md)"
+            )
+            print(f"skip {cfg.name}: {skipped[cfg.name]}", flush=True)
+            continue
+        tag = cfg.name.replace("/", "-")
+        spec = {
+            "config": cfg.name,
+            "family": cfg.family,
+            "precision": cfg.precision,
+            "compile": cfg.compile,
+            "providers": cfg.providers,
+            "threads": threads,
+            "bundle": str(bundle),
+            "checkpoint": args.checkpoint,
+            "inputs": str(inputs),
+            "cases": cases,
+            "cold_case": [cold_b, cold_s],
+            "min_iters": args.min_iters,
+            "max_iters": args.max_iters,
+            "target_s": args.target_s,
+        }
+        print(f"{cfg.name} on {python}", flush=True)
+        left = args.budget_s - (time.time() - t_begin) if args.budget_s else None
+        spec["deadline"] = time.time() + left / (len(configs) - k) if left is not None else None
+        r: dict[str, Any] = {**asdict(cfg), "python": python}
+        if not args.no_cold:
+            cold = run_worker(
+                python, {**spec, "mode": "cold", "out": str(workdir / f"{tag}-cold.json")}, env,
+                args.timeout,
+            )  # fmt: skip
+            if "error" not in cold:
+                # launch to first result, less the benchmark's own input preparation
+                cold["total_s"] = cold["t_first"] - cold["t_spawn"] - cold["input_prep_s"]
+                print(f"  cold start {cold['total_s']:.2f} s", flush=True)
+            r["cold"] = cold
+        quality_out = None if args.no_quality else str(workdir / f"{tag}-quality.npz")
+        res = run_worker(
+            python,
+            {
+                **spec,
+                "mode": "bench",
+                "out": str(workdir / f"{tag}.json"),
+                "quality_out": quality_out,
+            },
+            env,
+            args.timeout,
+        )
+        r.update(res)
+        results[cfg.name] = r
+
+    add_flops(results, bundle, mach["peaks"])
+    quality_ref = add_quality(results)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    report = {
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "bundle": str(bundle),
+        "bundle_name": manifest.get("name"),
+        "bundle_config": manifest.get("config"),
+        "checkpoint_sha256": manifest.get("export", {}).get("checkpoint_sha256"),
+        "threads": threads,
+        "cases": cases,
+        "skipped_cases": skipped_cases,
+        "max_pixels": args.max_pixels,
+        "cold_case": [cold_b, cold_s],
+        "budget_s": args.budget_s,
+        "iterations": {
+            "warmup": 1,
+            "min_iters": args.min_iters,
+            "max_iters": args.max_iters,
+            "target_s": args.target_s,
+        },
+        "inputs": input_info,
+        "machine": mach,
+        "interpreters": interpreters,
+        "quality_reference": quality_ref,
+        "skipped_configs": skipped,
+        "results": results,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    }
+    report["wall_s"] = time.time() - t_begin
+    for r in results.values():  # the npz files live in the temporary folder
+        r.pop("quality_file", None)
+    shutil.rmtree(workdir, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(report), indent=1, default=str, allow_nan=False)
+    (out / "latest.json").write_text(text + "\n")
+    (out / "latest.md").write_text(markdown(report))
+    print(f"wrote {out / 'latest.json'} and {out / 'latest.md'} in {report['wall_s']:.0f} s")
+    failed = [n for n, r in results.items() if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

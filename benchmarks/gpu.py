@@ -1,0 +1,326 @@
+"""The comparison on a GPU machine, in a few minutes: ``python benchmarks/gpu.py``.
+
+vqedge.runtime on the CUDA provider (fp32; the latent stays on the device between encoder
+and quantizer by IO binding) and on the TensorRT provider (fp16 engines), against PyTorch CUDA
+eager (fp32, fp16 autocast) and torch.compile (fp32, fp16 autocast), at batch 1 and 64 of
+256x256 images. Numpy in, numpy out for everyone: host-device copies are part of the time.
+Per stage and end to end (for vqedge, end to end is ``decode(encode(x))``, the IO-bound
+path), median and p99, images per second, GPU memory, and quality against PyTorch fp32 on
+the held-out photos resized to the benchmark size.
+
+Needs onnxruntime-gpu (not beside plain onnxruntime) and a CUDA build of torch. Without any
+GPU provider it says so, writes a JSON saying so, and exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+
+from vqedge.runtime.bench import E2E, summarize, synthetic_images, time_stages  # noqa: E402
+from vqedge.runtime.images import float_to_uint8, uint8_to_float  # noqa: E402
+from vqedge.runtime.metrics import psnr  # noqa: E402
+
+EXIT_NO_GPU = 3
+GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+CONFIGS = (
+    "vqedge-cuda/fp32",
+    "vqedge-tensorrt/fp16",
+    "torch-eager/fp32",
+    "torch-eager/fp16",
+    "torch-compile/fp32",
+    "torch-compile/fp16",
+)
+REFERENCE = "torch-eager/fp32"
+
+
+def what_is_there() -> dict[str, Any]:
+    """onnxruntime's GPU providers and torch's CUDA device, as far as they can be seen."""
+    out: dict[str, Any] = {}
+    try:
+        import onnxruntime as ort
+
+        from vqedge.runtime.providers import installed_runtimes, runtime_clash
+
+        out["onnxruntime"] = ort.__version__
+        out["ort_providers"] = ort.get_available_providers()
+        out["ort_distributions"] = installed_runtimes()
+        out["ort_clash"] = runtime_clash()
+    except ImportError as e:
+        out["ort_error"] = str(e)
+        out["ort_providers"] = []
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["torch_cuda"] = torch.cuda.is_available()
+        if out["torch_cuda"]:
+            out["device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        out["torch"] = None
+        out["torch_cuda"] = False
+    return out
+
+
+def no_gpu_message(there: dict[str, Any]) -> str:
+    ort_part = (
+        f"onnxruntime {there.get('onnxruntime')} ({', '.join(there.get('ort_distributions', []))})"
+        f" offers {', '.join(there['ort_providers']) or 'nothing'}"
+        if "onnxruntime" in there
+        else f"onnxruntime is not importable ({there.get('ort_error')})"
+    )
+    torch_part = f"torch {there['torch']} sees no CUDA device" if there.get("torch") else "no torch"
+    msg = (
+        f"no GPU provider available: {ort_part}; {torch_part}. Install onnxruntime-gpu (in "
+        "place of onnxruntime) and a CUDA build of torch on a machine with an NVIDIA GPU."
+    )
+    if there.get("ort_clash"):
+        msg += f" Note: {there['ort_clash']}"
+    return msg
+
+
+def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], str]:
+    """uint8 batches of the held-out photos resized to size x size (synthetic without them)."""
+    try:
+        from PIL import Image
+
+        from vqedge.models.data import held_out_paths
+        from vqedge.runtime.inputs import read_image
+
+        photos = [
+            np.asarray(Image.fromarray(read_image(p)).resize((size, size), Image.BICUBIC))
+            for p in held_out_paths()
+        ]
+        source = "held-out photos resized (bicubic)"
+    except (ImportError, FileNotFoundError):
+        photos = list(synthetic_images(3, size))
+        source = "synthetic images (the held-out photos need vqedge[train])"
+    stack = np.stack(photos)
+    return {b: stack[np.arange(b) % len(stack)] for b in batches}, source
+
+
+# -- the configurations -----------------------------------------------------------------------
+
+
+def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], cache: str):
+    from vqedge.runtime.tokenizer import Tokenizer, bundle_path
+
+    if name == "vqedge-cuda/fp32":
+        providers: Any = ["CUDAExecutionProvider"]
+    else:  # TensorRT fp16 engines, one optimization profile covering every batch
+        manifest = json.loads((bundle_path(bundle) / "manifest.json").read_text())
+        f, C = manifest["input"]["downsample_factor"], manifest["input"]["code_dim"]
+        h, lo, hi = size // f, min(batches), max(batches)
+
+        def profile(b: int) -> dict[str, str]:
+            return {
+                "image": f"image:{b}x3x{size}x{size}",
+                "latent": f"latent:{b}x{C}x{h}x{h}",
+                "indices": f"indices:{b}x{h}x{h}",
+            }
+
+        # one string for the three graphs: each graph's input is looked up by its name
+        opts = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_profile_min_shapes": ",".join(profile(lo).values()),
+            "trt_profile_opt_shapes": ",".join(profile(hi).values()),
+            "trt_profile_max_shapes": ",".join(profile(hi).values()),
+        }
+        providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
+    tok = Tokenizer.load(bundle, providers=providers, precision="fp32")
+    stages = [
+        ("encoder", tok.encode_latent),
+        ("quantizer", tok.quantize),
+        ("decoder", lambda idx: tok.decode(idx, output="float")),
+    ]
+    # end to end through the IO-bound path: the latent never leaves the GPU
+    e2e = [("end_to_end_io_bound", lambda x: tok.decode(tok.encode(x), output="float"))]
+    details = {"io_binding": tok.io_binding, "providers": str(providers)}
+    return stages, e2e, details, tok
+
+
+def torch_stages(name: str, checkpoint: str | None):
+    import torch
+
+    from vqedge.models import load_pretrained
+
+    torch.set_grad_enabled(False)
+    model = load_pretrained(checkpoint).cuda()
+    q = model.quantize
+    fp16 = name.endswith("fp16")
+
+    def enc(x):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+            return model.encoder(x)
+
+    def quant(z):
+        B, C, h, w = z.shape
+        return q.nearest(q.project(z.float()).permute(0, 2, 3, 1).reshape(-1, C)).view(B, h, w)
+
+    def dec(idx):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+            return model.decode_indices(idx).float()
+
+    if name.startswith("torch-compile"):
+        enc, quant, dec = (torch.compile(fn) for fn in (enc, quant, dec))
+
+    def synced(fn):
+        def run(x):
+            y = fn(x)
+            torch.cuda.synchronize()
+            return y
+
+        return run
+
+    stages = [
+        ("encoder", synced(lambda x: enc(torch.from_numpy(x).cuda()))),
+        ("quantizer", synced(quant)),
+        ("decoder", lambda idx: dec(idx).cpu().numpy()),  # the copy to the host syncs
+    ]
+    return stages, [], {"torch": torch.__version__, "autocast": "fp16" if fp16 else None}, None
+
+
+def measure(name: str, args: argparse.Namespace, inputs: dict[int, np.ndarray], cache: str):
+    t0 = time.perf_counter()
+    if name.startswith("vqedge"):
+        stages, extra, details, tok = vqedge_stages(
+            name, args.bundle, args.size, args.batches, cache
+        )
+        details["providers_in_use"] = tok.info["providers_in_use"]
+    else:
+        stages, extra, details, _ = torch_stages(name, args.checkpoint)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "details": details, "cases": []}
+    for b, imgs in inputs.items():
+        x = uint8_to_float(imgs)
+        t0 = time.perf_counter()
+        y = x
+        for _, fn in stages:
+            y = fn(y)
+        first = time.perf_counter() - t0  # engine builds, autotuning, compilation
+        times = time_stages(stages, x, args.iters, args.iters, 0.0, warmup=2)
+        case = {"batch": b, "size": args.size, "first_result_s": first}
+        case["stages"] = {k: summarize(v) for k, v in times.items()}
+        if extra:
+            t = time_stages(extra, x, args.iters, args.iters, 0.0, warmup=2)
+            case["stages"]["end_to_end_io_bound"] = summarize(t["end_to_end_io_bound"])
+        best = min(s["median_ms"] for k, s in case["stages"].items() if k.startswith(E2E))
+        case["images_per_s"] = b / (best / 1e3)
+        out["cases"].append(case)
+        print(f"  {name} batch {b}: {best:.2f} ms, {case['images_per_s']:.0f} img/s", flush=True)
+    # quality: the largest batch's images, tokens and reconstructions for the comparison
+    x = uint8_to_float(inputs[max(inputs)])
+    y = x
+    for stage, fn in stages:
+        y = fn(y)
+        if stage == "quantizer":
+            tokens = y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
+    out["_tokens"], out["_recon"] = tokens, float_to_uint8(np.asarray(y))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=d)
+    p.add_argument("--bundle", default=None)
+    p.add_argument("--checkpoint", default=None, help="PyTorch weights (default: shipped)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--iters", type=int, default=30, help="timed iterations per case")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    p.add_argument("--budget-s", type=float, default=420, help="skip configurations after this")
+    p.add_argument("--out", default=str(HERE / "results" / "gpu-latest.json"))
+    args = p.parse_args(argv)
+
+    t_begin = time.time()
+    there = what_is_there()
+    ort_gpu = [e for e in GPU_EPS if e in there["ort_providers"]]
+    report: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "gpu_available": None,
+        "message": None,
+        "environment": there,
+        "versions": machine.versions(),
+        "host": {k: v for k, v in machine.describe().items() if k != "flags"},
+        "batches": args.batches,
+        "size": args.size,
+        "iters": args.iters,
+        "results": {},
+        "skipped": {},
+    }
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(status: int) -> int:
+        report["wall_s"] = time.time() - t_begin
+        out_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        print(f"wrote {out_path}")
+        return status
+
+    if not ort_gpu and not there["torch_cuda"]:
+        msg = no_gpu_message(there)
+        print(f"vqedge gpu benchmark: {msg}", file=sys.stderr)
+        report.update(gpu_available=False, message=msg)
+        return write(EXIT_NO_GPU)
+
+    inputs, source = bench_inputs(args.size, args.batches)
+    report["inputs"] = source
+    needs = {
+        "vqedge-cuda": "CUDAExecutionProvider" in ort_gpu,
+        "vqedge-tensorrt": "TensorrtExecutionProvider" in ort_gpu,
+        "torch-eager": there["torch_cuda"],
+        "torch-compile": there["torch_cuda"],
+    }
+    with tempfile.TemporaryDirectory(prefix="vqedge-trt-") as cache:
+        for name in args.configs:
+            if not needs[name.split("/")[0]]:
+                report["skipped"][name] = "its GPU provider is not available here"
+                continue
+            if time.time() - t_begin > args.budget_s:
+                report["skipped"][name] = f"past --budget-s {args.budget_s:.0f}"
+                continue
+            print(name, flush=True)
+            try:
+                report["results"][name] = measure(name, args, inputs, cache)
+            except Exception as e:  # a provider that cannot load is a result, not a crash
+                report["skipped"][name] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+    results = report["results"]
+    kept = {n: (r.pop("_tokens"), r.pop("_recon")) for n, r in results.items()}
+    if REFERENCE in kept:  # quality on the largest batch, against PyTorch fp32 on the GPU
+        ref_tokens, ref_recon = kept[REFERENCE]
+        for n, (tokens, recon) in kept.items():
+            vs_ref = psnr(recon, ref_recon)
+            results[n]["quality"] = {
+                "reference": REFERENCE,
+                "token_agreement": float((tokens == ref_tokens).mean()),
+                "psnr_vs_reference_db": vs_ref if np.isfinite(vs_ref) else None,
+                "identical_to_reference": bool(not np.isfinite(vs_ref)),
+                "psnr_vs_input_db": psnr(recon, inputs[max(inputs)]),
+            }
+    report["gpu_available"] = bool(results)
+    if not results:
+        report["message"] = "no GPU configuration could run: " + "; ".join(
+            f"{k}: {v}" for k, v in report["skipped"].items()
+        )
+        print(f"vqedge gpu benchmark: {report['message']}", file=sys.stderr)
+        return write(EXIT_NO_GPU)
+    return write(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The machine a benchmark ran on, and its nominal compute peaks, from /proc/cpuinfo.
+
+Peak = cores x frequency x operations per cycle per core. Operations per cycle come from the
+CPU's flags and, where the flags do not say it, from what is known of the vendor's cores:
+
+- fp32: FMA units x (datapath bits / 32) lanes x 2 (a multiply-add is 2 FLOPs). AVX-512
+  code runs on 512-bit units on Intel server cores and AMD Zen 5, but on AMD Zen 4 (family
+  0x19 with avx512f) every 512-bit op is split over the two 256-bit FMA pipes: same fp32
+  peak as AVX2, 32 FLOP/cycle.
+- bf16: AMX-BF16 tiles, 1024 FLOP/cycle (TDPBF16PS, 16x16x32 multiply-adds per 16 cycles);
+  else AVX512_BF16's VDPBF16PS, two bf16 products per fp32 lane: 2x fp32; else 1x fp32
+  (bf16 is converted and computed at fp32).
+- int8: AMX-INT8, 2048 OP/cycle (TDPBSSD, 16x16x64 per 16 cycles); else VNNI (VPDPBUSD,
+  four int8 products per 32-bit lane): 4x fp32; else 2x fp32 (the pmaddubsw route).
+
+The frequency is the highest the kernel reports (cpufreq's maximum where it exists, else
+/proc/cpuinfo's "cpu MHz", which under a hypervisor is usually the base clock): a core that
+boosts above it can exceed the stated peak. ``--freq-ghz`` in the driver overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# flags worth showing next to the results (the full list is kept too)
+KEY_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
+PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-openvino", "openvino", "torch", "vqedge")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo."""
+    out: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return out
+    for line in text.split("\n\n")[0].splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _max_freq_ghz(info: dict[str, str]) -> tuple[float | None, str]:
+    p = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    try:
+        return int(p.read_text()) / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    if "cpu MHz" in info:
+        return float(info["cpu MHz"]) / 1e3, "/proc/cpuinfo cpu MHz (base clock under a VM)"
+    return None, "unknown"
+
+
+def _physical_cores() -> int:
+    """Distinct (package, core) pairs among the CPUs this process may run on."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add(
+                (
+                    (topo / "physical_package_id").read_text().strip(),
+                    (topo / "core_id").read_text().strip(),
+                )
+            )
+        except OSError:
+            cores.add(("?", str(c)))
+    return len(cores) or (os.cpu_count() or 1)
+
+
+def fp32_per_cycle(vendor: str, family: int, flags: set[str]) -> tuple[int, str]:
+    """fp32 FLOP/cycle/core of the vector units, and how it was derived."""
+    if "avx512f" in flags:
+        if vendor == "AuthenticAMD" and family == 0x19:
+            return 32, "AMD Zen 4: AVX-512 on 2 x 256-bit FMA pipes = 2 x 8 lanes x 2"
+        if vendor == "AuthenticAMD":
+            return 64, "AMD Zen 5 or later: 2 x 512-bit FMA = 2 x 16 lanes x 2"
+        return 64, "AVX-512: assumed 2 x 512-bit FMA units (some Xeons have one) = 2 x 16 x 2"
+    if "fma" in flags and "avx2" in flags:
+        return 32, "AVX2 + FMA: 2 x 256-bit FMA units = 2 x 8 lanes x 2"
+    if "avx" in flags:
+        return 16, "AVX without FMA: 1 add + 1 mul of 8 lanes"
+    return 8, "SSE: 4 lanes, 1 add + 1 mul"
+
+
+def peaks(
+    vendor: str, family: int, flags: set[str], cores: int, freq_ghz: float | None
+) -> dict[str, Any]:
+    """Nominal peaks in GFLOP/s (GOP/s for int8) for ``cores`` cores at ``freq_ghz``."""
+    fp32, how = fp32_per_cycle(vendor, family, flags)
+    if "amx_bf16" in flags:
+        bf16, how_bf16 = 1024, "AMX-BF16: 16x16x32 multiply-adds per 16 cycles = 1024"
+    elif "avx512_bf16" in flags:
+        bf16, how_bf16 = 2 * fp32, "AVX512_BF16 VDPBF16PS: 2 bf16 products per fp32 lane = 2x fp32"
+    else:
+        bf16, how_bf16 = fp32, "no bf16 dot-product instructions: computed at fp32"
+    if "amx_int8" in flags:
+        int8, how_int8 = 2048, "AMX-INT8: 16x16x64 multiply-adds per 16 cycles = 2048"
+    elif "avx512_vnni" in flags or "avx_vnni" in flags:
+        int8, how_int8 = 4 * fp32, "VNNI VPDPBUSD: 4 int8 products per 32-bit lane = 4x fp32"
+    else:
+        int8, how_int8 = 2 * fp32, "no VNNI: pmaddubsw route, about 2x fp32"
+    per_cycle = {"fp32": fp32, "bf16": bf16, "int8": int8}
+    scale = cores * freq_ghz if freq_ghz else None
+    return {
+        "per_cycle_per_core": per_cycle,
+        "derivation": {"fp32": how, "bf16": how_bf16, "int8": how_int8},
+        "cores": cores,
+        "freq_ghz": freq_ghz,
+        "gflops": {k: v * scale for k, v in per_cycle.items()} if scale else None,
+        "formula": "cores x GHz x ops/cycle/core (multiply-add = 2)",
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the libraries that matter here, in this interpreter."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def describe(threads: int | None = None, freq_ghz: float | None = None) -> dict[str, Any]:
+    """CPU model and flags, cores, memory, frequency and peaks for ``threads`` cores."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    vendor = info.get("vendor_id", platform.processor())
+    family = int(info.get("cpu family", "0") or 0)
+    freq, freq_src = _max_freq_ghz(info)
+    if freq_ghz:
+        freq, freq_src = freq_ghz, "given on the command line"
+    physical = _physical_cores()
+    used = min(threads or physical, physical)
+    try:
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
+    except (OSError, StopIteration):
+        mem_kb = 0
+    return {
+        "cpu_model": info.get("model name", platform.processor()),
+        "vendor": vendor,
+        "family": family,
+        "model": int(info.get("model", "0") or 0),
+        "stepping": info.get("stepping"),
+        "key_flags": [f for f in KEY_FLAGS if f in flags],
+        "flags": sorted(flags),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical,
+        "hypervisor": "hypervisor" in flags,
+        "freq_ghz": freq,
+        "freq_source": freq_src,
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "system": platform.platform(),
+        "peaks": peaks(vendor, family, flags, used, freq),
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    d = describe()
+    d.pop("flags")
+    print(json.dumps({"machine": d, "versions": versions()}, indent=2))

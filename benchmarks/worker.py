@@ -1,0 +1,325 @@
+"""One benchmark configuration in its own process: ``python worker.py SPEC.json``.
+
+The driver (compare.py) starts one process per configuration, possibly with another
+interpreter (the OpenVINO provider lives in an environment of its own), so that each one is
+measured alone: its own threads, its own peak RSS, and a truly cold start. This file
+imports only numpy, vqedge's torch-free runtime helpers and the libraries of its own family.
+
+SPEC (JSON) keys: config, family ("torch", "vqedge", "openvino"), precision, compile (torch),
+providers (vqedge), threads, bundle, checkpoint, inputs (the driver's .npz), out (result
+JSON), mode ("bench" or "cold"), cases ([[batch, size], ...]), cold_case, min_iters,
+max_iters, target_s, deadline (epoch seconds: later cases are skipped, or null),
+quality_out (.npz of held-out tokens and reconstructions, or null).
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.time()  # before any heavy import: the cold start's import time starts here
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from vqedge.runtime.bench import (  # noqa: E402
+    E2E,
+    peak_rss_mb,
+    reset_peak_rss,
+    summarize,
+    time_stages,
+)
+from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float  # noqa: E402
+
+
+def _variant_file(bundle: Path, variant: str, graph: str) -> Path:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return bundle / manifest["variants"][variant]["graphs"][graph]["file"]
+
+
+# -- the families: load, then three stages numpy -> ... -> numpy ------------------------------
+
+
+class TorchRunner:
+    """PyTorch eager or torch.compile, fp32 or bf16 autocast (the quantizer stays fp32)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        from vqedge.models import load_pretrained
+
+        self.torch = torch
+        torch.set_num_threads(spec["threads"])
+        torch.set_grad_enabled(False)
+        model = load_pretrained(spec.get("checkpoint"))
+        self.f = model.downsample_factor
+        q = model.quantize
+        bf16 = spec["precision"] == "bf16"
+
+        def enc(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model.encoder(x)
+
+        def quant(z):
+            B, C, h, w = z.shape
+            z_NC = q.project(z.float()).permute(0, 2, 3, 1).reshape(-1, C)
+            return q.nearest(z_NC).view(B, h, w)
+
+        def dec(idx):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model.decode_indices(idx).float()
+
+        if spec.get("compile"):
+            import torch._inductor.config as inductor
+
+            # constant-fold the weights and prepack them for oneDNN: the CPU inference setting
+            inductor.freezing = True
+            enc, quant, dec = (torch.compile(fn, dynamic=True) for fn in (enc, quant, dec))
+        self._enc, self._quant, self._dec = enc, quant, dec
+        self.details = {
+            "torch": torch.__version__,
+            "compile": bool(spec.get("compile")),
+            "compile_options": {"dynamic": True, "inductor.freezing": True}
+            if spec.get("compile")
+            else None,
+            "autocast": "bf16" if bf16 else None,
+            "threads": torch.get_num_threads(),
+        }
+
+    def stages(self) -> list[tuple[str, Any]]:
+        torch = self.torch
+        return [
+            ("encoder", lambda x: self._enc(torch.from_numpy(x))),
+            ("quantizer", self._quant),
+            ("decoder", lambda idx: self._dec(idx).numpy()),
+        ]
+
+
+class VqedgeRunner:
+    """vqedge.runtime's Tokenizer (onnxruntime) at one provider and precision."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        from vqedge.runtime.tokenizer import Tokenizer
+
+        providers: Any = spec["providers"]
+        if providers == "openvino":
+            # the provider keeps its own thread pool: tell it the same thread count
+            opts = {"device_type": "CPU", "num_of_threads": str(spec["threads"])}
+            providers = [("OpenVINOExecutionProvider", opts)]
+        self.tok = Tokenizer.load(
+            spec["bundle"],
+            providers=providers,
+            precision=spec["precision"],
+            threads=spec["threads"],
+        )
+        self.f = self.tok.f
+        self.details = {"onnxruntime": ort.__version__, "providers_requested": providers}
+
+    def stages(self) -> list[tuple[str, Any]]:
+        tok = self.tok
+        return [
+            ("encoder", tok.encode_latent),
+            ("quantizer", tok.quantize),
+            ("decoder", lambda idx: tok.decode(idx, output="float")),
+        ]
+
+    def finish(self) -> None:
+        self.details["providers_in_use"] = self.tok.info["providers_in_use"]
+
+
+class OpenvinoRunner:
+    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import openvino as ov
+
+        bundle = Path(spec["bundle"])
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        self.f = manifest["input"]["downsample_factor"]
+        precision = spec["precision"]
+        variant = "int8" if precision == "int8" else "fp32"
+        # the CPU plugin's default precision is bf16 where the CPU has bf16 units: be explicit
+        hint = "bf16" if precision == "bf16" else "f32"
+        core = ov.Core()
+
+        def compile_graph(graph: str, variant: str, hint: str):
+            cfg = {
+                "INFERENCE_PRECISION_HINT": hint,
+                "INFERENCE_NUM_THREADS": spec["threads"],
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            model = core.read_model(str(_variant_file(bundle, variant, graph)))
+            return core.compile_model(model, "CPU", cfg)
+
+        self._enc = compile_graph("encoder", variant, hint)
+        self._quant = compile_graph("quantizer", "fp32", "f32")  # argmin at full precision
+        self._dec = compile_graph("decoder", variant, hint)
+        self.details = {
+            "openvino": ov.__version__,
+            "variant": variant,
+            "inference_precision": {
+                g: m.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                for g, m in (
+                    ("encoder", self._enc),
+                    ("quantizer", self._quant),
+                    ("decoder", self._dec),
+                )
+            },
+            "threads": spec["threads"],
+        }
+
+    def stages(self) -> list[tuple[str, Any]]:
+        return [
+            ("encoder", lambda x: self._enc(x)[0]),
+            ("quantizer", lambda z: self._quant(z)[0]),
+            ("decoder", lambda idx: self._dec(idx)[0]),
+        ]
+
+
+RUNNERS = {"torch": TorchRunner, "vqedge": VqedgeRunner, "openvino": OpenvinoRunner}
+
+
+# -- the measurements --------------------------------------------------------------------------
+
+
+def _batch(inputs: Any, batch: int, size: int) -> np.ndarray:
+    imgs = inputs[f"size{size}"]  # uint8 [n, size, size, 3], the same photos for every config
+    return uint8_to_float(imgs[np.arange(batch) % len(imgs)])
+
+
+def _run_once(stages: list[tuple[str, Any]], x: np.ndarray) -> Any:
+    y = x
+    for _, fn in stages:
+        y = fn(y)
+    return y
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+
+
+def quality(runner: Any, inputs: Any, path: str) -> int:
+    """Tokens and uint8 reconstructions of the held-out photos at full size, saved to ``path``."""
+    stages = dict(runner.stages())
+    out = {}
+    n = int(inputs["heldout_count"])
+    for i in range(n):
+        img = inputs[f"heldout{i}"]  # uint8 [H, W, 3]
+        x = pad_to_multiple(uint8_to_float(img), runner.f)
+        idx = stages["quantizer"](stages["encoder"](x))
+        rec = _to_numpy(stages["decoder"](idx))[:, :, : img.shape[0], : img.shape[1]]
+        out[f"tokens{i}"] = _to_numpy(idx).astype(np.int64)
+        out[f"recon{i}"] = float_to_uint8(rec)[0]
+    np.savez_compressed(path, **out)
+    return n
+
+
+def bench(spec: dict[str, Any]) -> dict[str, Any]:
+    inputs = np.load(spec["inputs"])
+    t0 = time.perf_counter()
+    runner = RUNNERS[spec["family"]](spec)
+    result: dict[str, Any] = {"load_s": time.perf_counter() - t0, "cases": []}
+    stages = runner.stages()
+    per_pixel_s = 0.0  # seconds per pixel of one pass in the last case: predicts the next
+    for batch, size in spec["cases"]:
+        case: dict[str, Any] = {"batch": batch, "size": size}
+        # past the first (smallest) case, one that would end after the deadline is skipped;
+        # predicted from the last case's time per pixel: a warm-up and min_iters passes
+        per_pass = per_pixel_s * batch * size * size
+        predicted = max(spec["target_s"], per_pass * spec["min_iters"]) + per_pass
+        if per_pixel_s and spec.get("deadline") and time.time() + predicted > spec["deadline"]:
+            case["skipped"] = f"time budget: about {predicted:.1f} s would pass the deadline"
+            result["cases"].append(case)
+            print(f"  {spec['config']} batch {batch} size {size}: {case['skipped']}", flush=True)
+            continue
+        try:
+            x = _batch(inputs, batch, size)
+            reset_peak_rss()
+            times = time_stages(
+                stages, x, spec["min_iters"], spec["max_iters"], spec["target_s"], warmup=1
+            )
+            case["peak_rss_mb"] = peak_rss_mb()
+            case["stages"] = {name: summarize(t) for name, t in times.items()}
+            case["images_per_s"] = batch / (case["stages"][E2E]["median_ms"] / 1e3)
+            per_pixel_s = case["stages"][E2E]["median_ms"] / 1e3 / (batch * size * size)
+        except Exception as e:  # record and go on with the next case
+            case["error"] = f"{type(e).__name__}: {e}"
+            case["traceback"] = traceback.format_exc(limit=5)
+        result["cases"].append(case)
+        print(f"  {spec['config']} batch {batch} size {size}: {_case_line(case)}", flush=True)
+    if spec.get("quality_out"):
+        try:
+            result["quality_images"] = quality(runner, inputs, spec["quality_out"])
+            result["quality_file"] = spec["quality_out"]
+        except Exception as e:
+            result["quality_error"] = f"{type(e).__name__}: {e}"
+    if hasattr(runner, "finish"):
+        runner.finish()
+    result["details"] = runner.details
+    return result
+
+
+def _case_line(case: dict[str, Any]) -> str:
+    if "skipped" in case:
+        return case["skipped"]
+    if "error" in case:
+        return case["error"]
+    s = case["stages"][E2E]
+    return f"{s['median_ms']:.1f} ms median ({s['n']} runs), {case['images_per_s']:.1f} img/s"
+
+
+def cold(spec: dict[str, Any]) -> dict[str, Any]:
+    """Import, load and the first result of one batch, timed from this process's start."""
+    family = spec["family"]
+    if family == "torch":
+        import torch  # noqa: F401
+
+        import vqedge.models  # noqa: F401
+    elif family == "vqedge":
+        import onnxruntime  # noqa: F401
+
+        import vqedge.runtime.tokenizer  # noqa: F401
+    else:
+        import openvino  # noqa: F401
+    t_imported = time.time()
+    runner = RUNNERS[family](spec)
+    t_loaded = time.time()
+    batch, size = spec["cold_case"]
+    x = _batch(np.load(spec["inputs"]), batch, size)
+    t_input = time.time()
+    _run_once(runner.stages(), x)
+    t_first = time.time()
+    return {
+        "t_start": T_START,
+        "import_s": t_imported - T_START,
+        "load_s": t_loaded - t_imported,
+        "first_result_s": t_first - t_input,
+        "in_process_s": t_first - T_START - (t_input - t_loaded),
+        "t_first": t_first,
+        "input_prep_s": t_input - t_loaded,
+        "peak_rss_mb": peak_rss_mb(),
+        "case": [batch, size],
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    try:
+        result = cold(spec) if spec["mode"] == "cold" else bench(spec)
+        status = 0
+    except Exception as e:
+        result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        status = 1
+    result.update(config=spec["config"], mode=spec["mode"], python=sys.executable)
+    Path(spec["out"]).write_text(json.dumps(result, indent=1))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
