@@ -84,8 +84,7 @@ class Tokenizer:
         self,
         root: Path,
         manifest: dict[str, Any],
-        providers: ProviderList,
-        providers_arg: str | ProviderList,
+        providers: str | ProviderList,
         precision: str,
         options: ort.SessionOptions,
         strict: bool,
@@ -99,10 +98,10 @@ class Tokenizer:
         self.codebook_size = self.config.codebook_size
         self.precision = precision
         self.max_side = max_side
-        self._providers = providers
+        self._providers = resolve_providers(providers, precision)
         # The quantizer's argmin runs at full precision whatever the precision asked for:
         # bf16 distances flip about half of the tokens.
-        self._providers_exact = resolve_providers(providers_arg, "fp32")
+        self._providers_exact = resolve_providers(providers, "fp32")
         self._options = options
         self._cache_dir = cache_dir
         self._strict = strict
@@ -114,7 +113,7 @@ class Tokenizer:
         # Fail at load, not at first use, when a provider asked for does not run.
         self._session("encoder")
         # On a GPU, keep the latent on the device between encoder and quantizer.
-        self.io_binding = provider_names(providers)[0] in CUDA_DEVICE
+        self.io_binding = provider_names(self._providers)[0] in CUDA_DEVICE
 
     @classmethod
     def load(
@@ -176,13 +175,10 @@ class Tokenizer:
             if threads:
                 session_options.intra_op_num_threads = threads
             session_options.inter_op_num_threads = 1
-        resolved = resolve_providers(providers, precision)
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-        return cls(
-            root, manifest, resolved, providers, precision, session_options, strict, max_side, cache
-        )
+        return cls(root, manifest, providers, precision, session_options, strict, max_side, cache)
 
     # -- sessions -------------------------------------------------------------------------
 
