@@ -84,7 +84,7 @@ class CropSampler:
     """
 
     def __init__(self, images: list[np.ndarray], crop: int, generator: torch.Generator):
-        self.images = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for im in images]
+        self.images = [torch.tensor(im).permute(2, 0, 1).contiguous() for im in images]
         self.crop = crop
         self.g = generator
 

@@ -147,7 +147,7 @@ def test_tiled_matches_untiled_away_from_seams(tok, photos):
 
 
 def test_codebook_and_info(tok):
-    assert tok.codebook.shape == (1024, 16) and tok.codebook.dtype == np.float32
+    assert tok.codebook.shape == (1024, tok.config.code_dim) and tok.codebook.dtype == np.float32
     info = tok.info
     assert info["downsample_factor"] == 4 and info["codebook_size"] == 1024
     assert info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]
