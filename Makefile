@@ -1,4 +1,5 @@
-# Every target sets itself up: a fresh clone needs only python3 (3.10+) and make.
+# Every target sets itself up: a fresh clone needs only python3 (3.10+), make and, for the
+# demo's browser test, apt-get (Debian).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out
 
-.PHONY: setup reconstruct test lint clean
+.PHONY: setup browser demo reconstruct test lint clean
 
 setup: $(STAMP)
 
@@ -19,7 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
 
-# The main job on the shipped default: tokenize a held-out photo and decode it back.
+# The main job: the web demo on the shipped default (http://127.0.0.1:7860, offline).
+demo: setup
+	$(BIN)/vqedge demo
+
+# Tokenize a held-out photo with the shipped default and decode it back (no browser needed).
 reconstruct: setup
 	mkdir -p $(OUT)
 	$(BIN)/vqedge reconstruct \
@@ -30,7 +35,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# Debian's chromium for the demo's browser test (Playwright drives it; nothing is downloaded
+# by Playwright itself). Needs root on a machine without it.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: lint browser
 	$(BIN)/pytest
 
 clean:

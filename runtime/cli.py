@@ -329,12 +329,19 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_info)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from vqedge.demo.cli import add_parser
+
+    add_parser(sub)
+
+
 # Each stage adds its subcommands here as it lands.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_export,
     _add_runtime,
     _add_bench,
+    _add_demo,
 ]
 
 
