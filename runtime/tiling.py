@@ -9,7 +9,9 @@ reconstruction matches the untiled one; the only differences come from ties flip
 rounding at a different tile shape.
 
 Memory: one tile of (tile + 2 * overlap)^2 pixels is in flight at a time, plus the uint8
-input and output images; the float copy of the whole image is never made.
+input and output images; the float copy of the whole image is never made. Measured peak RSS
+(benchmarks/tiled_memory.py): 1.26 GB at 1024^2, 1.91 GB at 4096^2, mostly onnxruntime's
+memory arena, against 6.6 GB untiled at 2048^2.
 """
 
 from __future__ import annotations
