@@ -16,6 +16,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# setuptools for the wheel-building install tests (--no-build-isolation)
+	$(BIN)/python -m pip install --quiet --upgrade "setuptools>=77"
 	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
