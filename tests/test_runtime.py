@@ -44,7 +44,10 @@ def bundle_copy(tmp_path):
 
 
 def test_shipped_default_is_listed():
-    assert "vqvae-f4" in list_bundles()
+    import vqedge.runtime
+
+    assert "vqvae-f4" in list_bundles() == vqedge.runtime.list_bundles()
+    assert vqedge.runtime.Tokenizer is Tokenizer
 
 
 def test_runtime_matches_pytorch_on_held_out(tok, model, photos):
