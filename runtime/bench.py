@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.runtime.cli import runtime_args
+
 STAGES = ("encoder", "quantizer", "decoder")
 E2E = "end_to_end"
 
@@ -246,10 +248,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="time the bundle on this machine (per stage and end to end)",
         formatter_class=d,
     )
-    p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
-    p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
+    runtime_args(p)
     p.add_argument("--batch", type=int, default=1, help="images per call")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
-from vqedge.runtime.bench import add_parser as _add_bench
-
 
 def _version() -> str:
     try:
@@ -134,7 +132,8 @@ TILE_ABOVE = 1024
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
-def _runtime_args(p: argparse.ArgumentParser) -> None:
+def runtime_args(p: argparse.ArgumentParser) -> None:
+    """The options every runtime command shares."""
     p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"])
     p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
@@ -306,27 +305,33 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="images -> token files (.vqt)", formatter_class=d)
     p.add_argument("images", nargs="+", help="image files or folders (recursive)")
     p.add_argument("-o", "--output", required=True, help="folder, or a .vqt file for one image")
-    _runtime_args(p)
+    runtime_args(p)
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("decode", help="a token file -> image", formatter_class=d)
     p.add_argument("tokens", help="a .vqt token file")
     p.add_argument("-o", "--output", required=True, help="image file to write (PNG)")
     p.add_argument("--force", action="store_true", help="accept tokens of another bundle")
-    _runtime_args(p)
+    runtime_args(p)
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("reconstruct", help="image -> tokens -> image; PSNR", formatter_class=d)
     p.add_argument("image", help="an image file")
     p.add_argument("-o", "--output", required=True, help="image file to write (PNG)")
-    _runtime_args(p)
+    runtime_args(p)
     p.set_defaults(func=_cmd_reconstruct)
 
     p = sub.add_parser("info", help="bundle facts and execution providers", formatter_class=d)
     p.add_argument("bundle_arg", nargs="?", metavar="BUNDLE", help="bundle (default: shipped)")
     p.add_argument("--json", action="store_true", help="print the info as JSON")
-    _runtime_args(p)
+    runtime_args(p)
     p.set_defaults(func=_cmd_info)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from vqedge.runtime.bench import add_parser
+
+    add_parser(sub)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
