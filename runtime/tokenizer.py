@@ -141,7 +141,9 @@ class Tokenizer:
             The bundle variant to run. bf16 runs the fp32 graphs at bf16 on the OpenVINO
             provider.
         threads : int, optional
-            Intra-op threads per session (default: onnxruntime's choice).
+            Intra-op threads per session (default: onnxruntime's choice). Idle threads do
+            not spin, so the sessions of one tokenizer, or several tokenizers in one
+            process, do not steal each other's cores.
         strict : bool
             Raise when a provider that was asked for does not run (else warn loudly).
         session_options : onnxruntime.SessionOptions, optional
@@ -175,6 +177,10 @@ class Tokenizer:
             if threads:
                 session_options.intra_op_num_threads = threads
             session_options.inter_op_num_threads = 1
+            # A tokenizer runs several sessions one after another; threads that spin after
+            # a run steal the cores from the next session (encode -> quantize -> decode took
+            # 255 ms with spinning, 158 ms without, at 256x256 on 2 cores).
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
