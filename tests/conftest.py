@@ -3,9 +3,9 @@ import pytest
 from vqedge.runtime.config import VQVAEConfig
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config() -> VQVAEConfig:
-    """A VQVAE small enough to train a few steps in a second."""
+    """A VQVAE small enough to train a few steps in a second (frozen: safe to share)."""
     return VQVAEConfig(
         base_channels=8,
         channel_mult=(1, 2, 2),

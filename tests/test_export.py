@@ -66,18 +66,10 @@ def torch_model() -> VQVAE:
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
+def tiny_ckpt(tmp_path_factory, tiny_config) -> Path:
     """An untrained tiny VQVAE checkpoint: quick to export, quality irrelevant."""
     torch.manual_seed(0)
-    cfg = VQVAEConfig(
-        base_channels=8,
-        channel_mult=(1, 2, 2),
-        num_res_blocks=1,
-        num_mid_blocks=1,
-        codebook_size=32,
-        code_dim=4,
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("tiny"), 0, VQVAE(cfg))
+    return save_checkpoint(tmp_path_factory.mktemp("tiny"), 0, VQVAE(tiny_config))
 
 
 @pytest.fixture(scope="module")
