@@ -42,7 +42,6 @@ from vqedge.runtime.inputs import read_image
 from vqedge.runtime.metrics import codebook_stats, psnr
 from vqedge.runtime.providers import CPU, provider_names, resolve_providers
 from vqedge.runtime.tokenizer import Tokenizer
-from vqedge.runtime.tokens import load_tokens, save_tokens
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class Engine:
         base = self.tokenizer("fp32", self.default_provider)  # a bad bundle fails at start
         self.f, self.K = base.f, base.codebook_size
         self.bits_per_token = base.config.bits_per_token
-        self.bundle_name, self.bundle_sha256 = base.root.name, base.bundle_sha256
+        self.bundle_name, self.base = base.root.name, base
         self.palette = code_palette(base.codebook)
         self._workdir = tempfile.TemporaryDirectory(prefix="vqedge-demo-")
         self.workdir = Path(self._workdir.name)
@@ -179,7 +178,7 @@ class Engine:
         folder = self.workdir / uuid.uuid4().hex  # one folder per file: keeps the name
         folder.mkdir()
         path = folder / f"{stem}.vqt"
-        save_tokens(path, idx, self.K, self.bundle_sha256, image_size=size)
+        self.base.save_tokens(path, idx, image_size=size)
         return path
 
     def analyze(self, img: np.ndarray, precision: str, provider: str) -> dict[str, Any]:
@@ -236,9 +235,7 @@ class Engine:
     def decode_file(self, path: str | Path, precision: str, provider: str) -> np.ndarray:
         """A .vqt token file of one image -> uint8 [H, W, 3] (cropped to its stored size)."""
         tok = self.tokenizer(precision, provider)
-        tf = load_tokens(path, bundle_sha256=tok.bundle_sha256)
-        if tf.codebook_size != self.K:
-            raise ValueError(f"the file holds tokens for K={tf.codebook_size}, not K={self.K}")
+        tf = tok.load_tokens(path)
         idx = tf.indices
         if idx.shape[0] != 1:
             raise ValueError(f"the file holds {idx.shape[0]} images; /decode takes one")

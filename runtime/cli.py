@@ -190,8 +190,6 @@ def _tokenize_file(tok, path) -> tuple:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vqedge.runtime.tokens import save_tokens
-
     files = _expand_inputs(args.images)
     out = Path(args.output)
     single_file = len(files) == 1 and out.suffix == ".vqt"
@@ -205,9 +203,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             continue
         target = out if single_file else out / rel.with_suffix(".vqt")
         target.parent.mkdir(parents=True, exist_ok=True)
-        total_bytes += save_tokens(
-            target, idx, tok.codebook_size, tok.bundle_sha256, image_size=img.shape[:2]
-        )
+        total_bytes += tok.save_tokens(target, idx, image_size=img.shape[:2])
         total_px += img.shape[0] * img.shape[1]
     for f in failures:
         print(f"vqedge encode: skipped {f}", file=sys.stderr)
@@ -222,15 +218,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_decode(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from vqedge.runtime.tokens import load_tokens
-
     tok = _load(args)
-    tf = load_tokens(args.tokens, bundle_sha256=tok.bundle_sha256, force=args.force)
-    if tf.codebook_size != tok.codebook_size:
-        raise ValueError(
-            f"{args.tokens} holds indices for K={tf.codebook_size}, the bundle has "
-            f"K={tok.codebook_size}"
-        )
+    tf = tok.load_tokens(args.tokens, force=args.force)
     idx = tf.indices
     if idx.shape[0] != 1:
         raise ValueError(f"{args.tokens} holds {idx.shape[0]} images; decode writes one")

@@ -28,6 +28,7 @@ from vqedge.runtime.providers import (
     resolve_providers,
 )
 from vqedge.runtime.tiling import decode_tiled, encode_tiled
+from vqedge.runtime.tokens import TokenFile, load_tokens, save_tokens
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
@@ -355,6 +356,27 @@ class Tokenizer:
         img = to_uint8_image(image)
         idx = encode_tiled(self, img, tile, overlap)
         return decode_tiled(self, idx, tile, overlap, size=img.shape[:2]), idx
+
+    # -- token files (see vqedge.runtime.tokens) -----------------------------------------
+
+    def save_tokens(
+        self, path: str | Path, indices: np.ndarray, image_size: tuple[int, int] | None = None
+    ) -> int:
+        """Write a token map [B, h, w] as a .vqt file tied to this bundle; returns its bytes."""
+        return save_tokens(
+            path, indices, self.codebook_size, self.bundle_sha256, image_size=image_size
+        )
+
+    def load_tokens(self, path: str | Path, force: bool = False) -> TokenFile:
+        """Read a .vqt file; tokens of another bundle (or another K) are refused unless
+        ``force`` (a different K is refused always)."""
+        tf = load_tokens(path, bundle_sha256=self.bundle_sha256, force=force)
+        if tf.codebook_size != self.codebook_size:
+            raise ValueError(
+                f"{path} holds indices for K={tf.codebook_size}, the bundle has "
+                f"K={self.codebook_size}"
+            )
+        return tf
 
     # -- VAR-style token lists ------------------------------------------------------------
 
