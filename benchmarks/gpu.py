@@ -38,6 +38,7 @@ EXIT_NO_GPU = 3
 GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 CONFIGS = (
     "vqedge-cuda/fp32",
+    "vqedge-cuda/fp16",
     "vqedge-tensorrt/fp16",
     "torch-eager/fp32",
     "torch-eager/fp16",
@@ -118,8 +119,10 @@ def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], 
 def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], cache: str):
     from vqedge.runtime.tokenizer import Tokenizer, bundle_path
 
-    if name == "vqedge-cuda/fp32":
+    precision = "fp32"
+    if name.startswith("vqedge-cuda"):
         providers: Any = ["CUDAExecutionProvider"]
+        precision = name.split("/")[1]  # the bundle's fp16 graphs
     else:  # TensorRT fp16 engines, one optimization profile covering every batch
         manifest = json.loads((bundle_path(bundle) / "manifest.json").read_text())
         f, C = manifest["input"]["downsample_factor"], manifest["input"]["code_dim"]
@@ -142,7 +145,7 @@ def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], 
             "trt_profile_max_shapes": ",".join(profile(hi).values()),
         }
         providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
-    tok = Tokenizer.load(bundle, providers=providers, precision="fp32")
+    tok = Tokenizer.load(bundle, providers=providers, precision=precision)
     stages = [
         ("encoder", tok.encode_latent),
         ("quantizer", tok.quantize),

@@ -201,8 +201,12 @@ def export_bundle(
     cfg, f = model.config, model.downsample_factor
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    if cfg.is_multiscale:
+        from vqedge.export.multiscale import build_multiscale as build
+    else:
+        build = _build
     try:
-        manifest = _build(model, ckpt, tmp, precisions, log)
+        manifest = build(model, ckpt, tmp, precisions, log)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
         manifest["files"] = {
             str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
@@ -219,7 +223,6 @@ def export_bundle(
 
 def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, Any]:
     cfg, f = model.config, model.downsample_factor
-    versions = _versions()
     (tmp / "fp32").mkdir()
     examples = {  # trace inputs: sizes that the validation sizes never repeat
         "encoder": torch.rand(2, 3, 32 * f, 40 * f) * 2 - 1,
@@ -294,6 +297,24 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
                 f"int8 held-out PSNR is {drop:.2f} dB below fp32 (bar: {INT8_MAX_PSNR_DROP} dB)"
             )
 
+    return _manifest(
+        model, ckpt, tmp, variants, results, kind="single-scale", size_policy=SIZE_POLICY
+    )
+
+
+def _manifest(
+    model: VQVAE,
+    ckpt: Path,
+    tmp: Path,
+    variants: dict[str, dict[str, Any]],
+    results: list[dict],
+    kind: str,
+    size_policy: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Codebook file, metadata stamped into every graph, and the manifest (sans file list)."""
+    cfg, f = model.config, model.downsample_factor
+    versions = _versions()
     np.save(tmp / "codebook.npy", model.quantize.get_codebook().numpy().astype(np.float32))
     base_facts = {
         "vqedge.format_version": str(FORMAT_VERSION),
@@ -302,7 +323,8 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
         "vqedge.downsample_factor": str(f),
         "vqedge.codebook_size": str(cfg.codebook_size),
         "vqedge.code_dim": str(cfg.code_dim),
-        "vqedge.input": "RGB float32 NCHW in [-1, 1], H and W multiples of f",
+        "vqedge.kind": kind,
+        "vqedge.input": f"RGB float32 NCHW in [-1, 1]; {size_policy}",
     }
     # each file once (the fp32 quantizer serves every variant), facts in its metadata
     io = {
@@ -320,12 +342,12 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
             "quality": v["quality"] | {"size_bytes": size},
         }
 
-    any_model = onnx.load(str(paths["encoder"]))
+    any_model = onnx.load(str(tmp / "fp32" / "encoder.onnx"))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": ckpt.name if ckpt.name != "." else "vqvae",
-        "kind": "single-scale",
+        "kind": kind,
         "config": cfg.to_dict(),
         "input": {
             "color": "RGB",
@@ -335,7 +357,7 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
             "downsample_factor": f,
             "codebook_size": cfg.codebook_size,
             "code_dim": cfg.code_dim,
-            "size_policy": SIZE_POLICY,
+            "size_policy": size_policy,
         },
         "export": {
             "exporter": EXPORTER,
@@ -353,4 +375,4 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
             "tolerances": {"latent_atol": 1e-4, "image_atol": 1e-3, "indices": "identical"},
             "cases": results,
         },
-    }
+    } | (extra or {})

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.vqvae import VQTokenizerBase
 
 EXPORTER = "dynamo"  # torch.onnx.export(dynamo=True): torch.export-based, maintained
@@ -21,6 +22,13 @@ IO = {
     "encoder": (["image"], ["latent"]),
     "quantizer": (["latent"], ["indices"]),
     "decoder": (["indices"], ["image"]),
+}
+# a multi-scale bundle: the decoder takes f_hat, and "scales" turns tokens into f_hat
+IO_MULTISCALE = {
+    "encoder": (["image"], ["latent"]),
+    "quantizer": (["latent"], ["indices"]),
+    "scales": (["indices"], ["f_hat", "f_hat_each", "var_input"]),
+    "decoder": (["f_hat"], ["image"]),
 }
 
 
@@ -66,19 +74,80 @@ class DecoderGraph(nn.Module):
         return self.decoder(q).clamp(-1.0, 1.0)
 
 
+class MultiScaleQuantizerGraph(nn.Module):
+    """latent [B, C, s, s] -> indices [B, L] int64: every scale, unrolled, concatenated.
+
+    The same modules and formula as MultiScaleQuantizer.f_to_idxBl; its resizes are fixed
+    matrices, so the graph is exact at the one latent side s.
+    """
+
+    def __init__(self, model: MultiScaleVQVAE) -> None:
+        super().__init__()
+        self.quantize = model.quantize
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        q = self.quantize
+        B, C = latent.shape[:2]
+        f_rest, out = latent, []
+        for si, pn in enumerate(q.patch_nums):
+            z_NC = q.down(f_rest, si).permute(0, 2, 3, 1).reshape(-1, C)
+            idx = q.vq.nearest(z_NC).view(B, pn * pn)
+            out.append(idx)
+            f_rest = f_rest - q.up_phi(q.embed(idx, si), si)
+        return torch.cat(out, dim=1)
+
+
+class ScalesGraph(nn.Module):
+    """indices [B, L] -> f_hat [B, C, s, s], f_hat after each scale [B, SN, C, s, s] and
+    VAR's teacher-forcing input [B, L - pn_1^2, C]."""
+
+    def __init__(self, model: MultiScaleVQVAE) -> None:
+        super().__init__()
+        self.quantize = model.quantize
+        self.offsets = model.config.scale_offsets
+
+    def forward(self, indices: torch.Tensor):
+        q, o = self.quantize, self.offsets
+        idx_Bl = [indices[:, a:b] for a, b in zip(o, o[1:])]
+        each = q.idxBl_to_fhat_each(idx_Bl)
+        return each[-1], torch.stack(each, dim=1), q.idxBl_to_var_input(idx_Bl)
+
+
+class FhatDecoderGraph(nn.Module):
+    """f_hat [B, C, s, s] -> image [B, 3, s*f, s*f] in [-1, 1]."""
+
+    def __init__(self, model: VQTokenizerBase) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.decoder(f_hat).clamp(-1.0, 1.0)
+
+
 # symbolic dim names of each graph input/output, by tensor name
 DIM_NAMES = {
     "image": ["batch", None, "height", "width"],
     "latent": ["batch", None, "latent_height", "latent_width"],
     "indices": ["batch", "latent_height", "latent_width"],
 }
+# multi-scale graphs: one image size, so only the batch is dynamic
+DIM_NAMES_MULTISCALE = {
+    "image": ["batch", None, None, None],
+    "latent": ["batch", None, None, None],
+    "indices": ["batch", None],
+    "f_hat": ["batch", None, None, None],
+    "f_hat_each": ["batch", None, None, None, None],
+    "var_input": ["batch", None, None],
+}
 
 
-def export_graph(module: nn.Module, example: torch.Tensor, name: str, path: Path) -> None:
-    """Trace one wrapper to ONNX with dynamic batch, height and width."""
-    inputs, outputs = IO[name]
-    # every dim but the channel dim of NCHW tensors is dynamic
-    dims = {i: torch.export.Dim.DYNAMIC for i, label in enumerate(DIM_NAMES[inputs[0]]) if label}
+def export_graph(
+    module: nn.Module, example: torch.Tensor, name: str, path: Path, multiscale: bool = False
+) -> None:
+    """Trace one wrapper to ONNX: dynamic batch, height and width (multi-scale: batch only)."""
+    inputs, outputs = (IO_MULTISCALE if multiscale else IO)[name]
+    dim_names = DIM_NAMES_MULTISCALE if multiscale else DIM_NAMES
+    dims = {i: torch.export.Dim.DYNAMIC for i, label in enumerate(dim_names[inputs[0]]) if label}
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -96,7 +165,7 @@ def export_graph(module: nn.Module, example: torch.Tensor, name: str, path: Path
     program.optimize()
     model = program.model_proto
     for vi in list(model.graph.input) + list(model.graph.output):
-        for d, label in zip(vi.type.tensor_type.shape.dim, DIM_NAMES[vi.name]):
+        for d, label in zip(vi.type.tensor_type.shape.dim, dim_names[vi.name]):
             if label and not d.HasField("dim_value"):
                 d.dim_param = label
     onnx.save(model, str(path))

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.quantizer import VectorQuantizer
 from vqedge.models.vqvae import VQTokenizerBase
 
@@ -118,6 +119,131 @@ def format_report(results: list[dict]) -> str:
         lines.append(
             f"  {status:4} {'x'.join(map(str, r['shape'])):>14}  latent {r['latent_max_abs']:.1e}"
             f"  index mismatches {r['index_mismatches']} (ties {r['index_ties']})"
+            f"  image {r['image_max_abs']:.1e}  fused image {r['fused_image_max_abs']:.1e}"
+        )
+        lines += [f"       - {f}" for f in r["failures"]]
+    return "\n".join(lines)
+
+
+def _first_scale_ties(
+    model: MultiScaleVQVAE, latent: torch.Tensor, a_Bl: list[np.ndarray], b_Bl: list[np.ndarray]
+) -> tuple[int, int, int]:
+    """(first differing scale or -1, mismatches there, ties there) between two idx_Bl of the
+    same latent; ``b_Bl`` is PyTorch's, whose residual defines that scale's inputs."""
+    q = model.quantize
+    B, C = latent.shape[:2]
+    f_rest = latent
+    for si, (a, b) in enumerate(zip(a_Bl, b_Bl)):
+        diff = a != b
+        if diff.any():
+            z = q.down(f_rest, si).permute(0, 2, 3, 1).reshape(B, -1, C).double().numpy()[diff]
+            e = q.get_codebook().double().numpy()
+            d_a = ((z - e[a[diff]]) ** 2).sum(1)
+            d_b = ((z - e[b[diff]]) ** 2).sum(1)
+            scale = (z**2).sum(1) + (e[b[diff]] ** 2).sum(1) + 1.0
+            return si, int(diff.sum()), int((np.abs(d_a - d_b) <= TIE_RTOL * scale).sum())
+        f_rest = f_rest - q.up_phi(q.embed(torch.from_numpy(b), si), si)
+    return -1, 0, 0
+
+
+@torch.no_grad()
+def validate_multiscale(
+    model: MultiScaleVQVAE, graphs: dict[str, Path], images: list[torch.Tensor]
+) -> tuple[bool, list[dict]]:
+    """Every fp32 multi-scale graph against PyTorch, scale by scale, on batches [B, 3, R, R].
+
+    Indices must be identical at every scale. A mismatch is excused only when, at the first
+    scale where the two differ, every difference is a float-rounding tie (later scales then
+    quantize a different residual and are not compared).
+    """
+    model.eval()
+    s = {name: session(path) for name, path in graphs.items()}
+    offs = model.config.scale_offsets
+
+    def split(idx: np.ndarray) -> list[np.ndarray]:
+        return [idx[:, a:b] for a, b in zip(offs, offs[1:])]
+
+    results = []
+    for x in images:
+        latent = model.encode(x)
+        t_Bl = [i.numpy() for i in model.quantize.f_to_idxBl(latent)]
+        t_idx = np.concatenate(t_Bl, axis=1)
+        t_each = model.quantize.idxBl_to_fhat_each([torch.from_numpy(i) for i in t_Bl])
+        t_var = model.quantize.idxBl_to_var_input([torch.from_numpy(i) for i in t_Bl])
+        t_img = model.decode(t_each[-1])
+
+        o_latent = s["encoder"].run(None, {"image": x.numpy()})[0]
+        o_idx = s["quantizer"].run(None, {"latent": latent.numpy()})[0]
+        o_fhat, o_each, o_var = s["scales"].run(None, {"indices": t_idx})
+        o_img = s["decoder"].run(None, {"f_hat": t_each[-1].numpy()})[0]
+        f_idx, f_img = s["tokenizer"].run(None, {"image": x.numpy()})
+        f_Bl = split(f_idx)
+        f_ref = model.decode(
+            model.quantize.idxBl_to_fhat_each([torch.from_numpy(i) for i in f_Bl])[-1]
+        ).numpy()
+
+        o_Bl = split(o_idx)
+        first, mism, ties = _first_scale_ties(model, latent, o_Bl, t_Bl)
+        f_first, f_mism, f_ties = _first_scale_ties(model, latent, f_Bl, t_Bl)
+        t_each_np = torch.stack(t_each, dim=1).numpy()
+        r = {
+            "shape": list(x.shape),
+            "latent_max_abs": float(np.abs(o_latent - latent.numpy()).max()),
+            "index_mismatches_per_scale": [int((a != b).sum()) for a, b in zip(o_Bl, t_Bl)],
+            "first_mismatch_scale": first,
+            "first_scale_ties": ties,
+            "fused_index_mismatches": int((f_idx != t_idx).sum()),
+            "fused_first_mismatch_scale": f_first,
+            "f_hat_max_abs": float(np.abs(o_each - t_each_np).max()),
+            "var_input_max_abs": float(np.abs(o_var - t_var.numpy()).max()),
+            "image_max_abs": float(np.abs(o_img - t_img.numpy()).max()),
+            "fused_image_max_abs": float(np.abs(f_img - f_ref).max()),
+            "failures": [],
+        }
+        fails = r["failures"]
+        if o_idx.dtype != np.int64 or o_idx.shape != t_idx.shape:
+            fails.append(
+                f"quantizer gave {o_idx.dtype} {o_idx.shape}, expected int64 {t_idx.shape}"
+            )
+        if o_var.shape != tuple(t_var.shape):
+            fails.append(f"var_input is {o_var.shape}, expected {tuple(t_var.shape)}")
+        if r["latent_max_abs"] > LATENT_ATOL:
+            fails.append(f"latent differs by {r['latent_max_abs']:.2e} > {LATENT_ATOL}")
+        if mism > ties or f_mism > f_ties:
+            fails.append(
+                f"indices differ from scale {first if mism > ties else f_first} on, at "
+                "positions that are not ties"
+            )
+        if (
+            max(
+                r["f_hat_max_abs"],
+                r["var_input_max_abs"],
+                float(np.abs(o_fhat - t_each_np[:, -1]).max()),
+            )
+            > LATENT_ATOL
+        ):
+            fails.append(
+                f"f_hat / var_input differ by {max(r['f_hat_max_abs'], r['var_input_max_abs']):.2e}"
+                f" > {LATENT_ATOL}"
+            )
+        if max(r["image_max_abs"], r["fused_image_max_abs"]) > IMAGE_ATOL:
+            fails.append(
+                f"image differs by {max(r['image_max_abs'], r['fused_image_max_abs']):.2e} > "
+                f"{IMAGE_ATOL}"
+            )
+        results.append(r)
+    return all(not r["failures"] for r in results), results
+
+
+def format_multiscale_report(results: list[dict]) -> str:
+    lines = ["multi-scale export validation against PyTorch:"]
+    for r in results:
+        status = "FAIL" if r["failures"] else "ok"
+        per_scale = ",".join(map(str, r["index_mismatches_per_scale"]))
+        lines.append(
+            f"  {status:4} {'x'.join(map(str, r['shape'])):>14}  latent {r['latent_max_abs']:.1e}"
+            f"  index mismatches per scale [{per_scale}] (ties {r['first_scale_ties']})"
+            f"  f_hat {r['f_hat_max_abs']:.1e}  var_input {r['var_input_max_abs']:.1e}"
             f"  image {r['image_max_abs']:.1e}  fused image {r['fused_image_max_abs']:.1e}"
         )
         lines += [f"       - {f}" for f in r["failures"]]

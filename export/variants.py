@@ -15,27 +15,78 @@ import onnx
 from onnx import compose
 
 
-def fuse(encoder: onnx.ModelProto, quantizer: onnx.ModelProto, decoder: onnx.ModelProto):
-    """One graph image -> (indices, reconstruction), composed from the three parts."""
-    enc_q = compose.merge_models(
-        compose.add_prefix(encoder, "enc/"),
-        compose.add_prefix(quantizer, "quant/"),
-        io_map=[("enc/latent", "quant/latent")],
-    )
-    fused = compose.merge_models(
-        enc_q,
-        compose.add_prefix(decoder, "dec/"),
-        io_map=[("quant/indices", "dec/indices")],
-        outputs=["quant/indices", "dec/image"],
-    )
-    renames = {"enc/image": "image", "quant/indices": "indices", "dec/image": "reconstruction"}
-    for node in fused.graph.node:
+def chain(
+    parts: list[tuple[str, onnx.ModelProto]],
+    links: list[tuple[str, str]],
+    outputs: list[str],
+    renames: dict[str, str],
+    name: str,
+) -> onnx.ModelProto:
+    """Compose graphs in sequence: each part gets its prefix, ``links`` feed one part's output
+    into the next part's input, nodes that no kept output needs are dropped, and the kept
+    tensors are renamed."""
+    merged = compose.add_prefix(parts[0][1], parts[0][0])
+    for (prefix, model), link in zip(parts[1:], links):
+        nxt = compose.add_prefix(model, prefix)
+        # keep every output for now (merge_models drops linked ones); pruned below
+        keep = [o.name for o in merged.graph.output] + [o.name for o in nxt.graph.output]
+        merged = compose.merge_models(merged, nxt, io_map=[link], outputs=keep)
+    g = merged.graph
+    needed, kept = set(outputs), []
+    for node in reversed(g.node):  # nodes are topologically sorted
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    del g.node[:]
+    g.node.extend(kept)
+    keep_out = [o for o in g.output if o.name in outputs]
+    del g.output[:]
+    g.output.extend(sorted(keep_out, key=lambda o: outputs.index(o.name)))
+    keep_in = [i for i in g.input if i.name in needed]
+    del g.input[:]
+    g.input.extend(keep_in)
+    keep_init = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(keep_init)
+    for node in g.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-    for vi in list(fused.graph.input) + list(fused.graph.output):
+    for vi in list(g.input) + list(g.output):
         vi.name = renames.get(vi.name, vi.name)
-    fused.graph.name = "vqedge_tokenizer"
-    return fused
+    g.name = name
+    return merged
+
+
+def fuse(encoder: onnx.ModelProto, quantizer: onnx.ModelProto, decoder: onnx.ModelProto):
+    """One graph image -> (indices, reconstruction), composed from the three parts."""
+    return chain(
+        [("enc/", encoder), ("quant/", quantizer), ("dec/", decoder)],
+        [("enc/latent", "quant/latent"), ("quant/indices", "dec/indices")],
+        ["quant/indices", "dec/image"],
+        {"enc/image": "image", "quant/indices": "indices", "dec/image": "reconstruction"},
+        "vqedge_tokenizer",
+    )
+
+
+def fuse_multiscale(
+    encoder: onnx.ModelProto,
+    quantizer: onnx.ModelProto,
+    scales: onnx.ModelProto,
+    decoder: onnx.ModelProto,
+) -> onnx.ModelProto:
+    """Multi-scale: image -> (indices [B, L], reconstruction) through the scales graph."""
+    return chain(
+        [("enc/", encoder), ("quant/", quantizer), ("scales/", scales), ("dec/", decoder)],
+        [
+            ("enc/latent", "quant/latent"),
+            ("quant/indices", "scales/indices"),
+            ("scales/f_hat", "dec/f_hat"),
+        ],
+        ["quant/indices", "dec/image"],
+        {"enc/image": "image", "quant/indices": "indices", "dec/image": "reconstruction"},
+        "vqedge_tokenizer",
+    )
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vqedge.models.multiscale import build_model
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.atomic import fsync_dir, write_bytes_atomic
 from vqedge.runtime.config import VQVAEConfig
@@ -119,7 +120,7 @@ def load_model(path: str | Path) -> tuple[VQVAE, Path]:
         weights = load_file(ckpt / WEIGHTS)
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"checkpoint weights {ckpt / WEIGHTS} are corrupt: {e}") from None
-    model = VQVAE(config)
+    model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

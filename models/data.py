@@ -80,13 +80,22 @@ class CropSampler:
     """Random crops with flips, drawn from one torch.Generator.
 
     All randomness comes from ``generator``, so a saved generator state resumes the exact
-    same stream of batches.
+    same stream of batches. ``max_zoom_out`` > 1 also draws a scale per crop (log-uniform
+    in [1, max_zoom_out]): a region that much larger is cut and downsized (antialiased) to
+    the crop, so the model also sees whole-photo detail density, as a downsized photo has.
     """
 
-    def __init__(self, images: list[np.ndarray], crop: int, generator: torch.Generator):
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        crop: int,
+        generator: torch.Generator,
+        max_zoom_out: float = 1.0,
+    ):
         self.images = [torch.tensor(im).permute(2, 0, 1).contiguous() for im in images]
         self.crop = crop
         self.g = generator
+        self.max_zoom_out = max_zoom_out
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(0, high, (1,), generator=self.g))
@@ -97,6 +106,17 @@ class CropSampler:
         for _ in range(batch):
             img = self.images[self._randint(len(self.images))]
             _, H, W = img.shape
+            side = self.crop
+            if self.max_zoom_out > 1.0:
+                u = float(torch.rand((), generator=self.g))
+                side = min(H, W, round(self.crop * self.max_zoom_out**u))
+            if side > self.crop:
+                y, x = self._randint(H - side + 1), self._randint(W - side + 1)
+                region = img[None, :, y : y + side, x : x + side].float()
+                img = torch.nn.functional.interpolate(
+                    region, size=(self.crop, self.crop), mode="bilinear", antialias=True
+                )[0].clamp(0, 255)
+                _, H, W = img.shape
             if self.crop > H or self.crop > W:  # small image: edge-pad up to the crop size
                 img = torch.nn.functional.pad(
                     img[None].float(),

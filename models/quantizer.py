@@ -99,9 +99,7 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             idx_N = self.nearest(z_NC.detach())
         if self.training:
-            self._update(z_NC.detach(), idx_N)
-            if self.dead_code_threshold > 0:
-                self._restart_dead_codes(z_NC.detach())
+            self.learn(z_NC.detach(), idx_N)
         q_NC = F.embedding(idx_N, self.codes())
         commitment = F.mse_loss(z_NC, q_NC.detach())
         if self.ema:
@@ -112,6 +110,14 @@ class VectorQuantizer(nn.Module):
         q_NC = z_NC + (q_NC - z_NC).detach()
         quantized = q_NC.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
         return quantized, loss, idx_N.view(B, H, W)
+
+    @torch.no_grad()
+    def learn(self, z_NC: torch.Tensor, idx_N: torch.Tensor) -> None:
+        """One training step of the codebook from latents [N, C] and their codes [N]: usage
+        counts, the EMA codebook, then dead-code restarts."""
+        self._update(z_NC, idx_N)
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes(z_NC)
 
     @torch.no_grad()
     def _update(self, z_NC: torch.Tensor, idx_N: torch.Tensor) -> None:

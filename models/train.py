@@ -25,8 +25,10 @@ from vqedge.models.data import (
     load_images,
     uint8_to_tensor,
 )
+from vqedge.models.multiscale import build_model
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import find_images
 from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
 
@@ -40,8 +42,10 @@ class TrainConfig:
     # total optimizer steps (a resumed run continues up to this)
     steps: int = 5000
     batch_size: int = 16
-    # side of the square random crops
+    # side of the square random crops (a multi-scale model needs its resolution)
     crop: int = 64
+    # crops also cut from regions up to this many times larger, downsized (1: no zoom)
+    max_zoom_out: float = 1.0
     lr: float = 4e-4
     # linear warm-up steps, then cosine decay to lr * min_lr_ratio
     warmup: int = 200
@@ -67,19 +71,37 @@ def lr_at(tc: TrainConfig, step: int) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * cos)
 
 
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    return to_uint8(img[0].permute(1, 2, 0).numpy())
+
+
 @torch.no_grad()
-def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, float]:
-    """Held-out quality at full size: mean PSNR (dB, uint8), codes used, perplexity."""
+def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, Any]:
+    """Held-out quality: mean PSNR (dB, uint8), codes used, perplexity.
+
+    Single-scale models see each photo at full size; a multi-scale model sees it fitted to
+    its resolution (fit_square) and also reports the PSNR after each prefix of scales.
+    """
     was_training = model.training
     model.eval()
-    psnrs, indices = [], []
+    multiscale = model.config.is_multiscale
+    psnrs, indices, prefix = [], [], []
     for img in images:
-        recon, _, idx = model(uint8_to_tensor(img))
-        psnrs.append(psnr(to_uint8(recon[0].permute(1, 2, 0).numpy()), img))
+        if multiscale:
+            img = fit_square(img, model.config.resolution)
+        x = uint8_to_tensor(img)
+        recon, _, idx = model(x)
+        psnrs.append(psnr(_to_uint8(recon), img))
         indices.append(idx.numpy().ravel())
+        if multiscale:
+            each = model.idxBl_to_img(model.img_to_idxBl(x), last_one=False)
+            prefix.append([psnr(_to_uint8(r), img) for r in each])
     model.train(was_training)
     stats = codebook_stats(np.concatenate(indices), model.codebook_size)
-    return {"psnr": float(np.mean(psnrs)), "psnr_each": psnrs, **stats}
+    out = {"psnr": float(np.mean(psnrs)), "psnr_each": psnrs, **stats}
+    if multiscale:
+        out["psnr_per_prefix"] = [float(v) for v in np.mean(prefix, axis=0)]
+    return out
 
 
 # what a resumed run may change; everything else continues as the run was started
@@ -106,12 +128,17 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
         tc.model = model.config
     else:
         torch.manual_seed(tc.seed)
-        model = VQVAE(tc.model)
+        model = build_model(tc.model)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     gen = torch.Generator().manual_seed(tc.seed)
     paths = find_images(tc.data) if tc.data else default_train_paths()
-    sampler = CropSampler(load_images(paths), tc.crop, gen)
+    if tc.model.is_multiscale and tc.crop != tc.model.resolution:
+        raise ValueError(
+            f"a multi-scale model trains on {tc.model.resolution}x{tc.model.resolution} crops "
+            f"(its one resolution), got crop {tc.crop}"
+        )
+    sampler = CropSampler(load_images(paths), tc.crop, gen, tc.max_zoom_out)
     held_out = load_images(held_out_paths())
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay

@@ -42,6 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ema=not args.no_ema,
         l2_normalize=args.l2,
         dead_code_threshold=args.dead_threshold,
+        patch_nums=tuple(args.patch_nums or ()),
     )
     tc = TrainConfig(
         data=args.data,
@@ -49,6 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         crop=args.crop,
+        max_zoom_out=args.zoom_out,
         lr=args.lr,
         l1_weight=args.l1,
         seed=args.seed,
@@ -62,6 +64,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ev = train(tc, resume=args.resume)
     except KeyboardInterrupt:
         return 130
+    if "psnr_per_prefix" in ev:
+        print(
+            "held-out PSNR per prefix of scales: "
+            + " ".join(f"{v:.2f}" for v in ev["psnr_per_prefix"])
+        )
     print(
         f"held-out PSNR {ev['psnr']:.2f} dB, codes used {ev['codes_used']}/"
         f"{model.codebook_size}, perplexity {ev['perplexity']:.1f}; checkpoints in {args.out}"
@@ -94,6 +101,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ema", action="store_true", help="learn the codebook by gradients")
     p.add_argument("--l2", action="store_true", help="cosine lookup (unit latents and codes)")
     p.add_argument("--dead-threshold", type=float, default=1.0, help="restart codes below")
+    p.add_argument(
+        "--patch-nums",
+        type=int,
+        nargs="+",
+        default=None,
+        help="VAR scales (multi-scale tokenizer), e.g. 1 2 3 4 5 6 8 10 13 16; "
+        "the crop must then be the last one x f",
+    )
+    p.add_argument(
+        "--zoom-out", type=float, default=1.0, help="also crop regions up to this much larger"
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -178,13 +196,28 @@ def _expand_inputs(inputs: list[str]) -> list[tuple]:
 
 
 def _tokenize_file(tok, path) -> tuple:
-    """(indices [1, h, w], uint8 image [H, W, 3]) of one image file, tiled when large."""
+    """(indices, uint8 image [H, W, 3]) of one image file: [1, h, w], tiled when large; for a
+    multi-scale bundle [1, L] of the image fitted to the bundle's size."""
+    from vqedge.runtime.images import fit_square
     from vqedge.runtime.inputs import read_image
 
     img = read_image(path)
+    if tok.resolution is not None:
+        img = fit_square(img, tok.resolution)
+        return tok.encode(img), img
     if max(img.shape[:2]) > TILE_ABOVE:
         return tok.encode_tiled(img), img
     return tok.encode(img), img
+
+
+def _fit_note(tok, command: str) -> None:
+    if tok.resolution is not None:
+        R = tok.resolution
+        print(
+            f"vqedge {command}: images are fitted to {R}x{R} (centre square, Lanczos) for this "
+            "multi-scale bundle",
+            file=sys.stderr,
+        )
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -194,6 +227,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     out = Path(args.output)
     single_file = len(files) == 1 and out.suffix == ".vqt"
     tok = _load(args)
+    _fit_note(tok, "encode")
     failures, total_bytes, total_px = [], 0, 0
     for path, rel in _progress(files, "encode"):
         try:
@@ -220,11 +254,11 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
     tok = _load(args)
     tf = tok.load_tokens(args.tokens, force=args.force)
-    idx = tf.indices
-    if idx.shape[0] != 1:
-        raise ValueError(f"{args.tokens} holds {idx.shape[0]} images; decode writes one")
+    idx = tf.scales if tok.patch_nums else tf.indices
+    if tf.scales[0].shape[0] != 1:
+        raise ValueError(f"{args.tokens} holds {tf.scales[0].shape[0]} images; decode writes one")
     size = tuple(tf.image_size) if tf.image_size else None
-    big = max(idx.shape[1:]) * tok.f > TILE_ABOVE
+    big = not tok.patch_nums and max(idx.shape[1:]) * tok.f > TILE_ABOVE
     img = tok.decode_tiled(idx, size=size) if big else tok.decode(idx, size=size)
     Image.fromarray(img[0]).save(args.output)
     print(f"decoded {args.tokens} to {args.output} ({img.shape[2]}x{img.shape[1]})")
@@ -237,15 +271,21 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from vqedge.runtime.metrics import psnr
 
     tok = _load(args)
+    _fit_note(tok, "reconstruct")
     idx, img = _tokenize_file(tok, args.image)
-    big = max(img.shape[:2]) > TILE_ABOVE
+    big = tok.resolution is None and max(img.shape[:2]) > TILE_ABOVE
     dec = tok.decode_tiled if big else tok.decode
     recon = dec(idx, size=img.shape[:2])[0]
     Image.fromarray(recon).save(args.output)
     bpp = tok.config.bits_per_token * idx.size / (img.shape[0] * img.shape[1])
+    shape = (
+        f"{idx.shape[1]} tokens over {len(tok.patch_nums)} scales"
+        if tok.patch_nums
+        else f"{idx.shape[1]}x{idx.shape[2]} tokens"
+    )
     print(
         f"{args.image} -> {args.output}: PSNR {psnr(recon, img):.2f} dB, "
-        f"{bpp:.3f} bits per pixel ({idx.shape[1]}x{idx.shape[2]} tokens, K={tok.codebook_size}, "
+        f"{bpp:.3f} bits per pixel ({shape}, K={tok.codebook_size}, "
         f"{tok.precision} on {tok.info['providers_in_use']['encoder'][0]})"
     )
     return EXIT_OK
@@ -276,6 +316,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{p} ({v['quality']['size_bytes'] / 1e6:.1f} MB, "
             f"{v['quality']['held_out_psnr']:.2f} dB)"
             for p, v in m["variants"].items()
+        ),
+        *(
+            [
+                f"scales      {list(tok.patch_nums)} ({tok.config.scale_offsets[-1]} tokens), "
+                f"images exactly {tok.resolution}x{tok.resolution}"
+            ]
+            if tok.patch_nums
+            else []
         ),
         f"shipped     {', '.join(list_bundles()) or 'none'}",
         f"onnxruntime {', '.join(installed_runtimes())}",

@@ -47,9 +47,17 @@ class VQVAEConfig:
     dead_code_threshold: float = 1.0
     # look codes up by direction (unit-length latents and codes, cosine similarity)
     l2_normalize: bool = False
+    # VAR's next-scale token maps: side of each scale's map, coarse to fine, the last one the
+    # latent side; empty for a single-scale tokenizer. Fixes the image side to pn[-1] * f.
+    patch_nums: tuple[int, ...] = ()
+    # VAR's Phi blend h * (1 - r) + conv(h) * r after upsampling each scale's codes
+    quant_resi: float = 0.5
+    # Phi convolutions shared across scales by nearest tick (VAR: 4)
+    num_phi: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
         ints = {
             "in_channels": self.in_channels,
             "base_channels": self.base_channels,
@@ -72,6 +80,37 @@ class VQVAEConfig:
             raise ValueError("config codebook_size must be at least 2")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"config ema_decay must be in (0, 1), got {self.ema_decay}")
+        pns = self.patch_nums
+        if pns:
+            if pns[0] < 1 or any(a >= b for a, b in zip(pns, pns[1:])):
+                raise ValueError(
+                    f"config patch_nums must be positive and strictly increasing, got {pns}"
+                )
+            if self.l2_normalize:
+                raise ValueError(
+                    "config l2_normalize cannot be combined with patch_nums: residual "
+                    "quantization needs the latent's magnitude"
+                )
+            if self.num_phi < 1:
+                raise ValueError(f"config num_phi must be at least 1, got {self.num_phi}")
+
+    @property
+    def is_multiscale(self) -> bool:
+        """True for a VAR-style tokenizer with one token map per scale."""
+        return bool(self.patch_nums)
+
+    @property
+    def resolution(self) -> int | None:
+        """The one image side a multi-scale tokenizer accepts (pn[-1] * f); None: any size."""
+        return self.patch_nums[-1] * self.downsample_factor if self.patch_nums else None
+
+    @property
+    def scale_offsets(self) -> tuple[int, ...]:
+        """Where each scale starts in the concatenated [B, L] tokens, then L itself."""
+        offsets = [0]
+        for pn in self.patch_nums:
+            offsets.append(offsets[-1] + pn * pn)
+        return tuple(offsets)
 
     @property
     def downsample_factor(self) -> int:
@@ -85,12 +124,15 @@ class VQVAEConfig:
 
     @property
     def bits_per_pixel(self) -> float:
-        """log2(K) / f^2: the rate of the token map per image pixel."""
+        """log2(K) x tokens per image pixel: log2(K) / f^2, or log2(K) * L / side^2 for scales."""
+        if self.patch_nums:
+            return math.log2(self.codebook_size) * self.scale_offsets[-1] / self.resolution**2
         return math.log2(self.codebook_size) / self.downsample_factor**2
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)
+        d["patch_nums"] = list(self.patch_nums)
         return d
 
     @classmethod

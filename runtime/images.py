@@ -24,3 +24,20 @@ def pad_to_multiple(x: np.ndarray, f: int) -> np.ndarray:
     if ph == 0 and pw == 0:
         return x
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+
+
+def fit_square(img: np.ndarray, side: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [side, side, 3]: centre square crop, then a Lanczos resize.
+
+    What a fixed-size (multi-scale) tokenizer needs from an arbitrary photo, as VAR
+    prepares its images (shorter side to size, centre crop).
+    """
+    from PIL import Image  # only here: keeps Pillow out of the runtime's import time
+
+    H, W = img.shape[:2]
+    s = min(H, W)
+    y, x = (H - s) // 2, (W - s) // 2
+    square = img[y : y + s, x : x + s]
+    if s == side:
+        return np.ascontiguousarray(square)
+    return np.asarray(Image.fromarray(square).resize((side, side), Image.Resampling.LANCZOS))

@@ -79,7 +79,15 @@ class Tokenizer:
     Images go in as file paths, PIL images, uint8 [H, W, 3] / [N, H, W, 3] arrays, or
     float32 [N, 3, H, W] arrays in [-1, 1]. A size that is not a multiple of f is edge-padded
     at the bottom and right, and reconstructions are cropped back.
+
+    A multi-scale (VAR) bundle loads as a MultiScaleTokenizer, the same API with one token
+    map per scale (vqedge.runtime.multiscale).
     """
+
+    # the scales of a multi-scale bundle (one per token map) and the one image side it
+    # accepts; a single-scale bundle has none and takes any size
+    patch_nums: tuple[int, ...] = ()
+    resolution: int | None = None
 
     def __init__(
         self,
@@ -185,6 +193,10 @@ class Tokenizer:
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
+        if manifest.get("kind") == "multi-scale" and cls is Tokenizer:
+            from vqedge.runtime.multiscale import MultiScaleTokenizer
+
+            cls = MultiScaleTokenizer
         return cls(root, manifest, providers, precision, session_options, strict, max_side, cache)
 
     # -- sessions -------------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""Export of a multi-scale (VAR) tokenizer: graphs, the exact-parity gate, variants.
+
+The bundle accepts one image size, R x R (R = pn[-1] * f), declared in its manifest. The
+per-scale loop unrolls at trace time; its resizes are fixed matrices for that size (see
+vqedge.models.multiscale), so the graphs are exact there, which the gate proves graph by
+graph and scale by scale. Graphs: encoder (image -> latent), quantizer (latent -> indices
+[B, L]), scales (indices -> f_hat, f_hat after each scale, VAR's teacher-forcing input),
+decoder (f_hat -> image) and the fused tokenizer (image -> indices, reconstruction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from vqedge.export.bundle import _calibration, _check_compat, _manifest
+from vqedge.export.graphs import (
+    EncoderGraph,
+    FhatDecoderGraph,
+    MultiScaleQuantizerGraph,
+    ScalesGraph,
+    export_graph,
+)
+from vqedge.export.validate import (
+    ExportValidationError,
+    format_multiscale_report,
+    session,
+    validate_multiscale,
+)
+from vqedge.export.variants import fuse_multiscale, to_fp16, to_int8
+from vqedge.models.data import held_out_paths
+from vqedge.models.multiscale import MultiScaleVQVAE
+from vqedge.runtime.images import fit_square, float_to_uint8, uint8_to_float
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.metrics import psnr
+
+INT8_MAX_PSNR_DROP = 0.5
+GRAPHS = ("encoder", "quantizer", "scales", "decoder")
+
+
+def size_policy(model: MultiScaleVQVAE) -> str:
+    R = model.config.resolution
+    return f"exactly {R}x{R} (H = W = patch_nums[-1] * f); other sizes are refused"
+
+
+def held_out_images(side: int) -> list[np.ndarray]:
+    """The held-out photos, centre square, resized to side x side (uint8 [side, side, 3])."""
+    return [fit_square(read_image(p), side) for p in held_out_paths()]
+
+
+def _validation_batches(model: MultiScaleVQVAE) -> list[torch.Tensor]:
+    R = model.config.resolution
+    photos = held_out_images(R)
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (2, R, R, 3), dtype=np.uint8)  # far from the training data
+    return [
+        torch.from_numpy(uint8_to_float(photos[0])),  # 1 x 3 x R x R
+        torch.from_numpy(uint8_to_float(np.stack(photos))),  # 3 x 3 x R x R
+        torch.from_numpy(uint8_to_float(noise)),
+    ]
+
+
+def _quality(
+    graphs: dict[str, Path], side: int, ref_idx: np.ndarray | None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Held-out PSNR at the last scale and after each prefix of scales; token agreement."""
+    photos = held_out_images(side)
+    x = uint8_to_float(np.stack(photos))
+    idx, recon = session(graphs["tokenizer"]).run(None, {"image": x})
+    if not np.isfinite(recon).all():
+        raise ExportValidationError(f"{graphs['tokenizer'].parent.name}: NaN/Inf on held-out")
+    _, f_hat_each, _ = session(graphs["scales"]).run(None, {"indices": idx})
+    dec = session(graphs["decoder"])
+    prefix = []
+    for k in range(f_hat_each.shape[1]):
+        img = float_to_uint8(dec.run(None, {"f_hat": np.ascontiguousarray(f_hat_each[:, k])})[0])
+        prefix.append(float(np.mean([psnr(a, b) for a, b in zip(img, photos)])))
+    out = float_to_uint8(recon)
+    q = {
+        "held_out_psnr": float(np.mean([psnr(a, b) for a, b in zip(out, photos)])),
+        "held_out_psnr_per_prefix": prefix,
+        "token_agreement": None if ref_idx is None else float((idx == ref_idx).mean()),
+        "held_out_preprocessing": f"centre square, Lanczos to {side}x{side}",
+    }
+    return q, idx
+
+
+def build_multiscale(
+    model: MultiScaleVQVAE, ckpt: Path, tmp: Path, precisions, log
+) -> dict[str, Any]:
+    cfg, f, R = model.config, model.downsample_factor, model.config.resolution
+    s, C = cfg.patch_nums[-1], cfg.code_dim
+    (tmp / "fp32").mkdir()
+    examples = {  # batch 2 at trace time; validated at batch 1 and 3
+        "encoder": torch.rand(2, 3, R, R) * 2 - 1,
+        "quantizer": torch.randn(2, C, s, s),
+        "scales": torch.randint(0, cfg.codebook_size, (2, cfg.scale_offsets[-1])),
+        "decoder": torch.randn(2, C, s, s),
+    }
+    wrappers = {
+        "encoder": EncoderGraph,
+        "quantizer": MultiScaleQuantizerGraph,
+        "scales": ScalesGraph,
+        "decoder": FhatDecoderGraph,
+    }
+    paths: dict[str, Path] = {}
+    for name, wrapper in wrappers.items():
+        log(f"exporting {name}")
+        paths[name] = tmp / "fp32" / f"{name}.onnx"
+        export_graph(wrapper(model), examples[name], name, paths[name], multiscale=True)
+    parts = {n: onnx.load(str(p)) for n, p in paths.items()}
+    paths["tokenizer"] = tmp / "fp32" / "tokenizer.onnx"
+    onnx.save(fuse_multiscale(*(parts[n] for n in GRAPHS)), str(paths["tokenizer"]))
+    for name, path in paths.items():
+        onnx.checker.check_model(str(path), full_check=True)
+        _check_compat(onnx.load(str(path)), name)
+
+    log("validating against PyTorch, scale by scale")
+    passed, results = validate_multiscale(model, paths, _validation_batches(model))
+    report = format_multiscale_report(results)
+    log(report)
+    if not passed:
+        raise ExportValidationError(report)
+
+    variants: dict[str, dict[str, Any]] = {"fp32": {"graphs": dict(paths)}}
+    exact = {"quantizer": paths["quantizer"], "scales": paths["scales"]}  # fp32 everywhere
+    if "fp16" in precisions:
+        log("converting fp16")
+        (tmp / "fp16").mkdir()
+        g = dict(exact)
+        for name in ("encoder", "decoder"):
+            g[name] = tmp / "fp16" / f"{name}.onnx"
+            onnx.save(to_fp16(parts[name]), str(g[name]))
+        variants["fp16"] = {"graphs": g}
+    if "int8" in precisions:
+        log("quantizing int8 (static QDQ, calibrated on training photos)")
+        (tmp / "int8").mkdir()
+        calib = _calibration(f, side=R)
+        s_enc, s_q, s_sc = (session(paths[n]) for n in ("encoder", "quantizer", "scales"))
+        calib_fhat = []
+        for x in calib:
+            idx = s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0]
+            calib_fhat.append(s_sc.run(None, {"indices": idx})[0])
+        g = dict(exact)
+        for name, data, inp in (("encoder", calib, "image"), ("decoder", calib_fhat, "f_hat")):
+            g[name] = tmp / "int8" / f"{name}.onnx"
+            to_int8(paths[name], g[name], inp, data)
+        variants["int8"] = {"graphs": g}
+    for prec, v in variants.items():
+        if prec != "fp32":
+            g = v["graphs"]
+            g["tokenizer"] = tmp / prec / "tokenizer.onnx"
+            onnx.save(fuse_multiscale(*(onnx.load(str(g[n])) for n in GRAPHS)), str(g["tokenizer"]))
+
+    log("measuring held-out quality of each variant")
+    fp32_q, fp32_idx = _quality(paths, R, None)
+    variants["fp32"]["quality"] = fp32_q
+    for prec, v in variants.items():
+        if prec != "fp32":
+            v["quality"] = _quality(v["graphs"], R, fp32_idx)[0]
+    for prec, v in variants.items():
+        q = v["quality"]
+        log(
+            f"  {prec}: held-out PSNR {q['held_out_psnr']:.2f} dB, agreement {q['token_agreement']}"
+        )
+    if "int8" in variants:
+        drop = fp32_q["held_out_psnr"] - variants["int8"]["quality"]["held_out_psnr"]
+        if drop > INT8_MAX_PSNR_DROP:
+            raise ExportValidationError(
+                f"int8 held-out PSNR is {drop:.2f} dB below fp32 (bar: {INT8_MAX_PSNR_DROP} dB)"
+            )
+
+    offsets = list(cfg.scale_offsets)
+    scales = {
+        "patch_nums": list(cfg.patch_nums),
+        "offsets": offsets[:-1],
+        "num_tokens": offsets[-1],
+        "resolution": R,
+        "token_order": "scales coarse to fine, each row-major, concatenated into [B, L]",
+    }
+    return _manifest(
+        model,
+        ckpt,
+        tmp,
+        variants,
+        results,
+        kind="multi-scale",
+        size_policy=size_policy(model),
+        extra={"scales": scales},
+    )

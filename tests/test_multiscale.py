@@ -1,0 +1,309 @@
+"""The multi-scale (VAR) tokenizer: quantizer semantics, export parity per scale, runtime.
+
+The PyTorch model is checked against a plain VAR-style reference loop written with
+F.interpolate; the exported bundle against PyTorch scale by scale; the shipped bundle
+against its shipped checkpoint on the held-out photos.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqedge.export import export_bundle
+from vqedge.models.checkpoint import PRETRAINED_DIR, load_pretrained, save_checkpoint
+from vqedge.models.data import CropSampler, held_out_paths
+from vqedge.models.multiscale import MultiScaleVQVAE, build_model, phi_index, resize_matrix
+from vqedge.models.train import TrainConfig, train
+from vqedge.runtime.cli import main
+from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.images import fit_square, uint8_to_float
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import MANIFEST
+from vqedge.runtime.metrics import psnr
+from vqedge.runtime.multiscale import MultiScaleTokenizer
+from vqedge.runtime.tokenizer import Tokenizer
+
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+SHIPPED = "vqvae-ms-f8"
+
+
+@pytest.fixture(scope="module")
+def ms_config() -> VQVAEConfig:
+    return VQVAEConfig(
+        base_channels=8,
+        channel_mult=(1, 1, 2),
+        num_res_blocks=1,
+        num_mid_blocks=0,
+        codebook_size=64,
+        code_dim=4,
+        patch_nums=(1, 2, 3, 5, 8),
+    )
+
+
+@pytest.fixture(scope="module")
+def ms_model(ms_config) -> MultiScaleVQVAE:
+    """A tiny model with a codebook spread like a trained one (random, not near zero)."""
+    torch.manual_seed(0)
+    model = build_model(ms_config).eval()
+    with torch.no_grad():
+        model.quantize.vq.embedding.weight.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images(ms_config) -> torch.Tensor:
+    R = ms_config.resolution
+    photos = [fit_square(read_image(p), R) for p in held_out_paths()]
+    return torch.from_numpy(uint8_to_float(np.stack(photos)))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, ms_model) -> Path:
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ms"), 0, ms_model)
+    out = tmp_path_factory.mktemp("msb") / "bundle"
+    export_bundle(ckpt, out, precisions=("fp32", "fp16"), log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(bundle) -> MultiScaleTokenizer:
+    return Tokenizer.load(bundle)
+
+
+def var_reference(model: MultiScaleVQVAE, f: torch.Tensor) -> list[torch.Tensor]:
+    """VAR's quantization loop, written with F.interpolate (area down, bicubic up)."""
+    q = model.quantize
+    B, C, H, W = f.shape
+    e = q.get_codebook()
+    f_rest, out = f.clone(), []
+    for si, pn in enumerate(q.patch_nums):
+        last = si == len(q.patch_nums) - 1
+        z = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
+        z = z.permute(0, 2, 3, 1).reshape(-1, C)
+        idx = torch.cdist(z.double(), e.double()).argmin(1).view(B, pn * pn)
+        h = e[idx].transpose(1, 2).reshape(B, C, pn, pn)
+        if not last:
+            h = F.interpolate(h, size=(H, W), mode="bicubic")
+        f_rest = f_rest - q.phis[q.phi_of_scale[si]](h)
+        out.append(idx)
+    return out
+
+
+# -- PyTorch --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pn", VAR_PATCH_NUMS[:-1])
+def test_resize_matrices_are_torch_interpolate(pn):
+    x = torch.randn(2, 3, 16, 16)
+    D, U = resize_matrix(16, pn, "area"), resize_matrix(pn, 16, "bicubic")
+    ref_down = F.interpolate(x, size=(pn, pn), mode="area")
+    assert torch.allclose(D @ x @ D.t(), ref_down, atol=1e-6)
+    y = torch.randn(2, 3, pn, pn)
+    ref_up = F.interpolate(y, size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(U @ y @ U.t(), ref_up, atol=1e-5)
+
+
+def test_phi_sharing_follows_var():
+    # VAR: 4 Phi convolutions at ticks 1/12, 4/12.., each scale takes the nearest to si/(SN-1)
+    got = [phi_index(si, 10, 4) for si in range(10)]
+    assert got == sorted(got) and got[0] == 0 and got[-1] == 3 and len(set(got)) == 4
+    assert phi_index(0, 1, 4) == 0
+
+
+def test_quantizer_matches_var_reference(ms_model, images):
+    with torch.no_grad():
+        latent = ms_model.encode(images)
+        ours = ms_model.quantize.f_to_idxBl(latent)
+        ref = var_reference(ms_model, latent)
+    for si, (a, b) in enumerate(zip(ours, ref)):
+        assert torch.equal(a, b), f"scale {si}"
+
+
+def test_model_api_shapes_and_prefix(ms_model, images, ms_config):
+    idx_Bl = ms_model.img_to_idxBl(images)
+    assert [tuple(i.shape) for i in idx_Bl] == [(3, p * p) for p in ms_config.patch_nums]
+    recon, _, idx_BL = ms_model(images)
+    assert torch.equal(torch.cat(idx_Bl, 1), idx_BL)
+    assert torch.allclose(ms_model.idxBl_to_img(idx_Bl), recon, atol=1e-6)
+    prog = ms_model.idxBl_to_img(idx_Bl[:3], last_one=False)
+    assert len(prog) == 3 and prog[-1].shape == images.shape
+    assert torch.allclose(prog[-1], ms_model.idxBl_to_img(idx_Bl[:3]))
+    var_in = ms_model.idxBl_to_var_input(idx_Bl)
+    L = ms_config.scale_offsets[-1]
+    assert var_in.shape == (3, L - 1, ms_config.code_dim)
+
+
+def test_var_input_matches_var_reference(ms_model, images):
+    """VAR's idxBl_to_var_input: f_hat over scales 1..K-1, area-downsampled to the next."""
+    q = ms_model.quantize
+    idx_Bl = ms_model.img_to_idxBl(images)
+    B, C, s = images.shape[0], q.embedding_dim, q.side
+    f_hat, nxt = torch.zeros(B, C, s, s), []
+    with torch.no_grad():
+        for si in range(len(q.patch_nums) - 1):
+            pn = q.patch_nums[si]
+            h = q.get_codebook()[idx_Bl[si]].transpose(1, 2).reshape(B, C, pn, pn)
+            f_hat = f_hat + q.phis[q.phi_of_scale[si]](
+                F.interpolate(h, size=(s, s), mode="bicubic")
+            )
+            pn_next = q.patch_nums[si + 1]
+            down = F.interpolate(f_hat, size=(pn_next, pn_next), mode="area")
+            nxt.append(down.view(B, C, -1).transpose(1, 2))
+    ref = torch.cat(nxt, dim=1)
+    assert torch.allclose(ms_model.idxBl_to_var_input(idx_Bl), ref, atol=1e-5)
+
+
+def test_model_refuses_other_sizes(ms_model):
+    with pytest.raises(ValueError, match="accepts 32x32 images only"):
+        ms_model.img_to_idxBl(torch.zeros(1, 3, 32, 40))
+    with pytest.raises(ValueError, match="scale 1 must hold"):
+        ms_model.idxBl_to_img([torch.zeros(1, 1, dtype=torch.long)] * 2)
+
+
+def test_config_checks_patch_nums():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        VQVAEConfig(patch_nums=(1, 3, 2))
+    with pytest.raises(ValueError, match="l2_normalize cannot"):
+        VQVAEConfig(patch_nums=(1, 2), l2_normalize=True)
+    cfg = VQVAEConfig(channel_mult=(1, 1, 2, 4), patch_nums=VAR_PATCH_NUMS)
+    assert cfg.resolution == 128 and cfg.scale_offsets[-1] == 680
+
+
+def test_training_steps_and_resume(ms_config, photo_folder, tmp_path):
+    tc = TrainConfig(
+        data=str(photo_folder),
+        out=str(tmp_path / "run"),
+        steps=2,
+        batch_size=2,
+        crop=ms_config.resolution,
+        max_zoom_out=1.5,
+        eval_every=2,
+        model=ms_config,
+    )
+    ev = train(tc, progress=False)
+    assert len(ev["psnr_per_prefix"]) == len(ms_config.patch_nums)
+    assert isinstance(load_pretrained(tmp_path / "run"), MultiScaleVQVAE)
+    tc.steps = 3
+    assert "psnr_per_prefix" in train(tc, resume=True, progress=False)
+    with pytest.raises(ValueError, match="trains on 32x32 crops"):
+        train(TrainConfig(data=str(photo_folder), crop=24, model=ms_config), progress=False)
+
+
+def test_zoomed_crops_are_reproducible():
+    img = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    a = CropSampler([img], 32, torch.Generator().manual_seed(3), max_zoom_out=4).sample(4)
+    b = CropSampler([img], 32, torch.Generator().manual_seed(3), max_zoom_out=4).sample(4)
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+# -- export and runtime ---------------------------------------------------------------------
+
+
+def test_bundle_declares_scales_and_size(bundle, ms_config):
+    m = json.loads((bundle / MANIFEST).read_text())
+    assert m["kind"] == "multi-scale"
+    assert m["scales"]["patch_nums"] == list(ms_config.patch_nums)
+    assert m["scales"]["offsets"] == list(ms_config.scale_offsets[:-1])
+    assert m["scales"]["resolution"] == 32 and "exactly 32x32" in m["input"]["size_policy"]
+    for case in m["validation"]["cases"]:
+        assert case["index_mismatches_per_scale"] == [0] * len(ms_config.patch_nums)
+        assert case["f_hat_max_abs"] < 1e-4 and case["image_max_abs"] < 1e-3
+
+
+def test_onnx_tokens_match_torch_per_scale(tok, ms_model):
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    x = torch.from_numpy(uint8_to_float(img))
+    ours = tok.img_to_idxBl(img)
+    ref = ms_model.img_to_idxBl(x)
+    assert len(ours) == len(ref) == 5
+    for si, (a, b) in enumerate(zip(ours, ref)):
+        np.testing.assert_array_equal(a, b.numpy(), err_msg=f"scale {si}")
+
+
+def test_runtime_var_input_and_prefix_decoding_match_torch(tok, ms_model, images):
+    img_u8 = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    idx_Bl = tok.img_to_idxBl(img_u8)
+    t_Bl = [torch.from_numpy(i) for i in idx_Bl]
+    var_in = tok.idxBl_to_var_input(idx_Bl)
+    np.testing.assert_allclose(var_in, ms_model.idxBl_to_var_input(t_Bl).numpy(), atol=1e-5)
+    # the last scale is not needed for the teacher-forcing input
+    np.testing.assert_allclose(tok.idxBl_to_var_input(idx_Bl[:-1]), var_in, atol=1e-6)
+    prog = tok.idxBl_to_img(idx_Bl[:3], last_one=False, output="float")
+    ref = ms_model.idxBl_to_img(t_Bl[:3], last_one=False)
+    assert len(prog) == 3
+    for a, b in zip(prog, ref):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
+    full = tok.idxBl_to_img(idx_Bl, output="float")
+    np.testing.assert_allclose(full, ms_model.idxBl_to_img(t_Bl).numpy(), atol=1e-4)
+
+
+def test_runtime_refuses_sizes_and_bad_tokens(tok):
+    with pytest.raises(ValueError, match="accepts 32x32 images only.*fit_square"):
+        tok.encode(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="tiling does not apply"):
+        tok.encode_tiled(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"must be \[B, 103\]"):
+        tok.decode(np.zeros((1, 100), np.int64))
+    with pytest.raises(ValueError, match=r"scale 2 must be \[B, 9\]"):
+        tok.idxBl_to_img([np.zeros((1, n), np.int64) for n in (1, 4, 8)])
+    with pytest.raises(ValueError, match="scale 0 must hold integer"):
+        tok.idxBl_to_img([np.zeros((1, 1))])
+    with pytest.raises(ValueError, match=r"expected \[0, 64\)"):
+        tok.idxBl_to_img([np.full((1, 1), 64)])
+    with pytest.raises(ValueError, match="list of 4 to 5 scales"):
+        tok.idxBl_to_var_input([np.zeros((1, 1), np.int64)])
+
+
+def test_token_files_keep_every_scale(tok, tmp_path):
+    img = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    rec, idx = tok.reconstruct(img)
+    path = tmp_path / "t.vqt"
+    tok.save_tokens(path, idx)
+    tf = tok.load_tokens(path)
+    assert [s.shape for s in tf.scales] == [(2, p, p) for p in tok.patch_nums]
+    np.testing.assert_array_equal(tok.decode(tf.scales), rec)
+
+
+def test_cli_info_encode_decode(bundle, tmp_path, capsys):
+    assert main(["info", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "multi-scale" in out and re.search(r"scales +\[1, 2, 3, 5, 8\] \(103 tokens\)", out)
+    from PIL import Image
+
+    Image.fromarray(np.full((50, 70, 3), 120, np.uint8)).save(tmp_path / "a.png")
+    assert main(["encode", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.vqt"), "--bundle",
+                 str(bundle)]) == 0  # fmt: skip
+    assert "fitted to 32x32" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "a.vqt"), "-o", str(tmp_path / "b.png"), "--bundle",
+                 str(bundle)]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "b.png").size == (32, 32)
+
+
+# -- the shipped multi-scale tokenizer --------------------------------------------------------
+
+
+def test_shipped_bundle_matches_shipped_checkpoint():
+    """Real trained weights: the shipped bundle gives the shipped checkpoint's tokens."""
+    model = load_pretrained(PRETRAINED_DIR / SHIPPED)
+    tok = Tokenizer.load(SHIPPED)
+    assert isinstance(tok, MultiScaleTokenizer) and tok.patch_nums == VAR_PATCH_NUMS
+    R = tok.resolution
+    photos = np.stack([fit_square(read_image(p), R) for p in held_out_paths()])
+    ours = tok.img_to_idxBl(photos)
+    ref = model.img_to_idxBl(torch.from_numpy(uint8_to_float(photos)))
+    for si, (a, b) in enumerate(zip(ours, ref)):
+        np.testing.assert_array_equal(a, b.numpy(), err_msg=f"scale {si}")
+    prog = tok.idxBl_to_img(ours, last_one=False)
+    scores = [np.mean([psnr(r, p) for r, p in zip(batch, photos)]) for batch in prog]
+    # each added scale brings the reconstruction closer to the photo
+    assert scores[-1] > scores[0] + 3
+    assert scores[-1] == pytest.approx(tok.info["quality"]["held_out_psnr"], abs=0.01)
