@@ -27,19 +27,55 @@ def model_card(cfg: VQVAEConfig, state: dict) -> str:
         for h in state["history"]
     )
     each = ", ".join(f"{p:.2f}" for p in last["psnr_each"])
-    return f"""# vqedge default tokenizer (f={f}, K={K})
+    if cfg.is_multiscale:
+        R, L = cfg.resolution, cfg.scale_offsets[-1]
+        title = f"vqedge multi-scale tokenizer (VAR-style, f={f}, K={K}, {R}x{R})"
+        intro = (
+            f"VAR's next-scale residual quantizer on a VQ-VAE: an {R}x{R} RGB image becomes one "
+            f"token map per scale, {list(cfg.patch_nums)} on a side ({L} tokens in all), "
+            f"indices into one codebook of {K} codes of dimension {cfg.code_dim}; "
+            f"{cfg.bits_per_pixel:.3f} bits per pixel. Phi blend r = {cfg.quant_resi}, "
+            f"{cfg.num_phi} shared Phi convolutions."
+        )
+        where = f"photos fitted to {R}x{R}: centre square, Lanczos"
+        crops = (
+            f"{tc['crop']}x{tc['crop']} random crops cut from regions up to "
+            f"{tc.get('max_zoom_out', 1.0)}x larger (antialiased downsizing) with flips"
+        )
+        prefix = "\n".join(
+            f"| {k + 1} | {pn}x{pn} | {cfg.scale_offsets[k + 1]} | {v:.2f} |"
+            for k, (pn, v) in enumerate(zip(cfg.patch_nums, last["psnr_per_prefix"]))
+        )
+        extra = f"""
+## Progressive reconstruction on held-out (final checkpoint)
 
-A single-scale VQ-VAE: an H x W RGB image becomes a ceil(H/{f}) x ceil(W/{f}) map of indices
-into {K} codes of dimension {cfg.code_dim}, {cfg.bits_per_pixel:.3f} bits per pixel
-(log2 K / f^2).
+Decoding only the first k scales (f_hat summed over scales 1..k):
+
+| scales used | last map | tokens | PSNR (dB) |
+| --- | --- | --- | --- |
+{prefix}
+"""
+    else:
+        title = f"vqedge default tokenizer (f={f}, K={K})"
+        intro = (
+            f"A single-scale VQ-VAE: an H x W RGB image becomes a ceil(H/{f}) x ceil(W/{f}) "
+            f"map of indices\ninto {K} codes of dimension {cfg.code_dim}, "
+            f"{cfg.bits_per_pixel:.3f} bits per pixel\n(log2 K / f^2)."
+        )
+        where = "full size, uint8"
+        crops = f"{tc['crop']}x{tc['crop']} random crops with horizontal and vertical flips"
+        extra = ""
+    return f"""# {title}
+
+{intro}
 
 | | |
 | --- | --- |
 | config | {params} |
 | data | the colour photos shipped in scikit-image ({len(DEFAULT_TRAIN)} images: {", ".join(Path(p).stem for _, p in DEFAULT_TRAIN)}); held out, never trained on: {", ".join(p for _, p in HELD_OUT)} |
-| training | {state["step"]} steps of batch {tc["batch_size"]}, {tc["crop"]}x{tc["crop"]} random crops with horizontal and vertical flips; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
+| training | {state["step"]} steps of batch {tc["batch_size"]}, {crops}; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
 | wall time | {state["wall_seconds"] / 60:.0f} minutes on a 2-core CPU (torch threads: {tc["threads"]}) |
-| held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; full size, uint8) |
+| held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; {where}) |
 | codes used on held-out | {last["codes_used"]} of {K} ({100 * last["usage"]:.1f}%) |
 | perplexity on held-out | {last["perplexity"]:.0f} |
 | bits per pixel | {cfg.bits_per_pixel:.3f} |
@@ -49,7 +85,7 @@ into {K} codes of dimension {cfg.code_dim}, {cfg.bits_per_pixel:.3f} bits per pi
 | step | PSNR (dB) | codes used | perplexity |
 | --- | --- | --- | --- |
 {curve}
-"""
+{extra}"""
 
 
 def publish(run_dir: str | Path, dest: str | Path) -> Path:
