@@ -46,6 +46,7 @@ CONFIGS = (
     "torch-compile/fp16",
 )
 REFERENCE = "torch-eager/fp32"
+NO_TF32 = False  # set by --no-tf32
 
 
 def what_is_there() -> dict[str, Any]:
@@ -121,7 +122,8 @@ def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], 
 
     precision = "fp32"
     if name.startswith("vqedge-cuda"):
-        providers: Any = ["CUDAExecutionProvider"]
+        # TF32 convolutions are onnxruntime's CUDA default, as they are PyTorch's (cuDNN)
+        providers: Any = [("CUDAExecutionProvider", {"use_tf32": "0" if NO_TF32 else "1"})]
         precision = name.split("/")[1]  # the bundle's fp16 graphs
     else:  # TensorRT fp16 engines, one optimization profile covering every batch
         manifest = json.loads((bundle_path(bundle) / "manifest.json").read_text())
@@ -163,6 +165,8 @@ def torch_stages(name: str, checkpoint: str | None):
     from vqedge.models import load_pretrained
 
     torch.set_grad_enabled(False)
+    torch.backends.cudnn.allow_tf32 = not NO_TF32
+    torch.backends.cuda.matmul.allow_tf32 = not NO_TF32
     model = load_pretrained(checkpoint).cuda()
     q = model.quantize
     fp16 = name.endswith("fp16")
@@ -247,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--budget-s", type=float, default=420, help="skip configurations after this")
     p.add_argument("--out", default=str(HERE / "results" / "gpu-latest.json"))
+    p.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="full fp32 convolutions on both sides (TF32 is the CUDA default of both)",
+    )
     args = p.parse_args(argv)
+    global NO_TF32
+    NO_TF32 = args.no_tf32
 
     t_begin = time.time()
     there = what_is_there()
@@ -262,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "batches": args.batches,
         "size": args.size,
         "iters": args.iters,
+        "tf32": not args.no_tf32,
         "results": {},
         "skipped": {},
     }
