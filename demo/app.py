@@ -2,7 +2,8 @@
 
 ``build_app()`` returns the Blocks, ``launch()`` serves them offline (no analytics, no share
 link, default theme, fonts served locally). The named API endpoints ``/reconstruct``,
-``/encode`` and ``/decode`` are documented in the README and in ``API_DOC`` below.
+``/encode``, ``/decode`` and ``/scales`` are documented in the README and in ``API_DOC`` below.
+The next-scale (VAR) section's engine is in ``vqedge.demo.scales``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from vqedge.demo.metrics import (
     ssim,
     token_image,
 )
+from vqedge.demo.scales import MULTI_SCALE, ScalesEngine, bundle_kind, default_scales_bundle
 from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.metrics import codebook_stats, psnr
 from vqedge.runtime.providers import CPU, provider_names, resolve_providers
 from vqedge.runtime.tokenizer import Tokenizer
@@ -58,14 +61,16 @@ MODES = ("one code", "random codes", "codes from another image")
 CSS = "#token-map img { cursor: crosshair; image-rendering: pixelated; }"
 
 API_DOC = """\
-Every endpoint takes `precision` (`fp32`, `fp16`, `int8`; default `fp32`) and `provider`
-(an available onnxruntime execution provider; default the best one) after its first input.
+`/reconstruct`, `/encode` and `/decode` take `precision` (`fp32`, `fp16`, `int8`; default
+`fp32`) and `provider` (an available onnxruntime execution provider; default the best one)
+after their first input; `/scales` runs the multi-scale bundle at fp32 on the default provider.
 
 | endpoint | takes | returns |
 | --- | --- | --- |
 | `/reconstruct` | `image` (file) | reconstruction (PNG), token map (PNG), metrics (JSON) |
 | `/encode` | `image` (file) | token file (`.vqt`), tokens (JSON: `indices` [h][w], sizes, K) |
 | `/decode` | `tokens` (a `.vqt` file from `/encode` or `vqedge encode`) | image (PNG) |
+| `/scales` | `image` (file) | JSON: `tokens` ([pn][pn] per scale), `psnr_db` (scales 1..k) |
 
 ```python
 from gradio_client import Client, handle_file
@@ -73,6 +78,7 @@ client = Client("http://127.0.0.1:7860/", analytics_enabled=False)
 recon, token_map, metrics = client.predict(handle_file("photo.jpg"), api_name="/reconstruct")
 vqt, tokens = client.predict(handle_file("photo.jpg"), api_name="/encode")
 image = client.predict(handle_file(vqt), api_name="/decode")
+scales = client.predict(handle_file("photo.jpg"), api_name="/scales")
 ```
 """
 
@@ -103,6 +109,11 @@ class Engine:
             raise ValueError(f"oversize must be 'downscale' or 'refuse', got {oversize!r}")
         if max_side < 1:
             raise ValueError(f"max_side must be positive, got {max_side}")
+        if bundle_kind(bundle) == MULTI_SCALE:
+            raise BundleError(
+                f"bundle {bundle} is a multi-scale bundle: the demo's main view takes a "
+                "single-scale one; pass it as --scales-bundle (scales_bundle= in build_app)"
+            )
         self.bundle, self.max_side, self.oversize = bundle, max_side, oversize
         self.threads = threads
         self.providers = [p for p in ort.get_available_providers() if p not in NOT_LOCAL_PROVIDERS]
@@ -381,6 +392,7 @@ def build_app(
     concurrency: int = DEFAULT_CONCURRENCY,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     threads: int | None = None,
+    scales_bundle: str | Path | None = None,
 ) -> gr.Blocks:
     """The demo's Blocks on a bundle (the shipped default when None).
 
@@ -398,8 +410,16 @@ def build_app(
         Requests that may wait in the queue; more are turned away.
     threads : int, optional
         Intra-op threads per onnxruntime session.
+    scales_bundle : str or Path, optional
+        Multi-scale bundle of the next-scale section (default: the shipped one when installed;
+        without one the section says so). Loaded on its first request.
     """
     eng = Engine(bundle, max_side, oversize, threads)
+    ms = ScalesEngine(
+        scales_bundle if scales_bundle is not None else default_scales_bundle(),
+        eng.default_provider,
+        threads,
+    )
     model = {"concurrency_limit": concurrency, "concurrency_id": "tokenizer"}
     ui = {"api_visibility": "private", **model}
 
@@ -482,6 +502,39 @@ def build_app(
                 )
                 if EXAMPLES:
                     gr.Examples([[str(p)] for p in EXAMPLES], [other], label="Held-out photos")
+        with gr.Accordion("Next-scale tokens (VAR)", open=True, elem_id="scales"):
+            if ms.available:
+                R = ms.resolution
+                gr.Markdown(ms.intro())
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        ms_inp = _upload_image(
+                            label="Image (upload, or paste from the clipboard)",
+                            sources=["upload", "clipboard"],
+                            height=250,
+                            elem_id="scales-input",
+                        )
+                        if EXAMPLES:
+                            gr.Examples(
+                                [[str(p)] for p in EXAMPLES], [ms_inp], label="Held-out photos"
+                            )
+                        ms_run = gr.Button("Tokenize scale by scale", variant="primary")
+                    with gr.Column(scale=2):
+                        ms_fitted = gr.Image(**image_kw(f"Input fitted to {R}x{R}"), height=250)
+                ms_md = gr.Markdown(elem_id="scales-summary")
+                gallery = {"format": "png", "columns": 5, "object_fit": "contain"}
+                ms_maps = gr.Gallery(
+                    label="Token map of each scale (colour = the code's vector)",
+                    elem_id="scales-maps",
+                    **gallery,
+                )
+                ms_recons = gr.Gallery(
+                    label="Decoded from scales 1 to k (PSNR against the fitted input)",
+                    elem_id="scales-recons",
+                    **gallery,
+                )
+            else:
+                gr.Markdown(ms.unavailable_message(), elem_id="scales-summary")
         with gr.Accordion("API", open=False):
             gr.Markdown(API_DOC)
         state = gr.State(None)
@@ -598,6 +651,17 @@ def build_app(
             **ui,
         )
 
+        if ms.available:
+
+            @_readable
+            def on_scales(path):
+                img, note = eng.load_image(path)
+                r = ms.analyze(img)
+                maps, recons = ms.galleries(r)
+                return r["fitted"], maps, recons, ms.summary(r, img.shape[:2], note)
+
+            ms_run.click(on_scales, [ms_inp], [ms_fitted, ms_maps, ms_recons, ms_md], **ui)
+
         # -- the named API endpoints (hidden components; see API_DOC) ---------------------
         with gr.Row(visible=False):
             a_image = _upload_image(label="image")
@@ -610,7 +674,8 @@ def build_app(
             a_vqt = gr.File(label="token file")
             a_json = gr.JSON(label="tokens")
             a_decoded = gr.Image(format="png", label="image")
-            a_buttons = [gr.Button() for _ in range(3)]
+            a_scales = gr.JSON(label="scales")
+            a_buttons = [gr.Button() for _ in range(4)]
 
         @_readable
         def api_reconstruct(image, precision, provider):
@@ -655,8 +720,19 @@ def build_app(
         )
         a_buttons[2].click(api_decode, [a_tokens, *opts], [a_decoded], api_name="decode", **model)
 
+        @_readable
+        def api_scales(image):
+            """Image -> every scale's tokens and the PSNR of each progressive decoding (JSON)."""
+            if not ms.available:  # before reading the image: the same answer for any input
+                raise ValueError(ms.unavailable_message())
+            img, note = eng.load_image(image)
+            return ms.to_json(ms.analyze(img), img.shape[:2], note)
+
+        a_buttons[3].click(api_scales, [a_image], [a_scales], api_name="scales", **model)
+
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     demo.engine = eng  # the tokenizers behind every endpoint (for tests and embedding)
+    demo.scales_engine = ms  # the multi-scale tokenizer behind the next-scale section
     return demo
 
 

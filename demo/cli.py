@@ -31,6 +31,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         queue_size=args.queue_size,
         threads=args.threads,
+        scales_bundle=args.scales_bundle,
     )
     _, url, _ = launch(
         demo,
@@ -40,7 +41,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         max_file_size=args.max_file_size,
         quiet=True,  # gradio's own banner suggests share=True, which this demo never uses
     )
-    print(f"vqedge demo: serving {demo.engine.bundle_name} at {url} (Ctrl-C stops it)", flush=True)
+    ms = demo.scales_engine.name
+    bundles = demo.engine.bundle_name + (f" and {ms} (next-scale section)" if ms else "")
+    print(f"vqedge demo: serving {bundles} at {url} (Ctrl-C stops it)", flush=True)
     demo.block_thread()
     return 0
 
@@ -53,6 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
+    p.add_argument(
+        "--scales-bundle",
+        default=None,
+        help="multi-scale (VAR) bundle folder or shipped name for the next-scale section "
+        "(default: the shipped multi-scale bundle, when installed)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="largest image side")

@@ -3,7 +3,8 @@
 One app is launched for the module on a free port of 127.0.0.1 and driven by gradio_client
 (every endpoint, bad inputs, 20 requests from 4 clients at once) and by Debian's chromium
 through Playwright (no browser download). Every network wait has a timeout. The browser
-screenshots are kept in test-artifacts/ at the repository root.
+screenshots are kept in test-artifacts/ at the repository root. The next-scale section runs on
+the shipped multi-scale bundle, or, where none is shipped, on a tiny one exported here.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from PIL import Image
 
 from vqedge.demo import cli
 from vqedge.demo.metrics import code_palette, compression, error_heatmap, ssim, token_image
+from vqedge.demo.scales import DEFAULT_SCALES_BUNDLE
+from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.metrics import psnr
-from vqedge.runtime.tokenizer import Tokenizer
+from vqedge.runtime.tokenizer import DEFAULT_BUNDLE, Tokenizer, list_bundles
 from vqedge.runtime.tokens import load_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,11 +116,48 @@ def test_display_helpers():
 
 
 @pytest.fixture(scope="module")
-def served():
+def ms_bundle(tmp_path_factory) -> str | Path:
+    """The shipped multi-scale bundle, or where there is none a tiny one exported here (a
+    random model whose codebook is spread like a trained one's; about 64x64 pixels)."""
+    if DEFAULT_SCALES_BUNDLE in list_bundles():
+        return DEFAULT_SCALES_BUNDLE
+    import torch
+
+    from vqedge.export import export_bundle
+    from vqedge.models.checkpoint import save_checkpoint
+    from vqedge.models.multiscale import build_model
+    from vqedge.runtime.config import VQVAEConfig
+
+    cfg = VQVAEConfig(
+        base_channels=8,
+        channel_mult=(1, 1, 2),
+        num_res_blocks=1,
+        num_mid_blocks=0,
+        codebook_size=64,
+        code_dim=4,
+        patch_nums=(1, 2, 3, 4, 6, 8, 10, 13, 16),
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.quantize.vq.embedding.weight.normal_(0, 0.5)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ms-ckpt"), 0, model)
+    out = tmp_path_factory.mktemp("ms-bundle") / "tiny-ms"
+    export_bundle(ckpt, out, precisions=("fp32",), log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ms_tok(ms_bundle):
+    return Tokenizer.load(ms_bundle)
+
+
+@pytest.fixture(scope="module")
+def served(ms_bundle):
     pytest.importorskip("gradio")
     from vqedge.demo.app import build_app, launch
 
-    demo = build_app()
+    demo = build_app(scales_bundle=ms_bundle)
     _, url, share_url = launch(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
     try:
         _wait_info(url)
@@ -320,6 +360,56 @@ def test_concurrent_load(served, tok, tmp_path):
     assert 1 <= peak <= 2  # the demo's default concurrency limit
 
 
+def test_scales_endpoint(client, ms_tok, tmp_path):
+    from gradio_client import handle_file
+
+    r = _call(client, handle_file(str(CHELSEA)), api_name="/scales")
+    pns, K = list(ms_tok.patch_nums), len(ms_tok.patch_nums)
+    assert r["patch_nums"] == pns and r["token_counts"] == [pn * pn for pn in pns]
+    assert r["num_tokens"] == sum(r["token_counts"]) == ms_tok.num_tokens
+    assert r["image_size"] == [300, 451] and r["resolution"] == ms_tok.resolution
+    assert [np.array(t).shape for t in r["tokens"]] == [(pn, pn) for pn in pns]
+    fitted = fit_square(read_image(CHELSEA), ms_tok.resolution)
+    idx_Bl = ms_tok.img_to_idxBl(fitted)
+    assert all(np.array_equal(np.ravel(t), i[0]) for t, i in zip(r["tokens"], idx_Bl))
+    recons = ms_tok.idxBl_to_img(idx_Bl, last_one=False)
+    assert len(r["psnr_db"]) == K
+    assert r["psnr_db"] == pytest.approx([psnr(x[0], fitted) for x in recons], abs=0.01)
+    # the finest scale is (near) the best (the fallback's random decoder gives a flat list)
+    assert r["psnr_db"][-1] >= max(r["psnr_db"]) - 0.5
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
+    with pytest.raises(Exception, match="cannot read 'broken.png' as an image") as e:
+        _call(client, handle_file(str(bad)), api_name="/scales")
+    assert "Traceback" not in str(e.value)
+
+
+def test_scales_bundle_choice(served, ms_bundle, monkeypatch, capsys):
+    from vqedge.demo import app, scales
+    from vqedge.runtime.cli import main
+
+    assert served[0].scales_engine.name == Path(ms_bundle).name
+    with pytest.raises(ValueError, match="multi-scale bundle.*pass it as --scales-bundle"):
+        app.Engine(ms_bundle)
+
+    def never(*a, **k):
+        raise AssertionError("the demo must not start on a multi-scale --bundle")
+
+    monkeypatch.setattr(app, "launch", never)
+    assert main(["demo", "--bundle", str(ms_bundle), "--port", str(_free_port())]) == 1
+    assert "pass it as --scales-bundle" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="single-scale bundle.*pass it as --bundle"):
+        scales.ScalesEngine(DEFAULT_BUNDLE)
+    # nothing shipped, nothing asked for: the section says so instead of failing
+    monkeypatch.setattr(scales, "list_bundles", lambda: [DEFAULT_BUNDLE])
+    assert scales.default_scales_bundle() is None
+    none = scales.ScalesEngine(scales.default_scales_bundle())
+    assert not none.available and "--scales-bundle" in none.unavailable_message()
+    with pytest.raises(ValueError, match="No multi-scale bundle is available"):
+        none.tokenizer()
+
+
 # -- a real browser -------------------------------------------------------------------------
 
 
@@ -411,6 +501,35 @@ def test_browser_reconstruct_and_edit_tokens(page, served, tmp_path):
     _screenshot(page, "demo-edited-tokens.png", tmp_path)
 
 
+def test_browser_scales_section(page, served, tmp_path):
+    ms = served[0].scales_engine
+    K = len(ms.patch_nums)
+    section = page.locator("#scales")
+    section.locator("button.gallery-item:has(img[src$='/chelsea.png'])").click()  # an example
+    page.locator("#scales-input img").wait_for()
+    section.get_by_role("button", name="Tokenize scale by scale").click()
+    for gallery in ("#scales-maps", "#scales-recons"):
+        page.wait_for_function(
+            f"() => document.querySelectorAll('{gallery} .thumbnail-lg').length === {K}"
+        )
+    maps = page.inner_text("#scales-maps")
+    assert "scale 1: 1 x 1, 1 token" in maps
+    pn = ms.patch_nums[-1]
+    assert f"scale {K}: {pn} x {pn}, {pn * pn} tokens" in maps
+    recons = page.inner_text("#scales-recons")
+    assert recons.count(" dB") == K
+    summary = page.inner_text("#scales-summary")
+    assert f"= {ms.num_tokens} tokens" in summary and "fitted to" in summary
+    # every thumbnail really decodes as an image (not only an <img> element)
+    for gallery in ("#scales-maps", "#scales-recons"):
+        page.locator(gallery).scroll_into_view_if_needed()
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('{gallery} .thumbnail-lg img')]"
+            f".filter(i => i.complete && i.naturalWidth > 0).length === {K}"
+        )
+    _screenshot(page, "demo-scales.png", tmp_path)
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
@@ -420,6 +539,7 @@ def test_cli_registers_without_heavy_imports():
         "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='command')); "
         "a = p.parse_args(['demo', '--port', '7999', '--max-side', '512']); "
         "assert (a.port, a.max_side, a.host, a.bundle) == (7999, 512, '127.0.0.1', None); "
+        "assert a.scales_bundle is None; "
         "heavy = [m for m in ('gradio', 'onnxruntime', 'torch') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
@@ -456,7 +576,7 @@ def test_cli_serves_the_shipped_default(tmp_path):
     )
     try:
         info = _wait_info(f"http://127.0.0.1:{port}/")
-        assert {"/reconstruct", "/encode", "/decode"} <= set(info["named_endpoints"])
+        assert {"/reconstruct", "/encode", "/decode", "/scales"} <= set(info["named_endpoints"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
