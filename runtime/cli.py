@@ -371,6 +371,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_tokenize(sub: argparse._SubParsersAction) -> None:
+    from vqedge.runtime.tokenize_dataset import add_parser
+
+    add_parser(sub)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from vqedge.demo.cli import add_parser
 
@@ -383,6 +389,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_runtime,
     _add_bench,
+    _add_tokenize,
     _add_demo,
 ]
 
