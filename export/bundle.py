@@ -221,43 +221,76 @@ def export_bundle(
     return manifest
 
 
+def export_fp32(
+    model: VQVAE,
+    tmp: Path,
+    wrappers: dict[str, type],
+    examples: dict[str, torch.Tensor],
+    fuse_parts,
+    log,
+    multiscale: bool = False,
+) -> tuple[dict[str, Path], dict[str, onnx.ModelProto]]:
+    """Trace each wrapper to tmp/fp32/NAME.onnx, add the fused tokenizer.onnx, and check every
+    graph (onnx.checker, loadable by the oldest onnxruntime declared)."""
+    (tmp / "fp32").mkdir()
+    paths: dict[str, Path] = {}
+    for name, wrapper in wrappers.items():
+        log(f"exporting {name}")
+        paths[name] = tmp / "fp32" / f"{name}.onnx"
+        export_graph(wrapper(model), examples[name], name, paths[name], multiscale=multiscale)
+    parts = {n: onnx.load(str(p)) for n, p in paths.items()}
+    paths["tokenizer"] = tmp / "fp32" / "tokenizer.onnx"
+    onnx.save(fuse_parts(parts), str(paths["tokenizer"]))
+    for name, path in paths.items():
+        onnx.checker.check_model(str(path), full_check=True)
+        _check_compat(onnx.load(str(path)), name)
+    return paths, parts
+
+
+def gate(passed: bool, report: str, log) -> None:
+    """Log the validation report; without a pass, raise it (and nothing is written)."""
+    log(report)
+    if not passed:
+        raise ExportValidationError(report)
+
+
+def fp16_variant(
+    tmp: Path, parts: dict[str, onnx.ModelProto], kept: dict[str, Path], log
+) -> dict[str, Any]:
+    """fp16 encoder and decoder in tmp/fp16; the ``kept`` graphs stay fp32 and are shared."""
+    log("converting fp16")
+    (tmp / "fp16").mkdir()
+    graphs = dict(kept)
+    for name in ("encoder", "decoder"):
+        graphs[name] = tmp / "fp16" / f"{name}.onnx"
+        onnx.save(to_fp16(parts[name]), str(graphs[name]))
+    return {"graphs": graphs}
+
+
 def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, Any]:
     cfg, f = model.config, model.downsample_factor
-    (tmp / "fp32").mkdir()
     examples = {  # trace inputs: sizes that the validation sizes never repeat
         "encoder": torch.rand(2, 3, 32 * f, 40 * f) * 2 - 1,
         "quantizer": torch.randn(2, cfg.code_dim, 32, 40),
         "decoder": torch.randint(0, cfg.codebook_size, (2, 32, 40)),
     }
     wrappers = {"encoder": EncoderGraph, "quantizer": QuantizerGraph, "decoder": DecoderGraph}
-    paths = {}
-    for name, wrapper in wrappers.items():
-        log(f"exporting {name}")
-        paths[name] = tmp / "fp32" / f"{name}.onnx"
-        export_graph(wrapper(model), examples[name], name, paths[name])
-    parts = {n: onnx.load(str(p)) for n, p in paths.items()}
-    paths["tokenizer"] = tmp / "fp32" / "tokenizer.onnx"
-    onnx.save(fuse(parts["encoder"], parts["quantizer"], parts["decoder"]), str(paths["tokenizer"]))
-    for name, path in paths.items():
-        onnx.checker.check_model(str(path), full_check=True)
-        _check_compat(onnx.load(str(path)), name)
+    paths, parts = export_fp32(
+        model,
+        tmp,
+        wrappers,
+        examples,
+        lambda g: fuse(g["encoder"], g["quantizer"], g["decoder"]),
+        log,
+    )
 
     log("validating against PyTorch")
     passed, results = validate_fp32(model, paths, _validation_images(f))
-    report = format_report(results)
-    log(report)
-    if not passed:
-        raise ExportValidationError(report)
+    gate(passed, format_report(results), log)
 
     variants: dict[str, dict[str, Any]] = {"fp32": {"graphs": dict(paths)}}
     if "fp16" in precisions:
-        log("converting fp16")
-        (tmp / "fp16").mkdir()
-        g = {"quantizer": paths["quantizer"]}
-        for name in ("encoder", "decoder"):
-            g[name] = tmp / "fp16" / f"{name}.onnx"
-            onnx.save(to_fp16(parts[name]), str(g[name]))
-        variants["fp16"] = {"graphs": g}
+        variants["fp16"] = fp16_variant(tmp, parts, {"quantizer": paths["quantizer"]}, log)
     if "int8" in precisions:
         log("quantizing int8 (static QDQ, calibrated on training photos)")
         (tmp / "int8").mkdir()

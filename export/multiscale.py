@@ -17,13 +17,12 @@ import numpy as np
 import onnx
 import torch
 
-from vqedge.export.bundle import _calibration, _check_compat, _manifest
+from vqedge.export.bundle import _calibration, _manifest, export_fp32, fp16_variant, gate
 from vqedge.export.graphs import (
     EncoderGraph,
     FhatDecoderGraph,
     MultiScaleQuantizerGraph,
     ScalesGraph,
-    export_graph,
 )
 from vqedge.export.validate import (
     ExportValidationError,
@@ -31,7 +30,7 @@ from vqedge.export.validate import (
     session,
     validate_multiscale,
 )
-from vqedge.export.variants import fuse_multiscale, to_fp16, to_int8
+from vqedge.export.variants import fuse_multiscale, to_int8
 from vqedge.models.data import held_out_paths
 from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.runtime.images import fit_square, float_to_uint8, uint8_to_float
@@ -94,7 +93,6 @@ def build_multiscale(
 ) -> dict[str, Any]:
     cfg, f, R = model.config, model.downsample_factor, model.config.resolution
     s, C = cfg.patch_nums[-1], cfg.code_dim
-    (tmp / "fp32").mkdir()
     examples = {  # batch 2 at trace time; validated at batch 1 and 3
         "encoder": torch.rand(2, 3, R, R) * 2 - 1,
         "quantizer": torch.randn(2, C, s, s),
@@ -107,35 +105,24 @@ def build_multiscale(
         "scales": ScalesGraph,
         "decoder": FhatDecoderGraph,
     }
-    paths: dict[str, Path] = {}
-    for name, wrapper in wrappers.items():
-        log(f"exporting {name}")
-        paths[name] = tmp / "fp32" / f"{name}.onnx"
-        export_graph(wrapper(model), examples[name], name, paths[name], multiscale=True)
-    parts = {n: onnx.load(str(p)) for n, p in paths.items()}
-    paths["tokenizer"] = tmp / "fp32" / "tokenizer.onnx"
-    onnx.save(fuse_multiscale(*(parts[n] for n in GRAPHS)), str(paths["tokenizer"]))
-    for name, path in paths.items():
-        onnx.checker.check_model(str(path), full_check=True)
-        _check_compat(onnx.load(str(path)), name)
+    paths, parts = export_fp32(
+        model,
+        tmp,
+        wrappers,
+        examples,
+        lambda g: fuse_multiscale(*(g[n] for n in GRAPHS)),
+        log,
+        multiscale=True,
+    )
 
     log("validating against PyTorch, scale by scale")
     passed, results = validate_multiscale(model, paths, _validation_batches(model))
-    report = format_multiscale_report(results)
-    log(report)
-    if not passed:
-        raise ExportValidationError(report)
+    gate(passed, format_multiscale_report(results), log)
 
     variants: dict[str, dict[str, Any]] = {"fp32": {"graphs": dict(paths)}}
     exact = {"quantizer": paths["quantizer"], "scales": paths["scales"]}  # fp32 everywhere
     if "fp16" in precisions:
-        log("converting fp16")
-        (tmp / "fp16").mkdir()
-        g = dict(exact)
-        for name in ("encoder", "decoder"):
-            g[name] = tmp / "fp16" / f"{name}.onnx"
-            onnx.save(to_fp16(parts[name]), str(g[name]))
-        variants["fp16"] = {"graphs": g}
+        variants["fp16"] = fp16_variant(tmp, parts, exact, log)
     if "int8" in precisions:
         log("quantizing int8 (static QDQ, calibrated on training photos)")
         (tmp / "int8").mkdir()

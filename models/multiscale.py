@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqedge.models.quantizer import VectorQuantizer
-from vqedge.models.vqvae import VQVAE, check_images
+from vqedge.models.vqvae import VQVAE, check_images, vector_quantizer
 from vqedge.runtime.config import VQVAEConfig
 
 
@@ -68,14 +67,7 @@ class MultiScaleQuantizer(nn.Module):
             raise ValueError("MultiScaleQuantizer needs config.patch_nums")
         self.patch_nums = config.patch_nums
         self.side = config.patch_nums[-1]
-        self.vq = VectorQuantizer(
-            config.codebook_size,
-            config.code_dim,
-            commitment_cost=config.commitment_cost,
-            ema=config.ema,
-            decay=config.ema_decay,
-            dead_code_threshold=config.dead_code_threshold,
-        )
+        self.vq = vector_quantizer(config)  # l2_normalize is refused with patch_nums
         C, SN = config.code_dim, len(self.patch_nums)
         self.phis = nn.ModuleList(Phi(C, config.quant_resi) for _ in range(config.num_phi))
         self.phi_of_scale = [phi_index(si, SN, config.num_phi) for si in range(SN)]

@@ -171,6 +171,19 @@ class ResBlock(nn.Module):
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
+def vector_quantizer(cfg: VQVAEConfig) -> VectorQuantizer:
+    """The codebook and lookup a config describes (both model kinds use it)."""
+    return VectorQuantizer(
+        cfg.codebook_size,
+        cfg.code_dim,
+        commitment_cost=cfg.commitment_cost,
+        ema=cfg.ema,
+        decay=cfg.ema_decay,
+        dead_code_threshold=cfg.dead_code_threshold,
+        l2_normalize=cfg.l2_normalize,
+    )
+
+
 def _stage(ch: int, n: int) -> list[nn.Module]:
     return [ResBlock(ch) for _ in range(n)]
 
@@ -198,15 +211,7 @@ class VQVAE(VQTokenizerBase):
         enc += [nn.Conv2d(chs[-1], cfg.code_dim, 1)]  # latent [B, C, H/f, W/f]
         self.encoder = nn.Sequential(*enc)
 
-        self.quantize = VectorQuantizer(
-            cfg.codebook_size,
-            cfg.code_dim,
-            commitment_cost=cfg.commitment_cost,
-            ema=cfg.ema,
-            decay=cfg.ema_decay,
-            dead_code_threshold=cfg.dead_code_threshold,
-            l2_normalize=cfg.l2_normalize,
-        )
+        self.quantize = vector_quantizer(cfg)
 
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, chs[-1], 3, padding=1), nn.ReLU()]
         dec += _stage(chs[-1], cfg.num_mid_blocks)

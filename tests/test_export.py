@@ -196,8 +196,8 @@ def _inject_decoder_fault(monkeypatch) -> list[str]:
     real = bundle_mod.export_graph
     corrupted: list[str] = []
 
-    def export_then_corrupt(module, example, name, path):
-        real(module, example, name, path)
+    def export_then_corrupt(module, example, name, path, **kw):
+        real(module, example, name, path, **kw)
         if name == "decoder":
             corrupted.append(_corrupt_largest_initializer(Path(path)))
 

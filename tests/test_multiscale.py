@@ -207,6 +207,32 @@ def test_zoomed_crops_are_reproducible():
 # -- export and runtime ---------------------------------------------------------------------
 
 
+def test_gate_refuses_a_wrong_graph_and_writes_nothing(ms_model, tmp_path, monkeypatch):
+    """The same gate as the single-scale export: a scales graph off by a little, no bundle."""
+    import onnx
+    from onnx import numpy_helper
+
+    import vqedge.export.bundle as bundle_mod
+    from vqedge.export import ExportValidationError
+
+    real = bundle_mod.export_graph
+
+    def export_then_nudge(module, example, name, path, **kw):
+        real(module, example, name, path, **kw)
+        if name == "scales":  # shift the codebook the scales graph decodes with
+            m = onnx.load(str(path))
+            t = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1e-2, t.name))
+            onnx.save(m, str(path))
+
+    monkeypatch.setattr(bundle_mod, "export_graph", export_then_nudge)
+    ckpt = save_checkpoint(tmp_path / "ck", 0, ms_model)
+    with pytest.raises(ExportValidationError, match="f_hat / var_input differ"):
+        export_bundle(ckpt, tmp_path / "out", precisions=("fp32",), log=lambda _m: None)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
 def test_bundle_declares_scales_and_size(bundle, ms_config):
     m = json.loads((bundle / MANIFEST).read_text())
     assert m["kind"] == "multi-scale"
