@@ -125,6 +125,21 @@ def test_io_binding_path_gives_same_tokens(photos):
     assert np.array_equal(t.encode(photos[2]), ref)
 
 
+def test_shared_arena_gives_the_same_results(photos):
+    """Default sessions allocate from one shared, request-sized CPU arena; results unchanged."""
+    import onnxruntime as ort
+
+    img = photos[2][:96, :128]
+    shared = Tokenizer.load()
+    assert shared._options.get_session_config_entry("session.use_env_allocators") == "1"
+    own = ort.SessionOptions()  # given options are used as they are: per-session arenas
+    private = Tokenizer.load(session_options=own)
+    with pytest.raises(RuntimeError):  # the entry is not set on options the user gave
+        own.get_session_config_entry("session.use_env_allocators")
+    for a, b in zip(shared.reconstruct(img), private.reconstruct(img)):
+        assert np.array_equal(a, b)
+
+
 def test_optimized_graph_cache(photos, tmp_path):
     img = photos[2][:64, :64]
     ref = Tokenizer.load().reconstruct(img)

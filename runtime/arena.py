@@ -1,0 +1,50 @@
+"""One process-wide CPU memory arena that grows by what is asked, shared by every session.
+
+onnxruntime gives each session its own CPU arena, grown in powers of two by default. A
+tokenizer holds several sessions (encoder, quantizer, decoder, the fused graph), so their
+arenas each keep a peak's worth of rounded-up memory. One shared arena that extends by the
+size requested (kSameAsRequested) cut the peak RSS of a 256x256 encode-quantize-decode from
+201 to 173 MiB (int8) and 225 to 193 MiB (fp32) at the same speed, and after 30 runs from 335
+to 242 MiB (fp32), on a 2-core machine. Turning the arena off saves more (134 MiB) but costs
+50% in latency.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import onnxruntime as ort
+
+_lock = threading.Lock()
+_registered: bool | None = None  # None: not tried yet; False: this onnxruntime refused it
+
+ARENA_EXTEND_SAME_AS_REQUESTED = 1
+
+
+def _register() -> bool:
+    global _registered
+    with _lock:
+        if _registered is None:
+            try:
+                info = ort.OrtMemoryInfo(
+                    "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+                )
+                # max memory 0 (no cap), extend by request, default chunk sizes (-1)
+                cfg = ort.OrtArenaCfg(0, ARENA_EXTEND_SAME_AS_REQUESTED, -1, -1)
+                ort.create_and_register_allocator(info, cfg)
+                _registered = True
+            except (AttributeError, RuntimeError, TypeError, ValueError):
+                # an onnxruntime build without it: sessions keep their own arenas
+                _registered = False
+        return _registered
+
+
+def use_shared_arena(options: ort.SessionOptions) -> bool:
+    """Make sessions made with ``options`` allocate CPU memory from the shared arena.
+
+    Returns False (and changes nothing) where this onnxruntime cannot register it.
+    """
+    if not _register():
+        return False
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return True
