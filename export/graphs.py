@@ -77,8 +77,8 @@ class DecoderGraph(nn.Module):
 class MultiScaleQuantizerGraph(nn.Module):
     """latent [B, C, s, s] -> indices [B, L] int64: every scale, unrolled, concatenated.
 
-    The same modules and formula as MultiScaleQuantizer.f_to_idxBl; its resizes are fixed
-    matrices, so the graph is exact at the one latent side s.
+    MultiScaleQuantizer's own scale loop; its resizes are fixed matrices, so the graph is
+    exact at the one latent side s.
     """
 
     def __init__(self, model: MultiScaleVQVAE) -> None:
@@ -86,15 +86,7 @@ class MultiScaleQuantizerGraph(nn.Module):
         self.quantize = model.quantize
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        q = self.quantize
-        B, C = latent.shape[:2]
-        f_rest, out = latent, []
-        for si, pn in enumerate(q.patch_nums):
-            z_NC = q.down(f_rest, si).permute(0, 2, 3, 1).reshape(-1, C)
-            idx = q.vq.nearest(z_NC).view(B, pn * pn)
-            out.append(idx)
-            f_rest = f_rest - q.up_phi(q.embed(idx, si), si)
-        return torch.cat(out, dim=1)
+        return torch.cat(self.quantize.scale_loop(latent)[0], dim=1)
 
 
 class ScalesGraph(nn.Module):
@@ -104,11 +96,11 @@ class ScalesGraph(nn.Module):
     def __init__(self, model: MultiScaleVQVAE) -> None:
         super().__init__()
         self.quantize = model.quantize
-        self.offsets = model.config.scale_offsets
+        self.config = model.config
 
     def forward(self, indices: torch.Tensor):
-        q, o = self.quantize, self.offsets
-        idx_Bl = [indices[:, a:b] for a, b in zip(o, o[1:])]
+        q = self.quantize
+        idx_Bl = self.config.split_scales(indices)
         each = q.idxBl_to_fhat_each(idx_Bl)
         return each[-1], torch.stack(each, dim=1), q.idxBl_to_var_input(idx_Bl)
 

@@ -158,11 +158,7 @@ def validate_multiscale(
     """
     model.eval()
     s = {name: session(path) for name, path in graphs.items()}
-    offs = model.config.scale_offsets
-
-    def split(idx: np.ndarray) -> list[np.ndarray]:
-        return [idx[:, a:b] for a, b in zip(offs, offs[1:])]
-
+    split = model.config.split_scales
     results = []
     for x in images:
         latent = model.encode(x)

@@ -118,6 +118,29 @@ class MultiScaleQuantizer(nn.Module):
                 f"{self.side}], got {tuple(f.shape)}"
             )
 
+    def scale_loop(
+        self, f: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Quantize ``f`` [B, C, side, side] scale by scale, coarse to fine.
+
+        Returns per scale: the tokens [B, pn*pn], the residual vectors looked up [N, C] and
+        the contribution to f_hat [B, C, side, side] (with the Phi's gradient; the residual
+        itself carries none). The one loop behind training, inference and the exported graph.
+        """
+        self.check_latent(f)
+        B, C = f.shape[:2]
+        f_rest = f.detach()
+        idx_Bl, z_all, h_all = [], [], []
+        for si, pn in enumerate(self.patch_nums):
+            z_NC = self.down(f_rest, si).permute(0, 2, 3, 1).reshape(-1, C)
+            idx = self.vq.nearest(z_NC).view(B, pn * pn)
+            h = self.up_phi(self.embed(idx, si), si)
+            f_rest = f_rest - h.detach()
+            idx_Bl.append(idx)
+            z_all.append(z_NC)
+            h_all.append(h)
+        return idx_Bl, z_all, h_all
+
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize ``f`` [B, C, side, side] at every scale.
 
@@ -131,41 +154,23 @@ class MultiScaleQuantizer(nn.Module):
         idx_BL : LongTensor [B, L]
             Every scale's tokens, concatenated coarse to fine (L = sum of pn^2).
         """
-        self.check_latent(f)
-        B, C = f.shape[:2]
+        idx_Bl, z_all, h_all = self.scale_loop(f)
         f_nograd = f.detach()
-        f_rest = f_nograd.clone()
         f_hat = torch.zeros_like(f_nograd)
         loss = f.new_zeros(())
-        z_all, idx_all = [], []
-        for si, pn in enumerate(self.patch_nums):
-            z_NC = self.down(f_rest, si).permute(0, 2, 3, 1).reshape(-1, C)
-            with torch.no_grad():
-                idx_N = self.vq.nearest(z_NC)
-            z_all.append(z_NC)
-            idx_all.append(idx_N.view(B, pn * pn))
-            h = self.up_phi(self.embed(idx_all[-1], si), si)
+        for h in h_all:
             f_hat = f_hat + h
-            f_rest = f_rest - h.detach()
             loss = loss + self.vq.commitment_cost * F.mse_loss(f_hat.detach(), f)
             loss = loss + F.mse_loss(f_hat, f_nograd)
         if self.training:
-            self.vq.learn(torch.cat(z_all), torch.cat([i.reshape(-1) for i in idx_all]))
+            self.vq.learn(torch.cat(z_all), torch.cat([i.reshape(-1) for i in idx_Bl]))
         f_hat_st = (f_hat.detach() - f_nograd) + f  # straight-through to the encoder
-        return f_hat_st, loss / len(self.patch_nums), torch.cat(idx_all, dim=1)
+        return f_hat_st, loss / len(self.patch_nums), torch.cat(idx_Bl, dim=1)
 
     @torch.no_grad()
     def f_to_idxBl(self, f: torch.Tensor) -> list[torch.Tensor]:
         """Latent [B, C, side, side] -> idx_Bl: one LongTensor [B, pn*pn] per scale."""
-        self.check_latent(f)
-        B, C = f.shape[:2]
-        f_rest = f.clone()
-        idx_Bl = []
-        for si, pn in enumerate(self.patch_nums):
-            z_NC = self.down(f_rest, si).permute(0, 2, 3, 1).reshape(-1, C)
-            idx_Bl.append(self.vq.nearest(z_NC).view(B, pn * pn))
-            f_rest = f_rest - self.up_phi(self.embed(idx_Bl[-1], si), si)
-        return idx_Bl
+        return self.scale_loop(f)[0]
 
     def idxBl_to_fhat_each(self, idx_Bl: list[torch.Tensor]) -> list[torch.Tensor]:
         """f_hat after each given scale: [B, C, side, side] per scale (a prefix is fine)."""
@@ -207,8 +212,10 @@ class MultiScaleVQVAE(VQVAE):
         if not config.patch_nums:
             raise ValueError("MultiScaleVQVAE needs config.patch_nums (use VQVAE otherwise)")
         super().__init__(config)
-        self.quantize = MultiScaleQuantizer(config)
         self.patch_nums = config.patch_nums
+
+    def _make_quantizer(self, cfg: VQVAEConfig) -> nn.Module:
+        return MultiScaleQuantizer(cfg)
 
     def check_side(self, img: torch.Tensor) -> None:
         check_images(img)
@@ -273,8 +280,7 @@ class MultiScaleVQVAE(VQVAE):
 
     def decode_indices(self, idx_BL: torch.Tensor) -> torch.Tensor:
         """Concatenated tokens [B, L] -> images [B, 3, R, R]."""
-        offs = self.config.scale_offsets
-        return self.idxBl_to_img([idx_BL[:, a:b] for a, b in zip(offs, offs[1:])])
+        return self.idxBl_to_img(self.config.split_scales(idx_BL))
 
     @torch.no_grad()
     def idxBl_to_var_input(self, idx_Bl: list[torch.Tensor]) -> torch.Tensor:

@@ -94,7 +94,7 @@ def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, Any]:
         psnrs.append(psnr(_to_uint8(recon), img))
         indices.append(idx.numpy().ravel())
         if multiscale:
-            each = model.idxBl_to_img(model.img_to_idxBl(x), last_one=False)
+            each = model.idxBl_to_img(model.config.split_scales(idx), last_one=False)
             prefix.append([psnr(_to_uint8(r), img) for r in each])
     model.train(was_training)
     stats = codebook_stats(np.concatenate(indices), model.codebook_size)

@@ -211,7 +211,7 @@ class VQVAE(VQTokenizerBase):
         enc += [nn.Conv2d(chs[-1], cfg.code_dim, 1)]  # latent [B, C, H/f, W/f]
         self.encoder = nn.Sequential(*enc)
 
-        self.quantize = vector_quantizer(cfg)
+        self.quantize = self._make_quantizer(cfg)
 
         dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, chs[-1], 3, padding=1), nn.ReLU()]
         dec += _stage(chs[-1], cfg.num_mid_blocks)
@@ -221,3 +221,6 @@ class VQVAE(VQTokenizerBase):
                 dec += [nn.ConvTranspose2d(chs[i], chs[i - 1], 4, stride=2, padding=1), nn.ReLU()]
         dec += [nn.Conv2d(chs[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+
+    def _make_quantizer(self, cfg: VQVAEConfig) -> nn.Module:
+        return vector_quantizer(cfg)

@@ -129,6 +129,11 @@ class VQVAEConfig:
             return math.log2(self.codebook_size) * self.scale_offsets[-1] / self.resolution**2
         return math.log2(self.codebook_size) / self.downsample_factor**2
 
+    def split_scales(self, idx_BL: Any) -> list[Any]:
+        """Concatenated tokens [B, L] (numpy or torch) -> one [B, pn*pn] slice per scale."""
+        o = self.scale_offsets
+        return [idx_BL[:, a:b] for a, b in zip(o, o[1:])]
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)

@@ -28,8 +28,7 @@ class MultiScaleTokenizer(Tokenizer):
         super().__init__(*args, **kwargs)
         self.patch_nums: tuple[int, ...] = self.config.patch_nums
         self.resolution: int | None = self.config.resolution
-        self.offsets: tuple[int, ...] = self.config.scale_offsets
-        self.num_tokens = self.offsets[-1]
+        self.num_tokens = self.config.scale_offsets[-1]
 
     # -- facts ----------------------------------------------------------------------------
 
@@ -64,8 +63,7 @@ class MultiScaleTokenizer(Tokenizer):
 
     def split(self, idx_BL: np.ndarray) -> list[np.ndarray]:
         """Concatenated tokens [B, L] -> idx_Bl, one [B, pn*pn] array per scale."""
-        o = self.offsets
-        return [idx_BL[:, a:b] for a, b in zip(o, o[1:])]
+        return self.config.split_scales(idx_BL)
 
     def check_idxBl(self, idx_Bl: Any, min_scales: int = 1) -> list[np.ndarray]:
         """Check a list of scales (a prefix of at least ``min_scales``): integer [B, pn*pn]
@@ -126,10 +124,6 @@ class MultiScaleTokenizer(Tokenizer):
         return self._run("decoder", "f_hat", np.ascontiguousarray(f_hat, dtype=np.float32))[0]
 
     # -- the stages -----------------------------------------------------------------------
-
-    def encode(self, images: Any) -> np.ndarray:
-        """Images [B, R, R] -> every scale's tokens, int64 [B, L] (coarse to fine)."""
-        return super().encode(images)
 
     def decode(
         self, indices: Any, output: str = "uint8", size: tuple[int, int] | None = None
