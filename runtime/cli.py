@@ -145,8 +145,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 # -- runtime commands (numpy + onnxruntime only) --------------------------------------------
 
-# above this side, the CLI tokenizes tile by tile (bounded memory, same tokens)
-TILE_ABOVE = 1024
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
@@ -195,21 +193,6 @@ def _expand_inputs(inputs: list[str]) -> list[tuple]:
     return out
 
 
-def _tokenize_file(tok, path) -> tuple:
-    """(indices, uint8 image [H, W, 3]) of one image file: [1, h, w], tiled when large; for a
-    multi-scale bundle [1, L] of the image fitted to the bundle's size."""
-    from vqedge.runtime.images import fit_square
-    from vqedge.runtime.inputs import read_image
-
-    img = read_image(path)
-    if tok.resolution is not None:
-        img = fit_square(img, tok.resolution)
-        return tok.encode(img), img
-    if max(img.shape[:2]) > TILE_ABOVE:
-        return tok.encode_tiled(img), img
-    return tok.encode(img), img
-
-
 def _fit_note(tok, command: str) -> None:
     if tok.resolution is not None:
         R = tok.resolution
@@ -223,6 +206,8 @@ def _fit_note(tok, command: str) -> None:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vqedge.runtime.inputs import read_image
+
     files = _expand_inputs(args.images)
     out = Path(args.output)
     single_file = len(files) == 1 and out.suffix == ".vqt"
@@ -231,7 +216,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     failures, total_bytes, total_px = [], 0, 0
     for path, rel in _progress(files, "encode"):
         try:
-            idx, img = _tokenize_file(tok, path)
+            idx, img = tok.encode_image(read_image(path))
         except ValueError as e:
             failures.append(f"{path}: {e}")
             continue
@@ -252,6 +237,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_decode(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from vqedge.runtime.tiling import TILE_ABOVE
+
     tok = _load(args)
     tf = tok.load_tokens(args.tokens, force=args.force)
     idx = tf.scales if tok.patch_nums else tf.indices
@@ -268,11 +255,13 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from vqedge.runtime.inputs import read_image
     from vqedge.runtime.metrics import psnr
+    from vqedge.runtime.tiling import TILE_ABOVE
 
     tok = _load(args)
     _fit_note(tok, "reconstruct")
-    idx, img = _tokenize_file(tok, args.image)
+    idx, img = tok.encode_image(read_image(args.image))
     big = tok.resolution is None and max(img.shape[:2]) > TILE_ABOVE
     dec = tok.decode_tiled if big else tok.decode
     recon = dec(idx, size=img.shape[:2])[0]

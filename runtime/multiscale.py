@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from vqedge.runtime.inputs import to_batch
+from vqedge.runtime.images import fit_square
+from vqedge.runtime.inputs import to_batch, to_uint8_image
 from vqedge.runtime.tokenizer import Tokenizer
 from vqedge.runtime.tokens import save_tokens
 
@@ -132,6 +133,11 @@ class MultiScaleTokenizer(Tokenizer):
         float32 [B, 3, R, R]; a prefix decodes its coarser approximation."""
         f_hat, _, _ = self._scales(self._as_idxBl(indices))
         return self._finish(self._decode_fhat(f_hat), size, output)
+
+    def encode_image(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One image of any size -> (tokens [1, L], the image fitted to R x R and tokenized)."""
+        img = fit_square(to_uint8_image(image), self.resolution)
+        return self.encode(img), img
 
     def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
         """Images -> (reconstructions, tokens [B, L])."""

@@ -30,15 +30,13 @@ import numpy as np
 
 from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.dataset import FORMAT, Shard
-from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import read_image
+from vqedge.runtime.tiling import TILE_ABOVE
 
 META_KEY = b"vqedge"
 # temporary files of shards being written (atomic.write_bytes_atomic's naming)
 TMP_GLOB = ".part-*.tmp"
 SHARD_GLOB = "part-*.parquet"
-# images above this side are tokenized tile by tile, as `vqedge encode` does
-TILE_ABOVE = 1024
 
 
 @dataclass(frozen=True)
@@ -103,18 +101,9 @@ class ShardTokenizer:
 
     def tokens_of(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """uint8 [H, W, 3] -> (flat int32 tokens [L], (h, w) of the last token map)."""
-        if self.resolution is not None:
-            img = fit_square(img, self.resolution)
-        if self.resolution is None and max(img.shape[:2]) > TILE_ABOVE:
-            idx_Bl = [self.tok.encode_tiled(img).reshape(1, -1)]
-        else:
-            idx_Bl = self.tok.img_to_idxBl(img)
-        flat = np.concatenate([np.asarray(i).reshape(1, -1) for i in idx_Bl], axis=1)[0]
-        if self.patch_nums:
-            hw = (self.patch_nums[-1], self.patch_nums[-1])
-        else:
-            hw = self.tok.token_shape(img.shape[0], img.shape[1])
-        return flat.astype(np.int32), hw
+        idx, _ = self.tok.encode_image(img)  # fitted, tiled or whole, as `vqedge encode`
+        hw = (self.patch_nums[-1],) * 2 if self.patch_nums else tuple(idx.shape[1:])
+        return idx.reshape(-1).astype(np.int32), hw
 
     def run(self, shard: Shard, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
         """Tokenize ``shard``'s images one at a time and write its file; its summary.

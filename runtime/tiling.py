@@ -26,6 +26,10 @@ from vqedge.runtime.images import float_to_uint8, uint8_to_float
 if TYPE_CHECKING:
     from vqedge.runtime.tokenizer import Tokenizer
 
+# above this side, the whole-image commands (CLI, dataset tokenization) go tile by tile:
+# bounded memory, the same tokens
+TILE_ABOVE = 1024
+
 
 def _tiles(h: int, w: int, core: int, margin: int) -> Iterator[tuple[slice, slice, slice, slice]]:
     """(context rows, context cols, core rows within context, core cols within context)."""

@@ -28,7 +28,7 @@ from vqedge.runtime.providers import (
     provider_names,
     resolve_providers,
 )
-from vqedge.runtime.tiling import decode_tiled, encode_tiled
+from vqedge.runtime.tiling import TILE_ABOVE, decode_tiled, encode_tiled
 from vqedge.runtime.tokens import TokenFile, load_tokens, save_tokens
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
@@ -363,6 +363,14 @@ class Tokenizer:
     ) -> np.ndarray:
         """One token map [1, h, w] -> uint8 image [1, H, W, 3], tile by tile."""
         return decode_tiled(self, check_indices(indices, self.codebook_size), tile, overlap, size)
+
+    def encode_image(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One image of any size -> (indices [1, h, w], the uint8 image tokenized), tile by
+        tile above TILE_ABOVE pixels: what the CLI and dataset tokenization run per file."""
+        img = to_uint8_image(image)
+        if max(img.shape[:2]) > TILE_ABOVE:
+            return self.encode_tiled(img), img
+        return self.encode(img), img
 
     def reconstruct_tiled(
         self, image: Any, tile: int = 512, overlap: int = 64
