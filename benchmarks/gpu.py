@@ -46,7 +46,6 @@ CONFIGS = (
     "torch-compile/fp16",
 )
 REFERENCE = "torch-eager/fp32"
-NO_TF32 = False  # set by --no-tf32
 
 
 def what_is_there() -> dict[str, Any]:
@@ -117,13 +116,15 @@ def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], 
 # -- the configurations -----------------------------------------------------------------------
 
 
-def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], cache: str):
+def vqedge_stages(
+    name: str, bundle: str | None, size: int, batches: list[int], cache: str, tf32: bool
+):
     from vqedge.runtime.tokenizer import Tokenizer, bundle_path
 
     precision = "fp32"
     if name.startswith("vqedge-cuda"):
         # TF32 convolutions are onnxruntime's CUDA default, as they are PyTorch's (cuDNN)
-        providers: Any = [("CUDAExecutionProvider", {"use_tf32": "0" if NO_TF32 else "1"})]
+        providers: Any = [("CUDAExecutionProvider", {"use_tf32": "1" if tf32 else "0"})]
         precision = name.split("/")[1]  # the bundle's fp16 graphs
     else:  # TensorRT fp16 engines, one optimization profile covering every batch
         manifest = json.loads((bundle_path(bundle) / "manifest.json").read_text())
@@ -159,14 +160,14 @@ def vqedge_stages(name: str, bundle: str | None, size: int, batches: list[int], 
     return stages, e2e, details, tok
 
 
-def torch_stages(name: str, checkpoint: str | None):
+def torch_stages(name: str, checkpoint: str | None, tf32: bool):
     import torch
 
     from vqedge.models import load_pretrained
 
     torch.set_grad_enabled(False)
-    torch.backends.cudnn.allow_tf32 = not NO_TF32
-    torch.backends.cuda.matmul.allow_tf32 = not NO_TF32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     model = load_pretrained(checkpoint).cuda()
     q = model.quantize
     fp16 = name.endswith("fp16")
@@ -206,11 +207,11 @@ def measure(name: str, args: argparse.Namespace, inputs: dict[int, np.ndarray], 
     t0 = time.perf_counter()
     if name.startswith("vqedge"):
         stages, extra, details, tok = vqedge_stages(
-            name, args.bundle, args.size, args.batches, cache
+            name, args.bundle, args.size, args.batches, cache, not args.no_tf32
         )
         details["providers_in_use"] = tok.info["providers_in_use"]
     else:
-        stages, extra, details, _ = torch_stages(name, args.checkpoint)
+        stages, extra, details, _ = torch_stages(name, args.checkpoint, not args.no_tf32)
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "details": details, "cases": []}
     for b, imgs in inputs.items():
         x = uint8_to_float(imgs)
@@ -257,8 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         help="full fp32 convolutions on both sides (TF32 is the CUDA default of both)",
     )
     args = p.parse_args(argv)
-    global NO_TF32
-    NO_TF32 = args.no_tf32
 
     t_begin = time.time()
     there = what_is_there()

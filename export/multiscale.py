@@ -51,9 +51,8 @@ def held_out_images(side: int) -> list[np.ndarray]:
     return [fit_square(read_image(p), side) for p in held_out_paths()]
 
 
-def _validation_batches(model: MultiScaleVQVAE) -> list[torch.Tensor]:
-    R = model.config.resolution
-    photos = held_out_images(R)
+def _validation_batches(photos: list[np.ndarray]) -> list[torch.Tensor]:
+    R = photos[0].shape[0]
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (2, R, R, 3), dtype=np.uint8)  # far from the training data
     return [
@@ -64,20 +63,21 @@ def _validation_batches(model: MultiScaleVQVAE) -> list[torch.Tensor]:
 
 
 def _quality(
-    graphs: dict[str, Path], side: int, ref_idx: np.ndarray | None
+    graphs: dict[str, Path], photos: list[np.ndarray], ref_idx: np.ndarray | None
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Held-out PSNR at the last scale and after each prefix of scales; token agreement."""
-    photos = held_out_images(side)
+    side = photos[0].shape[0]
     x = uint8_to_float(np.stack(photos))
     idx, recon = session(graphs["tokenizer"]).run(None, {"image": x})
     if not np.isfinite(recon).all():
         raise ExportValidationError(f"{graphs['tokenizer'].parent.name}: NaN/Inf on held-out")
     _, f_hat_each, _ = session(graphs["scales"]).run(None, {"indices": idx})
-    dec = session(graphs["decoder"])
-    prefix = []
-    for k in range(f_hat_each.shape[1]):
-        img = float_to_uint8(dec.run(None, {"f_hat": np.ascontiguousarray(f_hat_each[:, k])})[0])
-        prefix.append(float(np.mean([psnr(a, b) for a, b in zip(img, photos)])))
+    B, K = f_hat_each.shape[:2]
+    # every prefix of every photo in one decoder run: [B * K, C, s, s]
+    f_hat_all = np.ascontiguousarray(f_hat_each.reshape(B * K, *f_hat_each.shape[2:]))
+    imgs = float_to_uint8(session(graphs["decoder"]).run(None, {"f_hat": f_hat_all})[0])
+    imgs = imgs.reshape(B, K, *imgs.shape[1:])
+    prefix = [float(np.mean([psnr(imgs[b, k], photos[b]) for b in range(B)])) for k in range(K)]
     out = float_to_uint8(recon)
     q = {
         "held_out_psnr": float(np.mean([psnr(a, b) for a, b in zip(out, photos)])),
@@ -116,7 +116,8 @@ def build_multiscale(
     )
 
     log("validating against PyTorch, scale by scale")
-    passed, results = validate_multiscale(model, paths, _validation_batches(model))
+    photos = held_out_images(R)  # read once: validation and every variant's quality
+    passed, results = validate_multiscale(model, paths, _validation_batches(photos))
     gate(passed, format_multiscale_report(results), log)
 
     variants: dict[str, dict[str, Any]] = {"fp32": {"graphs": dict(paths)}}
@@ -144,11 +145,11 @@ def build_multiscale(
             onnx.save(fuse_multiscale(*(onnx.load(str(g[n])) for n in GRAPHS)), str(g["tokenizer"]))
 
     log("measuring held-out quality of each variant")
-    fp32_q, fp32_idx = _quality(paths, R, None)
+    fp32_q, fp32_idx = _quality(paths, photos, None)
     variants["fp32"]["quality"] = fp32_q
     for prec, v in variants.items():
         if prec != "fp32":
-            v["quality"] = _quality(v["graphs"], R, fp32_idx)[0]
+            v["quality"] = _quality(v["graphs"], photos, fp32_idx)[0]
     for prec, v in variants.items():
         q = v["quality"]
         log(
