@@ -385,6 +385,19 @@ def _upload_image(**kw) -> gr.Image:
     return comp
 
 
+def _image_input(elem_id: str, height: int) -> gr.Image:
+    """An upload/clipboard image box with the shipped held-out photos as examples below it."""
+    comp = _upload_image(
+        label="Image (upload, or paste from the clipboard)",
+        sources=["upload", "clipboard"],
+        height=height,
+        elem_id=elem_id,
+    )
+    if EXAMPLES:
+        gr.Examples([[str(p)] for p in EXAMPLES], [comp], label="Held-out photos")
+    return comp
+
+
 def build_app(
     bundle: str | Path | None = None,
     max_side: int = DEFAULT_MAX_SIDE,
@@ -436,14 +449,7 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=3):
-                inp = _upload_image(
-                    label="Image (upload, or paste from the clipboard)",
-                    sources=["upload", "clipboard"],
-                    height=300,
-                    elem_id="input-image",
-                )
-                if EXAMPLES:
-                    gr.Examples([[str(p)] for p in EXAMPLES], [inp], label="Held-out photos")
+                inp = _image_input("input-image", height=300)
             with gr.Column(scale=2):
                 precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision")
                 provider = gr.Dropdown(
@@ -508,16 +514,7 @@ def build_app(
                 gr.Markdown(ms.intro())
                 with gr.Row():
                     with gr.Column(scale=3):
-                        ms_inp = _upload_image(
-                            label="Image (upload, or paste from the clipboard)",
-                            sources=["upload", "clipboard"],
-                            height=250,
-                            elem_id="scales-input",
-                        )
-                        if EXAMPLES:
-                            gr.Examples(
-                                [[str(p)] for p in EXAMPLES], [ms_inp], label="Held-out photos"
-                            )
+                        ms_inp = _image_input("scales-input", height=250)
                         ms_run = gr.Button("Tokenize scale by scale", variant="primary")
                     with gr.Column(scale=2):
                         ms_fitted = gr.Image(**image_kw(f"Input fitted to {R}x{R}"), height=250)
