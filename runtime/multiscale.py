@@ -139,15 +139,6 @@ class MultiScaleTokenizer(Tokenizer):
         img = fit_square(to_uint8_image(image), self.resolution)
         return self.encode(img), img
 
-    def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
-        """Images -> (reconstructions, tokens [B, L])."""
-        x, size = self._prepare(images)
-        if self.precision == "bf16":  # the fused graph would run its quantizer at bf16
-            idx = self._encode_prepared(x)
-            return self.decode(idx, output), idx
-        idx, img = self._run("tokenizer", "image", x)
-        return self._finish(img, size, output), idx
-
     # -- VAR-style token lists ------------------------------------------------------------
 
     def img_to_idxBl(self, images: Any) -> list[np.ndarray]:

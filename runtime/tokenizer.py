@@ -336,7 +336,7 @@ class Tokenizer:
         x, size = self._prepare(images)
         if self.precision == "bf16":  # the fused graph would run its quantizer at bf16
             idx = self._encode_prepared(x)
-            return self._finish(self._run("decoder", "indices", idx)[0], size, output), idx
+            return self.decode(idx, output=output, size=size), idx
         idx, img = self._run("tokenizer", "image", x)
         return self._finish(img, size, output), idx
 
