@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqedge.models.multiscale import MultiScaleVQVAE
+from vqedge.models.quantizer import nearest_index
 from vqedge.models.vqvae import VQTokenizerBase
 
 EXPORTER = "dynamo"  # torch.onnx.export(dynamo=True): torch.export-based, maintained
@@ -44,7 +45,7 @@ class EncoderGraph(nn.Module):
 
 
 class QuantizerGraph(nn.Module):
-    """latent [B, C, h, w] -> indices [B, h, w] int64: argmin_k |z|^2 + |e_k|^2 - 2 z.e_k."""
+    """latent [B, C, h, w] -> indices [B, h, w] int64, by VectorQuantizer's own lookup."""
 
     def __init__(self, model: VQTokenizerBase) -> None:
         super().__init__()
@@ -55,10 +56,7 @@ class QuantizerGraph(nn.Module):
         if self.l2_normalize:  # the same projection as VectorQuantizer.project
             latent = F.normalize(latent, dim=1)
         z = latent.permute(0, 2, 3, 1)  # [B, h, w, C]
-        e = self.codebook_KC
-        # the same formula, term order and argmin as VectorQuantizer.nearest
-        d = z.pow(2).sum(-1, keepdim=True) + e.pow(2).sum(1) - 2.0 * z @ e.t()  # [B, h, w, K]
-        return d.argmin(-1)
+        return nearest_index(z, self.codebook_KC, unit=self.l2_normalize)
 
 
 class DecoderGraph(nn.Module):

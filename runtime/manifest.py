@@ -36,6 +36,25 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def verified_file(root: Path, manifest: dict[str, Any], rel: str) -> Path:
+    """The path of one bundle file, after checking it against its sha256 in the manifest.
+
+    Raises
+    ------
+    BundleError
+        The file is missing, not in the manifest, or does not match its sha256.
+    """
+    digest = manifest.get("files", {}).get(rel)
+    if digest is None:
+        raise BundleError(f"bundle file {rel} is not listed in {root / MANIFEST}")
+    f = root / rel
+    if not f.is_file():
+        raise BundleError(f"bundle file {rel} is missing from {root}")
+    if sha256_file(f) != digest:
+        raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest")
+    return f
+
+
 def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read and check a bundle's manifest; with ``verify``, check every file's sha256.
 
@@ -62,12 +81,8 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
             f"{FORMAT_VERSION}: upgrade vqedge"
         )
     if verify:
-        for rel, digest in manifest.get("files", {}).items():
-            f = root / rel
-            if not f.is_file():
-                raise BundleError(f"bundle file {rel} is missing from {root}")
-            if sha256_file(f) != digest:
-                raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest")
+        for rel in manifest.get("files", {}):
+            verified_file(root, manifest, rel)
     return manifest
 
 

@@ -21,9 +21,11 @@ from vqedge.runtime.manifest import (
     manifest_config,
     read_manifest,
     sha256_file,
+    verified_file,
 )
 from vqedge.runtime.providers import (
     ProviderList,
+    lookup_providers,
     make_session,
     provider_names,
     resolve_providers,
@@ -74,6 +76,27 @@ def bundle_path(bundle: str | Path | None) -> Path:
     )
 
 
+def default_session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The session options ``Tokenizer.load`` uses unless given its own.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Intra-op threads per session (default: onnxruntime's choice).
+    """
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # A tokenizer runs several sessions one after another; threads that spin after a run
+    # steal the cores from the next session (encode -> quantize -> decode took 255 ms with
+    # spinning, 158 ms without, at 256x256 on 2 cores).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # one shared CPU arena, grown by request: less peak memory at the same speed
+    use_shared_arena(opts)
+    return opts
+
+
 class Tokenizer:
     """Image <-> token map with an exported bundle, on onnxruntime.
 
@@ -109,9 +132,7 @@ class Tokenizer:
         self.precision = precision
         self.max_side = max_side
         self._providers = resolve_providers(providers, precision)
-        # The quantizer's argmin runs at full precision whatever the precision asked for:
-        # bf16 distances flip about half of the tokens.
-        self._providers_exact = resolve_providers(providers, "fp32")
+        self._lookup_providers = lookup_providers(providers, self._providers)
         self._options = options
         self._cache_dir = cache_dir
         self._strict = strict
@@ -175,24 +196,21 @@ class Tokenizer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         root = bundle_path(bundle)
-        manifest = read_manifest(root, verify=True)
+        # Each file's sha256 is checked when it is first read (verified_file): hashing the
+        # whole bundle here took 29 ms of a 0.3 s cold start, mostly for unused variants.
+        manifest = read_manifest(root, verify=False)
         variant = "fp32" if precision == "bf16" else precision
         if variant not in manifest["variants"]:
             raise BundleError(
                 f"bundle {root.name} has no {variant} variant (it has "
                 f"{sorted(manifest['variants'])}); export it with --precisions {variant}"
             )
+        graphs = manifest["variants"][variant]["graphs"].values()
+        for rel in [manifest["codebook"]["file"], *(g["file"] for g in graphs)]:
+            if not (root / rel).is_file():
+                raise BundleError(f"bundle file {rel} is missing from {root}")
         if session_options is None:
-            session_options = ort.SessionOptions()
-            if threads:
-                session_options.intra_op_num_threads = threads
-            session_options.inter_op_num_threads = 1
-            # A tokenizer runs several sessions one after another; threads that spin after
-            # a run steal the cores from the next session (encode -> quantize -> decode took
-            # 255 ms with spinning, 158 ms without, at 256x256 on 2 cores).
-            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            # one shared CPU arena, grown by request: less peak memory at the same speed
-            use_shared_arena(session_options)
+            session_options = default_session_options(threads)
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
@@ -207,23 +225,29 @@ class Tokenizer:
     def _session(self, graph: str) -> ort.InferenceSession:
         sess = self._sessions.get(graph)
         if sess is None:
-            path = self.root / self._variant["graphs"][graph]["file"]
-            exact = graph == "quantizer" and self.precision == "bf16"
-            providers = self._providers_exact if exact else self._providers
+            rel = self._variant["graphs"][graph]["file"]
+            providers = self._lookup_providers if graph == "quantizer" else self._providers
             if self._cache_dir is None:
-                sess = make_session(path, providers, self._options, self._strict, self.precision)
+                sess = self._verified_session(rel, providers, self._options)
             else:
-                sess = self._cached_session(path, graph, providers)
+                sess = self._cached_session(rel, graph, providers)
             self._sessions[graph] = sess
         return sess
 
+    def _verified_session(
+        self, rel: str, providers: ProviderList, options: ort.SessionOptions
+    ) -> ort.InferenceSession:
+        model = verified_file(self.root, self.manifest, rel)
+        return make_session(model, providers, options, self._strict, self.precision)
+
     def _cached_session(
-        self, path: Path, graph: str, providers: ProviderList
+        self, rel: str, graph: str, providers: ProviderList
     ) -> ort.InferenceSession:
         """Load the optimized graph from the cache, or make it there on this first run."""
         machine = hashlib.sha256(cpu_signature().encode()).hexdigest()[:12]
         first = provider_names(providers)[0].replace("ExecutionProvider", "")
-        key = f"{self.bundle_sha256[:12]}-{path.parent.name}-{graph}-{first}-ort{ort.__version__}"
+        variant = Path(rel).parent.name
+        key = f"{self.bundle_sha256[:12]}-{variant}-{graph}-{first}-ort{ort.__version__}"
         cached = self._cache_dir / f"{key}-{machine}.onnx"
         opts = self._options
         saved = opts.optimized_model_filepath, opts.graph_optimization_level
@@ -231,14 +255,19 @@ class Tokenizer:
         # the key above already holds what onnxruntime warns about when it saves one
         opts.log_severity_level = 3
         try:
-            if cached.is_file():
+            if cached.is_file():  # made from this bundle's verified file (the key has its sha)
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
                 return make_session(cached, providers, opts, self._strict, self.precision)
             opts.optimized_model_filepath = str(cached)
-            return make_session(path, providers, opts, self._strict, self.precision)
+            return self._verified_session(rel, providers, opts)
         finally:
             opts.optimized_model_filepath, opts.graph_optimization_level = saved
             opts.log_severity_level = saved_log
+
+    def end_profiling(self) -> dict[str, Path]:
+        """Stop onnxruntime's profiler in every open session (``enable_profiling`` in the
+        session options) -> {graph: the JSON trace it wrote}."""
+        return {g: Path(s.end_profiling()) for g, s in self._sessions.items()}
 
     def _run(self, graph: str, name: str, x: np.ndarray) -> list[np.ndarray]:
         return self._session(graph).run(None, {name: x})
@@ -249,7 +278,8 @@ class Tokenizer:
     def codebook(self) -> np.ndarray:
         """The codebook, float32 [K, C]."""
         if self._codebook is None:
-            self._codebook = np.load(self.root / self.manifest["codebook"]["file"])
+            rel = self.manifest["codebook"]["file"]
+            self._codebook = np.load(verified_file(self.root, self.manifest, rel))
         return self._codebook
 
     @property
@@ -334,7 +364,7 @@ class Tokenizer:
     def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
         """Images -> (reconstructions at the input size, indices [B, h, w]), in one graph."""
         x, size = self._prepare(images)
-        if self.precision == "bf16":  # the fused graph would run its quantizer at bf16
+        if self._lookup_providers != self._providers:  # the fused graph has the lookup inside
             idx = self._encode_prepared(x)
             return self.decode(idx, output=output, size=size), idx
         idx, img = self._run("tokenizer", "image", x)

@@ -204,8 +204,16 @@ def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
+    # each file is checked when it is first read: the decoder at the first decode, before
+    # anything runs on it; the other variants' files are not read at all
+    tok = Tokenizer.load(bundle_copy)
+    idx = tok.encode(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(BundleError, match="fp32/decoder.onnx does not match its sha256"):
-        Tokenizer.load(bundle_copy)
+        tok.decode(idx)
+    codebook = bundle_copy / "codebook.npy"
+    codebook.write_bytes(codebook.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(BundleError, match="codebook.npy does not match its sha256"):
+        _ = Tokenizer.load(bundle_copy, precision="int8").codebook
     target.unlink()
     with pytest.raises(BundleError, match="fp32/decoder.onnx is missing"):
         Tokenizer.load(bundle_copy)
