@@ -118,6 +118,7 @@ class VqedgeRunner:
             precision=spec["precision"],
             threads=spec["threads"],
         )
+        self._spec, self._providers = spec, providers
         self.f = self.tok.f
         self.details = {"onnxruntime": ort.__version__, "providers_requested": providers}
 
@@ -131,6 +132,21 @@ class VqedgeRunner:
 
     def finish(self) -> None:
         self.details["providers_in_use"] = self.tok.info["providers_in_use"]
+
+    def profile(self, batch: int, size: int, top: int) -> dict[str, Any]:
+        """onnxruntime's profiler over fresh sessions: the hottest nodes."""
+        from vqedge.runtime.profile import profile_tokenizer
+
+        spec = self._spec
+        return profile_tokenizer(
+            spec["bundle"],
+            precision=spec["precision"],
+            providers=self._providers,
+            threads=spec["threads"],
+            batch=batch,
+            size=size,
+            top=top,
+        )
 
 
 class OpenvinoRunner:
@@ -148,18 +164,25 @@ class OpenvinoRunner:
         hint = "bf16" if precision == "bf16" else "f32"
         core = ov.Core()
 
-        def compile_graph(graph: str, variant: str, hint: str):
+        def compile_graph(graph: str, variant: str, hint: str, perf_count: bool = False):
             cfg = {
                 "INFERENCE_PRECISION_HINT": hint,
                 "INFERENCE_NUM_THREADS": spec["threads"],
                 "PERFORMANCE_HINT": "LATENCY",
+                "PERF_COUNT": perf_count,
             }
             model = core.read_model(str(_variant_file(bundle, variant, graph)))
             return core.compile_model(model, "CPU", cfg)
 
-        self._enc = compile_graph("encoder", variant, hint)
-        self._quant = compile_graph("quantizer", "fp32", "f32")  # argmin at full precision
-        self._dec = compile_graph("decoder", variant, hint)
+        self._compile = lambda graph, perf_count=False: compile_graph(
+            graph,
+            "fp32" if graph == "quantizer" else variant,
+            "f32" if graph == "quantizer" else hint,
+            perf_count,
+        )
+        self._enc = self._compile("encoder")
+        self._quant = self._compile("quantizer")  # argmin at full precision
+        self._dec = self._compile("decoder")
         self.details = {
             "openvino": ov.__version__,
             "variant": variant,
@@ -180,6 +203,51 @@ class OpenvinoRunner:
             ("quantizer", lambda z: self._quant(z)[0]),
             ("decoder", lambda idx: self._dec(idx)[0]),
         ]
+
+    def profile(self, batch: int, size: int, top: int, iters: int = 5) -> dict[str, Any]:
+        """OpenVINO's per-node performance counters (recompiled with PERF_COUNT): the hottest
+        nodes, with the kernel each ran (its exec type names the precision and ISA)."""
+        from vqedge.runtime.bench import synthetic_images
+
+        x = uint8_to_float(synthetic_images(batch, size))
+        runs: dict[tuple[str, str], list[float]] = {}
+        facts: dict[tuple[str, str], tuple[str, str]] = {}
+        y: Any = x
+        for graph in ("encoder", "quantizer", "decoder"):
+            req = self._compile(graph, perf_count=True).create_infer_request()
+            for i in range(iters + 1):  # the first run is the warm-up
+                out = req.infer({0: y})
+                if i == 0:
+                    continue
+                for info in req.get_profiling_info():
+                    if info.status.name != "EXECUTED":
+                        continue
+                    key = (graph, info.node_name)
+                    runs.setdefault(key, []).append(info.real_time.total_seconds() * 1e3)
+                    facts[key] = (info.node_type, info.exec_type)
+            y = out[0]
+        rows = [
+            {"graph": g, "node": n, "op_type": facts[(g, n)][0], "provider": facts[(g, n)][1],
+             "ms": sum(ms) / len(ms)}
+            for (g, n), ms in runs.items()
+        ]  # fmt: skip
+        total = sum(r["ms"] for r in rows) or 1.0
+        by_op: dict[tuple[str, str], float] = {}
+        for r in rows:
+            r["share"] = r["ms"] / total
+            by_op[(r["graph"], r["op_type"])] = by_op.get((r["graph"], r["op_type"]), 0) + r["ms"]
+        rows.sort(key=lambda r: -r["ms"])
+        return {
+            "batch": batch,
+            "size": [size, size],
+            "iters": iters,
+            "total_ms": total,
+            "nodes": rows[:top],
+            "op_types": [
+                {"graph": g, "op_type": op, "ms": ms, "share": ms / total}
+                for (g, op), ms in sorted(by_op.items(), key=lambda kv: -kv[1])
+            ],
+        }
 
 
 RUNNERS = {"torch": TorchRunner, "vqedge": VqedgeRunner, "openvino": OpenvinoRunner}
@@ -259,6 +327,12 @@ def bench(spec: dict[str, Any]) -> dict[str, Any]:
             result["quality_file"] = spec["quality_out"]
         except Exception as e:
             result["quality_error"] = f"{type(e).__name__}: {e}"
+    if spec.get("profile_case") and hasattr(runner, "profile"):
+        try:
+            batch, size = spec["profile_case"]
+            result["profile"] = runner.profile(batch, size, top=spec.get("profile_top", 8))
+        except Exception as e:
+            result["profile_error"] = f"{type(e).__name__}: {e}"
     if hasattr(runner, "finish"):
         runner.finish()
     result["details"] = runner.details

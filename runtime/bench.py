@@ -229,10 +229,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         size=args.size,
         iters=args.iters,
     )
+    if args.profile:
+        from vqedge.runtime.profile import profile_tokenizer
+
+        result["profile"] = profile_tokenizer(
+            args.bundle,
+            precision=args.precision,
+            providers=args.providers,
+            threads=args.threads,
+            batch=args.batch,
+            size=args.size,
+            top=args.profile,
+        )
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
     print(format_report(result))
+    if args.profile:
+        from vqedge.runtime.profile import format_profile
+
+        print(format_profile(result["profile"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
@@ -252,5 +268,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per call")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then run under onnxruntime's profiler and list the N hottest nodes and op types",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write JSON here (- prints)")
     p.set_defaults(func=_cmd_bench)
