@@ -517,10 +517,10 @@ def _profiles(report: dict[str, Any], top: int = 6) -> list[str]:
         "",
         "## Where the time goes",
         "",
-        f"Batch {b} at {s}x{s}, node times per run (warm-up left out): onnxruntime's profiler "
-        "for vqedge (a graph OpenVINO takes whole shows as one node), OpenVINO's performance "
-        "counters for its own runtime (the kernel column names the precision each node ran "
-        "at). Profiling adds time per node: read the shares.",
+        f"Batch {b} at {s}x{s}, median node times per run (warm-up left out): onnxruntime's "
+        "profiler for vqedge (a graph OpenVINO takes whole shows as one node), OpenVINO's "
+        "performance counters for its own runtime (the kernel column names the precision each "
+        "node ran at). Profiling adds time per node: read the shares.",
     ]
     for name, p in profiled.items():
         ops = ", ".join(f"{o['graph']} {o['op_type']} {o['share']:.0%}" for o in p["op_types"][:5])

@@ -204,9 +204,10 @@ class OpenvinoRunner:
             ("decoder", lambda idx: self._dec(idx)[0]),
         ]
 
-    def profile(self, batch: int, size: int, top: int, iters: int = 5) -> dict[str, Any]:
+    def profile(self, batch: int, size: int, top: int, iters: int = 10) -> dict[str, Any]:
         """OpenVINO's per-node performance counters (recompiled with PERF_COUNT): the hottest
-        nodes, with the kernel each ran (its exec type names the precision and ISA)."""
+        nodes (median per run), with the kernel each ran (its exec type names the precision
+        and ISA)."""
         from vqedge.runtime.bench import synthetic_images
 
         x = uint8_to_float(synthetic_images(batch, size))
@@ -228,7 +229,7 @@ class OpenvinoRunner:
             y = out[0]
         rows = [
             {"graph": g, "node": n, "op_type": facts[(g, n)][0], "provider": facts[(g, n)][1],
-             "ms": sum(ms) / len(ms)}
+             "ms": float(np.median(ms))}
             for (g, n), ms in runs.items()
         ]  # fmt: skip
         total = sum(r["ms"] for r in rows) or 1.0

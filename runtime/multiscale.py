@@ -121,6 +121,15 @@ class MultiScaleTokenizer(Tokenizer):
         idx_BL[:, : given.shape[1]] = given
         return tuple(self._session("scales").run(None, {"indices": idx_BL}))
 
+    def quantize(self, latent: np.ndarray) -> np.ndarray:
+        """Latent [B, C, s, s] -> tokens int64 [B, L], every scale (the scale loop needs the
+        whole latent, so it is not split into blocks)."""
+        z = np.ascontiguousarray(latent, dtype=np.float32)
+        C, s = self.config.code_dim, self.patch_nums[-1]
+        if z.shape[1:] != (C, s, s):
+            raise ValueError(f"latent must be float [B, {C}, {s}, {s}], got shape {z.shape}")
+        return self._run("quantizer", "latent", z)[0]
+
     def _decode_fhat(self, f_hat: np.ndarray) -> np.ndarray:
         return self._run("decoder", "f_hat", np.ascontiguousarray(f_hat, dtype=np.float32))[0]
 

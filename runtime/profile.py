@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.providers import ProviderList
 
@@ -15,7 +17,7 @@ KERNEL = "_kernel_time"
 
 
 def node_times(trace: str | Path, skip_first: int = 1) -> dict[str, dict[str, Any]]:
-    """Mean time per run of every node in one onnxruntime profile (a JSON trace).
+    """Median time per run of every node in one onnxruntime profile (a JSON trace).
 
     Parameters
     ----------
@@ -27,7 +29,7 @@ def node_times(trace: str | Path, skip_first: int = 1) -> dict[str, dict[str, An
     Returns
     -------
     dict
-        node name -> {"op_type", "provider", "ms" (mean per run), "runs"}.
+        node name -> {"op_type", "provider", "ms" (median per run), "runs"}.
     """
     runs: dict[str, list[float]] = defaultdict(list)
     facts: dict[str, tuple[str, str]] = {}
@@ -45,7 +47,7 @@ def node_times(trace: str | Path, skip_first: int = 1) -> dict[str, dict[str, An
         out[name] = {
             "op_type": op,
             "provider": provider,
-            "ms": sum(kept) / len(kept),
+            "ms": float(np.median(kept)),
             "runs": len(kept),
         }
     return out
@@ -58,7 +60,7 @@ def profile_tokenizer(
     threads: int | None = None,
     batch: int = 1,
     size: int = 256,
-    iters: int = 5,
+    iters: int = 10,
     top: int = 10,
 ) -> dict[str, Any]:
     """Run the three stages under onnxruntime's profiler and rank the nodes by time.

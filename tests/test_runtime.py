@@ -18,7 +18,7 @@ from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.providers import ProviderError, resolve_providers
-from vqedge.runtime.tokenizer import Tokenizer, bundle_path, list_bundles
+from vqedge.runtime.tokenizer import LOOKUP_LATENTS, Tokenizer, bundle_path, list_bundles
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,22 @@ def test_optimized_graph_cache(photos, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
     for out in (first, again):
         assert np.array_equal(out[1], ref[1]) and np.array_equal(out[0], ref[0])
+
+
+def test_lookup_in_blocks_equals_one_call(tok, model):
+    """quantize() runs the lookup over blocks of latent rows: the same tokens as one call of
+    the graph over the whole batch, and as PyTorch."""
+    rng = np.random.default_rng(3)
+    latent = rng.standard_normal((3, 8, 40, 50)).astype(np.float32)  # 6000 latents
+    assert latent[0, 0].size * 3 > LOOKUP_LATENTS
+    whole = tok._session("quantizer").run(None, {"latent": latent})[0]
+    np.testing.assert_array_equal(tok.quantize(latent), whole)
+    with torch.no_grad():
+        z = model.quantize.project(torch.from_numpy(latent)).permute(0, 2, 3, 1)
+        ref = model.quantize.nearest(z.reshape(-1, 8)).view(3, 40, 50).numpy()
+    assert (ref == whole).mean() > 0.999  # float-rounding ties aside
+    with pytest.raises(ValueError, match=r"latent must be float \[B, 8, h, w\]"):
+        tok.quantize(latent[:, :4])
 
 
 def test_tiled_matches_untiled_away_from_seams(tok, photos):
