@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from vqedge.export import ExportValidationError, export_bundle
 from vqedge.export.graphs import OPSET
 from vqedge.export.validate import count_ties, validate_fp32
+from vqedge.export.variants import phase_convolutions
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_pretrained, save_checkpoint
 from vqedge.models.data import held_out_paths
 from vqedge.models.vqvae import VQVAE
@@ -267,8 +268,9 @@ def test_tampered_or_missing_file_is_named(bundle, tmp_path):
 
 def test_every_onnx_file_carries_its_facts(bundle, manifest):
     files = sorted(bundle.rglob("*.onnx"))
-    # fp32: 4 graphs; fp16 and int8: encoder, decoder, tokenizer (the fp32 quantizer is shared)
-    assert len(files) == 10
+    # fp32: 4 graphs; fp16 and int8: encoder, decoder, tokenizer (the fp32 quantizer is
+    # shared); fp32 and int8 also the CPU provider's decoder
+    assert len(files) == 12
     for path in files:
         model = onnx.load(str(path), load_external_data=False)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -380,6 +382,66 @@ def test_int8_quality_bar_recomputed(bundle, manifest, photos):
         assert measured[precision] == pytest.approx(reported, abs=0.01)
     assert measured["int8"] >= measured["fp32"] - 0.5
     assert 0.0 <= manifest["variants"]["int8"]["quality"]["token_agreement"] <= 1.0
+
+
+# -- the CPU provider's decoders (ConvTranspose as phase convolutions) ------------------------
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(5, 3, 7, 9), (16, 8, 1, 1), (8, 4, 4, 6)])
+def test_phase_convolutions_equal_conv_transpose(cin, cout, h, w):
+    """The rewrite is the same arithmetic: every output phase's products and sums."""
+    torch.manual_seed(cin * 100 + h)
+    conv = torch.nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    x = torch.randn(2, cin, h, w)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up",
+                               kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1])],
+        "t",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", cin, "h", "w"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", cout, "H", "W"])],
+        [numpy_helper.from_array(conv.weight.detach().numpy(), "w"),
+         numpy_helper.from_array(conv.bias.detach().numpy(), "b")],
+    )  # fmt: skip
+    plain = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    phased = phase_convolutions(plain)
+    onnx.checker.check_model(phased, full_check=True)
+    ops = [n.op_type for n in phased.graph.node]
+    assert ops.count("Conv") == 4 and "ConvTranspose" not in ops
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    y_plain = run(plain).run(None, {"x": x.numpy()})[0]
+    y_phased = run(phased).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    assert y_phased.shape == y_plain.shape == (2, cout, 2 * h, 2 * w) == ref.shape
+    np.testing.assert_allclose(y_plain, ref, atol=1e-5)
+    np.testing.assert_allclose(y_phased, ref, atol=1e-5)
+
+
+def test_cpu_decoders_match_plain_ones_and_hold_quality(bundle, manifest, photos):
+    """fp32 and int8 carry a CPU-provider decoder without ConvTranspose; fp32's gives the
+    plain decoder's images, int8's the manifest's quality, measured again from the files."""
+    fp32_psnr = manifest["variants"]["fp32"]["quality"]["held_out_psnr"]
+    idx = [
+        _session(_graph_file(bundle, manifest, "fp32", "tokenizer")).run(
+            None, {"image": pad_to_multiple(uint8_to_float(img), 4)}
+        )[0]
+        for img in photos
+    ]
+    for precision in ("fp32", "int8"):
+        v = manifest["variants"][precision]
+        cpu = bundle / v["cpu_graphs"]["decoder"]["file"]
+        assert "ConvTranspose" not in {n.op_type for n in onnx.load(str(cpu)).graph.node}
+        s_cpu = _session(cpu)
+        s_plain = _session(_graph_file(bundle, manifest, precision, "decoder"))
+        values = []
+        for img, i in zip(photos, idx):
+            rec = s_cpu.run(None, {"indices": i})[0]
+            if precision == "fp32":
+                assert np.abs(rec - s_plain.run(None, {"indices": i})[0]).max() <= 1e-4
+            out = float_to_uint8(rec[:, :, : img.shape[0], : img.shape[1]])[0]
+            values.append(psnr(out, img))
+        assert np.mean(values) == pytest.approx(v["quality"]["cpu"]["held_out_psnr"], abs=0.01)
+        assert np.mean(values) >= fp32_psnr - 0.5
 
 
 # -- bad input: clear errors, nothing written -------------------------------------------------

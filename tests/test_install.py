@@ -79,6 +79,7 @@ for name, kwargs in json.loads(sys.argv[2]).items():
         "decoded_dtype": str(rec.dtype),
         "psnr": psnr(rec[0], img),
         "providers_in_use": tok.info["providers_in_use"],
+        "graph_files": tok.info["graph_files"],
         "bundle": tok.info["bundle"],
         "seconds": time.perf_counter() - t0,
     }
@@ -359,6 +360,9 @@ def test_openvino_flavour(wheel, photo, tmp_path):
             # the nearest-code lookup runs on the CPU provider by design (providers.py)
             want = "CPUExecutionProvider" if graph == "quantizer" else "OpenVINOExecutionProvider"
             assert used[0] == want, (name, graph, used)
+        # OpenVINO runs the plain decoder (its own int8 deconvolution), the CPU provider its form
+        assert result["runs"][name]["graph_files"]["decoder"] == "fp32/decoder.onnx"
+    assert cpu["graph_files"]["decoder"] == "fp32/decoder_cpu.onnx", cpu["graph_files"]
     fp32 = _agreement(result["runs"]["ov_fp32"]["tokens"], cpu["tokens"])
     bf16 = _agreement(result["runs"]["ov_bf16"]["tokens"], cpu["tokens"])
     assert fp32 >= 0.99, f"fp32 on OpenVINO agrees with the CPU provider on {fp32:.4f}"

@@ -145,7 +145,8 @@ def test_optimized_graph_cache(photos, tmp_path):
     ref = Tokenizer.load().reconstruct(img)
     first = Tokenizer.load(cache_dir=tmp_path / "cache").reconstruct(img)
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert any("-fp32-tokenizer-CPU-" in name for name in cached)
+    # reconstruct on the CPU provider runs the three graphs, the decoder in its CPU form
+    assert any("-fp32-decoder_cpu-CPU-" in name for name in cached), cached
     again = Tokenizer.load(cache_dir=tmp_path / "cache").reconstruct(img)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
     for out in (first, again):
@@ -216,7 +217,10 @@ def test_runtime_import_never_imports_torch():
 
 
 def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
-    target = bundle_copy / "fp32" / "decoder.onnx"
+    tok = Tokenizer.load(bundle_copy)
+    rel = tok.graph_file("decoder")  # on the CPU provider: the phase-convolution decoder
+    assert rel == "fp32/decoder_cpu.onnx"
+    target = bundle_copy / rel
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -224,13 +228,16 @@ def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
     # anything runs on it; the other variants' files are not read at all
     tok = Tokenizer.load(bundle_copy)
     idx = tok.encode(np.zeros((16, 16, 3), np.uint8))
-    with pytest.raises(BundleError, match="fp32/decoder.onnx does not match its sha256"):
+    with pytest.raises(BundleError, match=f"{rel} does not match its sha256"):
         tok.decode(idx)
     codebook = bundle_copy / "codebook.npy"
     codebook.write_bytes(codebook.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(BundleError, match="codebook.npy does not match its sha256"):
         _ = Tokenizer.load(bundle_copy, precision="int8").codebook
     target.unlink()
+    with pytest.raises(BundleError, match=f"{rel} is missing"):
+        Tokenizer.load(bundle_copy)
+    (bundle_copy / "fp32" / "decoder.onnx").unlink()  # also needed: other providers run it
     with pytest.raises(BundleError, match="fp32/decoder.onnx is missing"):
         Tokenizer.load(bundle_copy)
 
