@@ -1,6 +1,6 @@
 """Reduced-precision variants of the exported graphs and the fused one-call graph.
 
-The quantizer graph (an argmin over distances) stays fp32 in every variant: reduced
+The quantizer graph (the nearest-code lookup) stays fp32 in every variant: reduced
 precision there would flip tokens without making anything measurably faster.
 """
 
