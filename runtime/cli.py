@@ -318,6 +318,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"onnxruntime {', '.join(installed_runtimes())}",
         f"available   {', '.join(ort.get_available_providers())}",
         f"in use      {info['precision']} on {', '.join(info['providers_in_use']['encoder'])}",
+        "graphs      " + ", ".join(tok.graph_file(g) for g in ("encoder", "quantizer", "decoder")),
     ]
     clash = runtime_clash()
     if clash:

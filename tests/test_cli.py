@@ -88,6 +88,8 @@ def test_info_says_what_runs(capsys):
     assert main(["info"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "f=4, K=1024" in out and "in use      fp32 on CPUExecutionProvider" in out
+    # the CPU provider runs the decoder in its CPU form
+    assert "graphs      fp32/encoder.onnx, fp32/quantizer.onnx, fp32/decoder_cpu.onnx" in out
     assert main(["info", "--json"]) == EXIT_OK
     info = json.loads(capsys.readouterr().out)
     assert info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]

@@ -375,6 +375,7 @@ def test_openvino_flavour(wheel, photo, tmp_path):
     info = venv.cli("info", cwd=tmp_path).stdout
     assert "WARNING" not in info, info
     assert re.search(r"^in use\s+fp32 on OpenVINOExecutionProvider", info, flags=re.M), info
+    assert re.search(r"^graphs\s+.*fp32/decoder\.onnx$", info, flags=re.M), info
     t_ok = time.perf_counter() - t0
 
     # now the mistake: the plain onnxruntime on top of the OpenVINO flavour
