@@ -209,6 +209,7 @@ class OpenvinoRunner:
         nodes (median per run), with the kernel each ran (its exec type names the precision
         and ISA)."""
         from vqedge.runtime.bench import synthetic_images
+        from vqedge.runtime.profile import rank_nodes
 
         x = uint8_to_float(synthetic_images(batch, size))
         runs: dict[tuple[str, str], list[float]] = {}
@@ -232,23 +233,7 @@ class OpenvinoRunner:
              "ms": float(np.median(ms))}
             for (g, n), ms in runs.items()
         ]  # fmt: skip
-        total = sum(r["ms"] for r in rows) or 1.0
-        by_op: dict[tuple[str, str], float] = {}
-        for r in rows:
-            r["share"] = r["ms"] / total
-            by_op[(r["graph"], r["op_type"])] = by_op.get((r["graph"], r["op_type"]), 0) + r["ms"]
-        rows.sort(key=lambda r: -r["ms"])
-        return {
-            "batch": batch,
-            "size": [size, size],
-            "iters": iters,
-            "total_ms": total,
-            "nodes": rows[:top],
-            "op_types": [
-                {"graph": g, "op_type": op, "ms": ms, "share": ms / total}
-                for (g, op), ms in sorted(by_op.items(), key=lambda kv: -kv[1])
-            ],
-        }
+        return {"batch": batch, "size": [size, size], "iters": iters, **rank_nodes(rows, top)}
 
 
 RUNNERS = {"torch": TorchRunner, "vqedge": VqedgeRunner, "openvino": OpenvinoRunner}

@@ -94,27 +94,36 @@ def profile_tokenizer(
         for graph, nodes in per_graph.items()
         for name, facts in nodes.items()
     ]
-    total = sum(r["ms"] for r in rows) or 1.0
-    for r in rows:
-        r["share"] = r["ms"] / total
-    rows.sort(key=lambda r: -r["ms"])
-    by_op: dict[tuple[str, str], float] = defaultdict(float)
-    for r in rows:
-        by_op[(r["graph"], r["op_type"])] += r["ms"]
-    op_types = [
-        {"graph": g, "op_type": op, "ms": ms, "share": ms / total}
-        for (g, op), ms in sorted(by_op.items(), key=lambda kv: -kv[1])
-    ]
     return {
         "precision": precision,
         "providers_in_use": tok.info["providers_in_use"],
         "batch": batch,
         "size": [size, size],
         "iters": iters,
-        "total_ms": total,
-        "nodes": rows[:top],
-        "op_types": op_types,
+        **rank_nodes(rows, top),
     }
+
+
+def rank_nodes(rows: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    """Rank node rows ({"graph", "node", "op_type", "provider", "ms"}) by time.
+
+    Returns
+    -------
+    dict
+        "total_ms": all node time per run; "nodes": the ``top`` rows with their "share" of
+        it; "op_types": time and share per graph and op type, largest first.
+    """
+    total = sum(r["ms"] for r in rows) or 1.0
+    by_op: dict[tuple[str, str], float] = defaultdict(float)
+    for r in rows:
+        r["share"] = r["ms"] / total
+        by_op[(r["graph"], r["op_type"])] += r["ms"]
+    rows = sorted(rows, key=lambda r: -r["ms"])
+    op_types = [
+        {"graph": g, "op_type": op, "ms": ms, "share": ms / total}
+        for (g, op), ms in sorted(by_op.items(), key=lambda kv: -kv[1])
+    ]
+    return {"total_ms": total, "nodes": rows[:top], "op_types": op_types}
 
 
 def format_profile(p: dict[str, Any]) -> str:

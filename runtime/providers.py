@@ -123,14 +123,13 @@ def provider_names(providers: ProviderList) -> list[str]:
 
 
 def make_session(
-    model: Path,
+    path: Path,
     providers: ProviderList,
     options: ort.SessionOptions,
     strict: bool,
     precision: str,
 ) -> ort.InferenceSession:
     """Create a session and check that every provider asked for is the one running it."""
-    name = model.name
     asked = provider_names(providers)
     available = ort.get_available_providers()
     missing = [p for p in asked if p not in available]
@@ -150,14 +149,14 @@ def make_session(
         providers = [p for p in providers if provider_names([p])[0] in available] or [CPU]
         asked = provider_names(providers)
     try:
-        sess = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
-        raise ProviderError(f"cannot create a session for {name} on {asked}: {e}") from e
+        raise ProviderError(f"cannot create a session for {path.name} on {asked}: {e}") from e
     running = sess.get_providers()
     dropped = [p for p in asked if p not in running]
     if dropped:
         msg = (
-            f"{name}: execution provider(s) {dropped} were asked for but the session runs "
+            f"{path.name}: execution provider(s) {dropped} were asked for but the session runs "
             f"on {running} (the provider failed to load or refused its options)"
         )
         if strict:

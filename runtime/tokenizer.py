@@ -241,7 +241,7 @@ class Tokenizer:
                 if self._cache_dir is None:
                     sess = self._verified_session(rel, providers, self._options)
                 else:
-                    sess = self._cached_session(rel, graph, providers)
+                    sess = self._cached_session(rel, providers)
             finally:
                 self._options.profile_file_prefix = prefix
             self._sessions[graph] = sess
@@ -274,9 +274,7 @@ class Tokenizer:
         model = verified_file(self.root, self.manifest, rel)
         return make_session(model, providers, options, self._strict, self.precision)
 
-    def _cached_session(
-        self, rel: str, graph: str, providers: ProviderList
-    ) -> ort.InferenceSession:
+    def _cached_session(self, rel: str, providers: ProviderList) -> ort.InferenceSession:
         """Load the optimized graph from the cache, or make it there on this first run."""
         machine = hashlib.sha256(cpu_signature().encode()).hexdigest()[:12]
         first = provider_names(providers)[0].replace("ExecutionProvider", "")
