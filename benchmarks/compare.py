@@ -259,18 +259,12 @@ def _finite(obj: Any) -> Any:
 
 
 def cold_start(
-    python: str,
-    spec: dict[str, Any],
-    env: dict[str, str],
-    out: Path,
-    args: argparse.Namespace,
-    cfg: Config,
+    python: str, spec: dict[str, Any], env: dict[str, str], out: Path, n: int, timeout: float
 ) -> dict[str, Any]:
-    """The median of ``--cold-runs`` fresh processes (one for torch.compile: half a minute
-    each), with every run's total."""
+    """The median of ``n`` fresh processes' cold starts, with every run's total."""
     runs = []
-    for _ in range(1 if cfg.compile else args.cold_runs):
-        cold = run_worker(python, {**spec, "mode": "cold", "out": str(out)}, env, args.timeout)
+    for _ in range(n):
+        cold = run_worker(python, {**spec, "mode": "cold", "out": str(out)}, env, timeout)
         if "error" in cold:
             return cold
         # launch to first result, less the benchmark's own input preparation
@@ -297,8 +291,8 @@ def _case(r: dict[str, Any], batch: int, size: int) -> dict[str, Any] | None:
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, checked against this run (batch 1 at 256x256, the cold case).
 
-    Each row: target, measured (text), required (text), met (bool or None where a number
-    is missing).
+    Each row: target, measured (text), required (text), met (bool); a target whose
+    numbers this run lacks has no row.
     """
     res = report["results"]
     batch, size = TARGET_CASE
@@ -512,7 +506,8 @@ def _profiles(report: dict[str, Any], top: int = 6) -> list[str]:
     profiled = {n: r["profile"] for n, r in report["results"].items() if "profile" in r}
     if not profiled:
         return []
-    b, s = next(iter(profiled.values()))["batch"], next(iter(profiled.values()))["size"][0]
+    first = next(iter(profiled.values()))
+    b, s = first["batch"], first["size"][0]
     lines = [
         "",
         "## Where the time goes",
@@ -660,7 +655,9 @@ def main(argv: list[str] | None = None) -> int:
         spec["deadline"] = time.time() + left / (len(configs) - k) if left is not None else None
         r: dict[str, Any] = {**asdict(cfg), "python": python}
         if not args.no_cold:
-            r["cold"] = cold_start(python, spec, env, workdir / f"{tag}-cold.json", args, cfg)
+            n = 1 if cfg.compile else args.cold_runs  # torch.compile: half a minute each
+            out = workdir / f"{tag}-cold.json"
+            r["cold"] = cold_start(python, spec, env, out, n, args.timeout)
         quality_out = None if args.no_quality else str(workdir / f"{tag}-quality.npz")
         res = run_worker(
             python,

@@ -164,24 +164,20 @@ class OpenvinoRunner:
         hint = "bf16" if precision == "bf16" else "f32"
         core = ov.Core()
 
-        def compile_graph(graph: str, variant: str, hint: str, perf_count: bool = False):
+        def compile_graph(graph: str, perf_count: bool = False):
+            exact = graph == "quantizer"  # the lookup at full precision, from the fp32 graph
             cfg = {
-                "INFERENCE_PRECISION_HINT": hint,
+                "INFERENCE_PRECISION_HINT": "f32" if exact else hint,
                 "INFERENCE_NUM_THREADS": spec["threads"],
                 "PERFORMANCE_HINT": "LATENCY",
                 "PERF_COUNT": perf_count,
             }
-            model = core.read_model(str(_variant_file(bundle, variant, graph)))
-            return core.compile_model(model, "CPU", cfg)
+            path = _variant_file(bundle, "fp32" if exact else variant, graph)
+            return core.compile_model(core.read_model(str(path)), "CPU", cfg)
 
-        self._compile = lambda graph, perf_count=False: compile_graph(
-            graph,
-            "fp32" if graph == "quantizer" else variant,
-            "f32" if graph == "quantizer" else hint,
-            perf_count,
-        )
+        self._compile = compile_graph
         self._enc = self._compile("encoder")
-        self._quant = self._compile("quantizer")  # argmin at full precision
+        self._quant = self._compile("quantizer")
         self._dec = self._compile("decoder")
         self.details = {
             "openvino": ov.__version__,

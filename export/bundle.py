@@ -276,14 +276,15 @@ def cpu_graphs(
         variants["int8"]["cpu_graphs"] = {"decoder": int8_dec}
 
 
-def _cpu_quality(v: dict[str, Any], f: int, ref_idx: list[np.ndarray]) -> dict[str, Any]:
-    """Held-out quality of a variant as the CPU provider runs it (its cpu_graphs decoder)."""
-    g = v["graphs"]
-    parts = [onnx.load(str(g[n])) for n in ("encoder", "quantizer")]
-    with tempfile.TemporaryDirectory() as d:
-        fused = Path(d) / "tokenizer.onnx"
-        onnx.save(fuse(*parts, onnx.load(str(v["cpu_graphs"]["decoder"]))), str(fused))
-        return _held_out_quality(fused, f, ref_idx)[0]
+def _decoded_psnr(decoder: Path, all_idx: list[np.ndarray]) -> float:
+    """Held-out PSNR (dB, mean) of a decoder on given held-out indices (one array a photo)."""
+    s = session(decoder)
+    psnrs = []
+    for path, idx in zip(held_out_paths(), all_idx):
+        img = read_image(path)
+        recon = s.run(None, {"indices": idx})[0]
+        psnrs.append(psnr(float_to_uint8(recon[:, :, : img.shape[0], : img.shape[1]])[0], img))
+    return float(np.mean(psnrs))
 
 
 def int8_gate(variants: dict[str, dict[str, Any]], fp32_psnr: float) -> None:
@@ -366,13 +367,12 @@ def _build(model: VQVAE, ckpt: Path, tmp: Path, precisions, log) -> dict[str, An
     log("measuring held-out quality of each variant")
     fp32_quality, fp32_idx = _held_out_quality(paths["tokenizer"], f, None)
     for prec, v in variants.items():
-        q = (
-            fp32_quality
-            if prec == "fp32"
-            else _held_out_quality(v["graphs"]["tokenizer"], f, fp32_idx)[0]
-        )
-        if "cpu_graphs" in v:
-            q["cpu"] = _cpu_quality(v, f, fp32_idx)
+        q, idx = fp32_quality, fp32_idx
+        if prec != "fp32":
+            q, idx = _held_out_quality(v["graphs"]["tokenizer"], f, fp32_idx)
+        if "cpu_graphs" in v:  # the same tokens, decoded by the CPU provider's decoder
+            cpu_psnr = _decoded_psnr(v["cpu_graphs"]["decoder"], idx)
+            q["cpu"] = {"held_out_psnr": cpu_psnr, "token_agreement": q["token_agreement"]}
         v["quality"] = q
         log(
             f"  {prec}: held-out PSNR {q['held_out_psnr']:.2f} dB, "

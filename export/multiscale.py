@@ -69,6 +69,19 @@ def _validation_batches(photos: list[np.ndarray]) -> list[torch.Tensor]:
     ]
 
 
+def _prefix_psnr(
+    scales: Path, decoder: Path, idx: np.ndarray, photos: list[np.ndarray]
+) -> list[float]:
+    """Held-out PSNR (dB, mean over photos) after each prefix of scales."""
+    _, f_hat_each, _ = session(scales).run(None, {"indices": idx})
+    B, K = f_hat_each.shape[:2]
+    # every prefix of every photo in one decoder run: [B * K, C, s, s]
+    f_hat_all = np.ascontiguousarray(f_hat_each.reshape(B * K, *f_hat_each.shape[2:]))
+    imgs = float_to_uint8(session(decoder).run(None, {"f_hat": f_hat_all})[0])
+    imgs = imgs.reshape(B, K, *imgs.shape[1:])
+    return [float(np.mean([psnr(imgs[b, k], photos[b]) for b in range(B)])) for k in range(K)]
+
+
 def _quality(
     graphs: dict[str, Path], photos: list[np.ndarray], ref_idx: np.ndarray | None
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -78,13 +91,7 @@ def _quality(
     idx, recon = session(graphs["tokenizer"]).run(None, {"image": x})
     if not np.isfinite(recon).all():
         raise ExportValidationError(f"{graphs['tokenizer'].parent.name}: NaN/Inf on held-out")
-    _, f_hat_each, _ = session(graphs["scales"]).run(None, {"indices": idx})
-    B, K = f_hat_each.shape[:2]
-    # every prefix of every photo in one decoder run: [B * K, C, s, s]
-    f_hat_all = np.ascontiguousarray(f_hat_each.reshape(B * K, *f_hat_each.shape[2:]))
-    imgs = float_to_uint8(session(graphs["decoder"]).run(None, {"f_hat": f_hat_all})[0])
-    imgs = imgs.reshape(B, K, *imgs.shape[1:])
-    prefix = [float(np.mean([psnr(imgs[b, k], photos[b]) for b in range(B)])) for k in range(K)]
+    prefix = _prefix_psnr(graphs["scales"], graphs["decoder"], idx, photos)
     out = float_to_uint8(recon)
     q = {
         "held_out_psnr": float(np.mean([psnr(a, b) for a, b in zip(out, photos)])),
@@ -156,11 +163,12 @@ def build_multiscale(
     fp32_q, fp32_idx = _quality(paths, photos, None)
     variants["fp32"]["quality"] = fp32_q
     for prec, v in variants.items():
+        idx = fp32_idx
         if prec != "fp32":
-            v["quality"] = _quality(v["graphs"], photos, fp32_idx)[0]
-        if "cpu_graphs" in v:  # the last prefix decodes every scale: the reconstruction
-            graphs = {**v["graphs"], "decoder": v["cpu_graphs"]["decoder"]}
-            prefix = _quality(graphs, photos, fp32_idx)[0]["held_out_psnr_per_prefix"]
+            v["quality"], idx = _quality(v["graphs"], photos, fp32_idx)
+        if "cpu_graphs" in v:  # the same tokens; the last prefix decodes every scale
+            dec = v["cpu_graphs"]["decoder"]
+            prefix = _prefix_psnr(v["graphs"]["scales"], dec, idx, photos)
             v["quality"]["cpu"] = {"held_out_psnr": prefix[-1], "held_out_psnr_per_prefix": prefix}
     for prec, v in variants.items():
         q = v["quality"]

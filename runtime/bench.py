@@ -220,27 +220,18 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(
-        args.bundle,
-        precision=args.precision,
-        providers=args.providers,
-        threads=args.threads,
-        batch=args.batch,
-        size=args.size,
-        iters=args.iters,
-    )
+    config = {
+        "precision": args.precision,
+        "providers": args.providers,
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+    }
+    result = run_bench(args.bundle, iters=args.iters, **config)
     if args.profile:
         from vqedge.runtime.profile import profile_tokenizer
 
-        result["profile"] = profile_tokenizer(
-            args.bundle,
-            precision=args.precision,
-            providers=args.providers,
-            threads=args.threads,
-            batch=args.batch,
-            size=args.size,
-            top=args.profile,
-        )
+        result["profile"] = profile_tokenizer(args.bundle, top=args.profile, **config)
     if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
