@@ -9,6 +9,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from vqedge.runtime.manifest import PRECISIONS
+
 # "auto" takes the first available of these, then the CPU provider.
 AUTO_ORDER = (
     "TensorrtExecutionProvider",
@@ -42,7 +44,7 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-qnn",
 )
 # what load(precision=) takes: a bundle's variants, and bf16 (fp32 graphs on OpenVINO)
-RUN_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+RUN_PRECISIONS = (*PRECISIONS, "bf16")
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 
@@ -93,6 +95,31 @@ def resolve_providers(providers: str | ProviderList, precision: str) -> Provider
     if precision == "bf16":
         chosen = [_with_bf16(p) for p in chosen]
     return chosen
+
+
+def run_precision(providers: ProviderList, precision: str, strict: bool) -> str:
+    """The precision that runs on ``providers`` (as ``resolve_providers`` gives them).
+
+    bf16 is given by the OpenVINO provider only; any other first provider would run the
+    fp32 graphs at fp32, whichever onnxruntime flavour is installed.
+
+    Raises
+    ------
+    ProviderError
+        With ``strict``, bf16 asked of providers that cannot give it (else a warning, and
+        fp32 is what runs).
+    """
+    if precision != "bf16" or provider_names(providers)[0] == OPENVINO:
+        return precision
+    msg = (
+        f"precision bf16 runs on {OPENVINO} only, and the providers "
+        f"{provider_names(providers)} would run the fp32 graphs at fp32: pass "
+        "providers='openvino' (the onnxruntime-openvino flavour) or precision='fp32'"
+    )
+    if strict:
+        raise ProviderError(msg)
+    warnings.warn(msg + "; running at fp32", RuntimeWarning, stacklevel=3)
+    return "fp32"
 
 
 def lookup_providers(asked: str | ProviderList, resolved: ProviderList) -> ProviderList:
