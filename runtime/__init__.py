@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import Any
 
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
+from vqedge.runtime.metrics import codebook_stats, psnr
 
 _LAZY = {
     "load": "vqedge.runtime.tokenizer",
@@ -20,9 +20,10 @@ _LAZY = {
     "load_tokens": "vqedge.runtime.tokens",
     "BundleError": "vqedge.runtime.manifest",
     "ProviderError": "vqedge.runtime.providers",
+    "to_uint8": "vqedge.runtime.metrics",
 }
 
-__all__ = ["VQVAEConfig", "codebook_stats", "psnr", "to_uint8", *_LAZY]
+__all__ = ["VQVAEConfig", "codebook_stats", "psnr", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

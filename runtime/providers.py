@@ -11,29 +11,19 @@ import onnxruntime as ort
 
 from vqedge.runtime.manifest import PRECISIONS
 
-# "auto" takes the first available of these, then the CPU provider.
-AUTO_ORDER = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "DmlExecutionProvider",
-    "CoreMLExecutionProvider",
-    "OpenVINOExecutionProvider",
-)
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+ROCM = "ROCMExecutionProvider"
+DIRECTML = "DmlExecutionProvider"
+COREML = "CoreMLExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
-ALIASES = {
-    "cpu": CPU,
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
-GPU_PROVIDERS = {
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "DmlExecutionProvider",
-}
+# "auto" takes the first available of these, then the CPU provider.
+AUTO_ORDER = (TENSORRT, CUDA, ROCM, DIRECTML, COREML, OPENVINO)
+ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "openvino": OPENVINO}
+GPU_PROVIDERS = {TENSORRT, CUDA, ROCM, DIRECTML}
+# providers whose outputs can stay in device memory between sessions (IO binding)
+DEVICE_MEMORY = (TENSORRT, CUDA)
 # Distributions that each install the one `onnxruntime` module: two at once hide providers.
 ORT_DISTRIBUTIONS = (
     "onnxruntime",
@@ -54,7 +44,7 @@ class ProviderError(RuntimeError):
 
 def installed_runtimes() -> list[str]:
     """The onnxruntime distributions installed in this environment."""
-    from importlib import metadata  # 12 ms to import: only when asked
+    from importlib import metadata  # slow to import: only when asked
 
     found = []
     for name in ORT_DISTRIBUTIONS:
@@ -127,9 +117,8 @@ def lookup_providers(asked: str | ProviderList, resolved: ProviderList) -> Provi
 
     Always at fp32: bf16 scores flip about half of the tokens. And on the CPU provider
     wherever OpenVINO would take it: the lookup is a small MatMul and an ArgMax over
-    [N, K] scores, memory-bound, and OpenVINO's ArgMax is 4x slower than onnxruntime's
-    (4096 latents x 1024 codes: 10.9 ms against 2.6 ms on 2 cores; multi-scale 3.2 against
-    0.9 ms), which was a quarter of OpenVINO's int8 end-to-end time.
+    [N, K] scores, memory-bound, and OpenVINO's ArgMax is several times slower than
+    onnxruntime's (timings in benchmarks/results).
     """
     if OPENVINO in provider_names(resolved):
         return [CPU]

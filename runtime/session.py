@@ -31,6 +31,7 @@ from vqedge.runtime.manifest import (
 )
 from vqedge.runtime.providers import (
     CPU,
+    DEVICE_MEMORY,
     OPENVINO,
     RUN_PRECISIONS,
     ProviderList,
@@ -59,8 +60,6 @@ except ImportError:  # MERGE: delete this fallback; manifest.py and inputs.py de
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
-# providers whose outputs can stay in device memory between sessions (IO binding)
-CUDA_DEVICE = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def cpu_signature() -> str:
@@ -174,7 +173,7 @@ class BundleSessions:
         self.cache_dir = cache_dir
         self.variant: dict[str, Any] = manifest["variants"][variant_name(precision)]
         self.bundle_sha256 = sha256_file(root / MANIFEST)
-        self.on_device = provider_names(resolved)[0] in CUDA_DEVICE
+        self.on_device = provider_names(resolved)[0] in DEVICE_MEMORY
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._files: dict[str, str] = {}  # graph -> the bundle file its session runs
         self._weights_checked = False

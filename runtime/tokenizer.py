@@ -19,10 +19,9 @@ from vqedge.runtime.images import pad_to_multiple
 from vqedge.runtime.inputs import check_indices, to_batch, to_uint8_image, token_map_hw
 from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.multiscale import MultiScaleTokenizer
-from vqedge.runtime.providers import ProviderList, provider_names
+from vqedge.runtime.providers import DEVICE_MEMORY, ProviderList, provider_names
 from vqedge.runtime.session import (
     BUNDLES_DIR,
-    CUDA_DEVICE,
     DECODER,
     DEFAULT_BUNDLE,
     DEFAULT_MAX_SIDE,
@@ -120,7 +119,7 @@ class Tokenizer(TokenizerBase):
     def _encode_bound(self, x: np.ndarray) -> np.ndarray:
         """Encoder -> quantizer with the latent left on the device between the two graphs."""
         first = provider_names(self.sessions.providers)[0]
-        device = "cuda" if first in CUDA_DEVICE else "cpu"
+        device = "cuda" if first in DEVICE_MEMORY else "cpu"
         enc, quant = self.sessions.session(ENCODER), self.sessions.session(QUANTIZER)
         b1 = enc.io_binding()
         b1.bind_cpu_input("image", x)
