@@ -363,8 +363,6 @@ class TokenizerBase:
     token-file reading, and the float -> image conversion. Not used on its own."""
 
     def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
-        if max_side < 1:
-            raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
         self.sessions = sessions
         self.max_side = max_side
 

@@ -67,6 +67,12 @@ class Tokenizer(TokenizerBase):
         # on a GPU, keep the latent on the device between encoder and quantizer
         self.io_binding = sessions.on_device
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """Model facts, the precision that runs, the providers running each open session,
+        and whether the latent stays on the device between encoder and quantizer."""
+        return super().info | {"io_binding": self.io_binding}
+
     def token_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the token map of an H x W image."""
         return math.ceil(height / self.f), math.ceil(width / self.f)
@@ -346,7 +352,7 @@ def load(
     ProviderError
         With ``strict``, a provider or precision that was asked for does not run.
     """
-    if max_side < 1:
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
         raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
     sessions = BundleSessions.open(
         bundle, providers, precision, threads, strict, session_options, cache_dir

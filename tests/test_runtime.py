@@ -357,6 +357,24 @@ def test_encode_image_tiles_above_tile_above(tok):
     assert np.array_equal(idx, tok.encode_tiled(img))
 
 
+def test_graph_files_come_from_the_manifest(bundle_copy, tok):
+    """A flat layout (format 2's file names) loads: each graph's path is the manifest's."""
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    v = m["variants"]["fp32"]
+    for graph in [*v["graphs"].values(), *v["cpu_graphs"].values()]:
+        old = graph["file"]
+        graph["file"] = old.replace("fp32/", "").replace(".onnx", ".fp32.onnx")
+        (bundle_copy / old).rename(bundle_copy / graph["file"])
+        m["files"][graph["file"]] = m["files"].pop(old)
+    m["variants"] = {"fp32": v}
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    flat = load(bundle_copy)
+    img = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    for a, b in zip(flat.reconstruct(img), tok.reconstruct(img)):
+        assert np.array_equal(a, b)
+    assert flat.info["graph_files"]["decoder"] == "decoder_cpu.fp32.onnx"
+
+
 def test_variant_weights_are_verified_before_a_session(bundle_copy):
     """Every file in a variant's weights list is checked against its sha256 first."""
     extra = bundle_copy / "fp32" / "weights.bin"
