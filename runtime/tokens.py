@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import struct
 import warnings
 import zlib
@@ -206,7 +207,7 @@ def save_tokens(
 def _int(h: dict, key: str, lo: int = 0) -> int:
     v = h.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{key} must be an integer, got {v!r}")
+        raise ValueError(f"{key} must be an integer, got {reprlib.repr(v)}")
     if v < lo:
         raise ValueError(f"{key} must be >= {lo}, got {v}")
     return v
@@ -222,20 +223,26 @@ def _parse_header(raw: bytes) -> dict:
         raise ValueError(f"bits={bits} does not match codebook_size={k} (expects {bits_for(k)})")
     shapes = h.get("shapes")
     if not isinstance(shapes, list) or not 1 <= len(shapes) <= MAX_SCALES:
-        raise ValueError(f"shapes must be a list of 1 to {MAX_SCALES} [B, h, w], got {shapes!r}")
+        raise ValueError(
+            f"shapes must be a list of 1 to {MAX_SCALES} [B, h, w], got {reprlib.repr(shapes)}"
+        )
     for s in shapes:
         if not (isinstance(s, list) and len(s) == 3 and all(type(d) is int and d > 0 for d in s)):
-            raise ValueError(f"each shape must be [B, h, w] of positive ints, got {s!r}")
+            raise ValueError(
+                f"each shape must be [B, h, w] of positive ints, got {reprlib.repr(s)}"
+            )
     if len({s[0] for s in shapes}) != 1:
         raise ValueError(f"scales differ in batch size: {shapes}")
     sha = h.get("bundle_sha256")
     if not isinstance(sha, str) or len(sha) != 64 or not set(sha.lower()) <= set(_HEX):
-        raise ValueError(f"bundle_sha256 must be 64 hex digits, got {sha!r}")
+        raise ValueError(f"bundle_sha256 must be 64 hex digits, got {reprlib.repr(sha)}")
     size = h.get("image_size")
     if size is not None and not (
         isinstance(size, list) and len(size) == 2 and all(type(d) is int and d > 0 for d in size)
     ):
-        raise ValueError(f"image_size must be null or [H, W] of positive ints, got {size!r}")
+        raise ValueError(
+            f"image_size must be null or [H, W] of positive ints, got {reprlib.repr(size)}"
+        )
     n = sum(math.prod(s) for s in shapes)
     nbytes = _int(h, "payload_bytes")
     if nbytes != (n * bits + 7) // 8:
