@@ -94,7 +94,7 @@ def read_image(
             raise ImageError(f"{name}: {e} (limit here: {max_pixels} pixels)") from None
         except Exception as e:  # noqa: BLE001 (hostile files raise anything: refuse them all)
             raise ImageError(
-                f"{name}: not a readable image ({', '.join(READ_FORMATS)}): {_reason(e)}"
+                f"{name}: cannot read image: not a {'/'.join(READ_FORMATS)} file ({_reason(e)})"
             ) from None
         with im:
             return _decode(im, name, max_side, max_pixels, downscale_to)
@@ -135,7 +135,9 @@ def _decode(
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 (decoders of hostile files raise anything)
-        raise ImageError(f"{name}: cannot decode image: {_reason(e)}") from None
+        raise ImageError(
+            f"{name}: cannot read image: corrupt or truncated ({_reason(e)})"
+        ) from None
     rgb = _orient(rgb, orientation)
     if downscale_to is not None and max(rgb.shape[:2]) > downscale_to:
         s = downscale_to / max(rgb.shape[:2])
