@@ -91,7 +91,9 @@ def read_image(
         try:
             im = Image.open(fh, formats=READ_FORMATS)
         except Image.DecompressionBombError as e:
-            raise ImageError(f"{name}: {e} (limit here: {max_pixels} pixels)") from None
+            raise ImageError(
+                f"{name}: image too large: {e} (read_image's limit: {max_pixels} pixels)"
+            ) from None
         except Exception as e:  # noqa: BLE001 (hostile files raise anything: refuse them all)
             raise ImageError(
                 f"{name}: cannot read image: not a {'/'.join(READ_FORMATS)} file ({_reason(e)})"
@@ -255,7 +257,8 @@ def to_batch(images: Any, max_side: int) -> np.ndarray:
     ------
     ValueError
         Wrong rank or channel count, unsupported dtype, non-finite values, floats outside
-        [-1, 1], an empty batch, a side above ``max_side``, or images of different sizes.
+        [-1, 1], an empty batch, a side above ``max_side``, or images of different sizes;
+        an :class:`ImageError` for a file or PIL image that cannot be read or is too large.
     """
     if isinstance(images, (str, Path)) or _is_pil_image(images):
         images = [images]
