@@ -45,6 +45,7 @@ def read_image(
     max_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
     downscale_to: int | None = None,
+    name: str | None = None,
 ) -> np.ndarray:
     """An image file as uint8 RGB [H, W, 3], its size checked before it is decoded.
 
@@ -61,6 +62,9 @@ def read_image(
         aspect kept) instead of refusing it for ``max_side``. JPEGs are decoded at 1/2, 1/4 or
         1/8 scale straight away (``Image.draft``), so a large photo never decodes in full;
         other formats decode in full first and stay subject to ``max_pixels``.
+    name : str, optional
+        What error messages call the file (a server passes the user's file name, not its
+        temporary path); ``path`` by default.
 
     Returns
     -------
@@ -82,11 +86,11 @@ def read_image(
     """
     from PIL import Image
 
-    name = str(path)
+    name = str(path) if name is None else name
     try:
         fh = open(path, "rb")  # noqa: SIM115 (closed below; opened here so OSError stays OSError)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
+        raise FileNotFoundError(f"image file not found: {name}") from None
     with fh:
         try:
             im = Image.open(fh, formats=READ_FORMATS)

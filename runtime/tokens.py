@@ -271,6 +271,7 @@ def load_tokens(
     max_map_side: int | None = None,
     max_image_side: int | None = None,
     scales: Sequence[int] | None = None,
+    name: str | None = None,
 ) -> TokenFile:
     """Read a token file written by :func:`save_tokens`, checking its header first.
 
@@ -299,6 +300,9 @@ def load_tokens(
     scales : sequence of int, optional
         The side of each scale the bundle expects (multi-scale ``patch_nums``): map i must be
         [B, pn_i, pn_i].
+    name : str, optional
+        What error messages call the file (a server passes the user's file name, not its
+        temporary path); ``path`` by default.
 
     Returns
     -------
@@ -310,7 +314,7 @@ def load_tokens(
         A foreign, truncated, corrupt or newer-version file, a header field over a limit or
         that does not fit the bundle; the message names the file and the field.
     """
-    name = str(path)
+    name = str(path) if name is None else name
     with open(path, "rb") as fh:
         h, payload_size = _read_header(fh, name)
         _check_fits(name, h, codebook_size, max_tokens, max_map_side, max_image_side, scales)

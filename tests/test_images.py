@@ -287,6 +287,9 @@ def test_truncated_and_corrupt_images(tmp_path):
         read_image(path)
     with pytest.raises(FileNotFoundError, match="image file not found"):
         read_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match=r"^upload\.png: cannot read image") as e:
+        read_image(path, name="upload.png")  # a server names the user's file, not its path
+    assert str(tmp_path) not in str(e.value)
 
 
 def test_arrays_and_batches_checked_against_max_side():

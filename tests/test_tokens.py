@@ -344,6 +344,9 @@ def test_header_checked_before_payload(tmp_path):
         load_tokens(path, max_tokens=10)
     with pytest.raises(TokenFileError, match="truncated payload"):
         load_tokens(path, codebook_size=1024, max_image_side=9000, scales=[8], max_tokens=64)
+    with pytest.raises(TokenFileError, match=r"^mine\.vqt: truncated payload") as e:
+        load_tokens(path, name="mine.vqt")  # a server names the user's file, not its path
+    assert str(tmp_path) not in str(e.value)
 
 
 @pytest.mark.parametrize(
