@@ -19,7 +19,6 @@ from official_layouts import (
 
 from vqedge.models import blocks, llamagen, taming, var, vqmodel
 from vqedge.models.import_checkpoint import CheckpointError, official_layout
-from vqedge.models.multiscale import MultiScaleQuantizer
 
 torch.set_grad_enabled(False)
 
@@ -181,32 +180,26 @@ def test_var_matches_reference_loop_small(tmp_path):
 
 
 def test_var_quantizer_at_256_gives_679_var_input_as_reference():
-    """The released quantizer (V=4096, Cvae=32, ten scales to 16, stated Phi per scale),
-    built as VARVQVAE builds it, without the 109M-parameter backbone."""
-    cfg = var.PRESETS["256"]
-    q_tensors = {
-        k: v
-        for k, v in random_tensors(var_layout(ch=32, ch_mult=(1,), nrb=0), seed=2).items()
-        if k.startswith("quantize.")
-    }
-    quant = MultiScaleQuantizer(cfg.quantizer_config)
-    quant.phi_of_scale = list(var.PHI_OF_SCALE_10x4)
-    quant.vq.embedding.weight.copy_(q_tensors["quantize.embedding.weight"])
-    for k in range(4):
-        quant.phis[k].weight.copy_(q_tensors[f"quantize.quant_resi.qresi_ls.{k}.weight"])
-        quant.phis[k].bias.copy_(q_tensors[f"quantize.quant_resi.qresi_ls.{k}.bias"])
+    """The released quantizer (V=4096, Cvae=32, ten scales to 16, stated Phi per scale) in a
+    VARVQVAE whose backbone is cut down to nothing (no residual blocks, 32 channels)."""
+    cfg = var.VARConfig(ch=32, ch_mult=(1,) * 5, num_res_blocks=0)
+    tensors = random_tensors(var_layout(ch=32, ch_mult=(1,) * 5, nrb=0), seed=2)
+    model = var.load_var(tensors, config=cfg)
+    assert model.quantize.phi_of_scale == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     f = torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(3))
-    ref_idx, ref_fhat, ref_var = var_reference(q_tensors, f, cfg.patch_nums, var.PHI_OF_SCALE_10x4)
-    idx_Bl = quant.f_to_idxBl(f)
+    ref_idx, ref_fhat, ref_var = var_reference(tensors, f, cfg.patch_nums, var.PHI_OF_SCALE_10x4)
+    idx_Bl = model.f_to_idxBl_or_fhat(f, to_fhat=False)
     assert [i.shape[1] for i in idx_Bl] == [p * p for p in cfg.patch_nums]
     for si, (a, b) in enumerate(zip(idx_Bl, ref_idx)):
         assert torch.equal(a, b), f"scale {si}"
-    var_in = quant.idxBl_to_var_input(idx_Bl)
+    var_in = model.idxBl_to_var_input(idx_Bl)
     assert var_in.shape == (2, 679, 32)
     torch.testing.assert_close(var_in, ref_var, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(
-        quant.idxBl_to_fhat_each(idx_Bl)[-1], ref_fhat[-1], atol=1e-5, rtol=1e-5
-    )
+    f_hats = model.embed_to_fhat(model.idxBl_to_h(idx_Bl))
+    for si, (a, b) in enumerate(zip(f_hats, ref_fhat)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"f_hat after scale {si}")
+    for a, b in zip(model.f_to_idxBl_or_fhat(f, to_fhat=True), ref_fhat):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_var_phi_rule_matches_stated_list_and_var_ticks():
