@@ -463,3 +463,20 @@ def test_diffusers_missing_key_names_it(tmp_path):
         vqmodel.load_vqmodel(tmp_path)
     assert "first missing key 'decoder.mid_block.attentions.0.to_out.0.weight'" in str(e.value)
     assert "(64, 64)" in str(e.value)
+
+
+def test_vqmodel_module_needs_no_diffusers(tmp_path):
+    """Loading a save_pretrained folder works with diffusers made unimportable."""
+    import subprocess
+    import sys
+
+    ref = small_diffusers()
+    ref.save_pretrained(tmp_path)
+    code = (
+        "import sys; sys.modules['diffusers'] = None\n"
+        "from vqedge.models.vqmodel import load_vqmodel\n"
+        f"m = load_vqmodel({str(tmp_path)!r})\n"
+        "print(m.codebook_size)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "32"
