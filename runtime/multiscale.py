@@ -224,6 +224,10 @@ class MultiScaleTokenizer(TokenizerBase):
         recon, idx = self.reconstruct(img)
         return recon, idx, img
 
+    def _token_file_limits(self) -> dict[str, Any]:
+        # image_size records the photo before it was fitted: informative, never allocated
+        return {"max_map_side": self.patch_nums[-1], "scales": self.patch_nums}
+
     def decode_file(self, token_file: TokenFile) -> np.ndarray:
         """What a multi-scale .vqt holds (every scale) -> uint8 [B, R, R, 3]."""
         return self.decode(list(token_file.scales))

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from vqedge.runtime.arena import use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import float_to_uint8
+from vqedge.runtime.inputs import DEFAULT_MAX_SIDE
 from vqedge.runtime.manifest import (
     MANIFEST,
     BundleError,
@@ -44,7 +45,6 @@ from vqedge.runtime.providers import (
 from vqedge.runtime.tokens import TokenFile, load_tokens
 
 try:
-    from vqedge.runtime.inputs import DEFAULT_MAX_SIDE
     from vqedge.runtime.manifest import (
         DECODER,
         ENCODER,
@@ -53,8 +53,7 @@ try:
         SCALES,
         SINGLE_SCALE,
     )
-except ImportError:  # MERGE: delete this fallback; manifest.py and inputs.py define them
-    DEFAULT_MAX_SIDE = 4096
+except ImportError:  # MERGE: delete this fallback; manifest.py defines them
     ENCODER, QUANTIZER, DECODER, SCALES = "encoder", "quantizer", "decoder", "scales"
     SINGLE_SCALE, MULTI_SCALE = "single-scale", "multi-scale"
 
@@ -420,16 +419,25 @@ class TokenizerBase:
         session options) -> {graph: the JSON trace it wrote}."""
         return self.sessions.end_profiling()
 
-    def load_tokens(self, path: str | Path, force: bool = False) -> TokenFile:
-        """Read a .vqt file; tokens of another bundle are refused unless ``force``, a
-        different K always."""
-        tf = load_tokens(path, bundle_sha256=self.bundle_sha256, force=force)
-        if tf.codebook_size != self.codebook_size:
-            raise ValueError(
-                f"{path} holds indices for K={tf.codebook_size}, the bundle has "
-                f"K={self.codebook_size}"
-            )
-        return tf
+    def load_tokens(
+        self, path: str | Path, force: bool = False, name: str | None = None
+    ) -> TokenFile:
+        """Read a .vqt file made for this bundle. Every header field is checked against the
+        bundle (K always, the sizes this tokenizer decodes) before the payload is read;
+        tokens of another bundle are refused unless ``force``. ``name`` is what errors call
+        the file (default: its path)."""
+        return load_tokens(
+            path,
+            bundle_sha256=self.bundle_sha256,
+            force=force,
+            codebook_size=self.codebook_size,
+            name=name,
+            **self._token_file_limits(),
+        )
+
+    def _token_file_limits(self) -> dict[str, Any]:
+        """The sizes a token file for this tokenizer may declare (``tokens.load_tokens``)."""
+        return {"max_image_side": self.max_side, "max_map_side": -(-self.max_side // self.f)}
 
     def _describe(self, graphs: tuple[str, ...]) -> list[tuple[str, str]]:
         """The rows every kind shows; its sessions are opened so the providers are the ones

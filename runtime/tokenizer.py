@@ -186,10 +186,19 @@ class Tokenizer(TokenizerBase):
 
     # -- any size, bounded memory (the one tiling rule: vqedge.runtime.tiling) -------------
 
+    def _read(self, image: Any) -> np.ndarray:
+        """One image as uint8 [H, W, 3], a file's size checked from its header against the
+        largest side the tiled methods take."""
+        return to_uint8_image(image, max_side=tiling.tiled_max_side(self))
+
+    def _token_file_limits(self) -> dict[str, Any]:
+        side = tiling.tiled_max_side(self)
+        return {"max_image_side": side, "max_map_side": -(-side // self.f)}
+
     def encode_tiled(self, image: Any, tile: int = 512, overlap: int = 64) -> np.ndarray:
         """One image of any size up to ``tiled_max_side`` -> token map int64 [1, h, w],
         tile by tile."""
-        return tiling.encode_tiled(self, to_uint8_image(image), tile, overlap)
+        return tiling.encode_tiled(self, self._read(image), tile, overlap)
 
     def decode_tiled(
         self,
@@ -207,14 +216,14 @@ class Tokenizer(TokenizerBase):
         self, image: Any, tile: int = 512, overlap: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
         """One image of any size -> (uint8 reconstruction [1, H, W, 3], token map [1, h, w])."""
-        return tiling.reconstruct_tiled(self, to_uint8_image(image), tile, overlap)
+        return tiling.reconstruct_tiled(self, self._read(image), tile, overlap)
 
     # -- whole files: the one policy the CLI, dataset tokenization and the demo use --------
 
     def encode_image(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
         """One image of any size -> (token map [1, h, w], the uint8 image tokenized), tile by
         tile when a side is above TILE_ABOVE pixels."""
-        img = to_uint8_image(image)
+        img = self._read(image)
         if max(img.shape[:2]) > TILE_ABOVE:
             return self.encode_tiled(img), img
         return self.encode(img), img
@@ -222,7 +231,7 @@ class Tokenizer(TokenizerBase):
     def reconstruct_image(self, image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image of any size -> (uint8 reconstruction [1, H, W, 3], token map [1, h, w],
         the uint8 image tokenized), tile by tile above TILE_ABOVE pixels."""
-        img = to_uint8_image(image)
+        img = self._read(image)
         if max(img.shape[:2]) > TILE_ABOVE:
             recon, idx = self.reconstruct_tiled(img)
         else:
