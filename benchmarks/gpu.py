@@ -1,4 +1,4 @@
-"""The comparison on a GPU machine, in a few minutes: ``python benchmarks/gpu.py``.
+"""The comparison on a GPU machine, in a few minutes: ``python -m vqedge.benchmarks.gpu``.
 
 vqedge.runtime on the CUDA provider (fp32; the latent stays on the device between encoder
 and quantizer by IO binding) and on the TensorRT provider (fp16 engines), against PyTorch CUDA
@@ -25,14 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.benchmarks import machine
+from vqedge.benchmarks.timing import E2E, summarize, synthetic_images, time_stages
+from vqedge.runtime.images import float_to_uint8, uint8_to_float
+from vqedge.runtime.metrics import psnr
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import machine  # noqa: E402
-
-from vqedge.runtime.bench import E2E, summarize, synthetic_images, time_stages  # noqa: E402
-from vqedge.runtime.images import float_to_uint8, uint8_to_float  # noqa: E402
-from vqedge.runtime.metrics import psnr  # noqa: E402
 
 EXIT_NO_GPU = 3
 GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")

@@ -1,6 +1,6 @@
 """Peak memory of tiled reconstruction at large sizes, each size in a fresh process.
 
-    python benchmarks/tiled_memory.py [--sizes 1024 2048 4096] [--out FILE.json]
+    python -m vqedge.benchmarks.tiled_memory [--sizes 1024 2048 4096] [--out FILE.json]
 
 The image is a held-out photo resized to the size (real content, not noise). Peak RSS is the
 process's high-water mark (ru_maxrss), import and load included.

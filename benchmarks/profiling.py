@@ -76,7 +76,7 @@ def profile_tokenizer(
         run, share of all node time); "op_types": time and share per graph and op type;
         "total_ms": node time per run; the configuration.
     """
-    from vqedge.runtime.bench import synthetic_images
+    from vqedge.benchmarks.timing import synthetic_images
     from vqedge.runtime.tokenizer import Tokenizer, default_session_options
 
     with tempfile.TemporaryDirectory(prefix="vqedge-profile-") as tmp:

@@ -16,12 +16,76 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vqedge.runtime.dataset import Shard
-from vqedge.runtime.shards import Settings, ShardTokenizer
+from vqedge.dataset.local import available_cpus
+from vqedge.dataset.shards import Settings, ShardTokenizer
+from vqedge.dataset.sources import Shard
+
+# Ray's token authentication (on by default for clusters started with `ray start --head`):
+# the mode, and where a driver finds the token
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENVS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+JOIN_HELP = (
+    "a cluster started with `ray start --head` uses token authentication by default: set "
+    f"{AUTH_MODE_ENV}=token and give its token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or "
+    f"the file {DEFAULT_TOKEN_FILE}; `ray get-auth-token` on the head node prints it)"
+)
+
+
+def token_available() -> bool:
+    """Whether a Ray authentication token is at hand (environment or the default file)."""
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or (token_path and Path(token_path).is_file())
+        or DEFAULT_TOKEN_FILE.is_file()
+    )
+
+
+def enable_token_auth() -> bool:
+    """Use token authentication to join a cluster by address when a token is at hand.
+
+    Ray turns it on by itself only for a local cluster found automatically (``auto``); a
+    driver given an explicit address would be refused by a cluster that requires it. An
+    explicit ``RAY_AUTH_MODE`` is left as it is. Returns whether token mode is on.
+    """
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is None and token_available():
+        os.environ[AUTH_MODE_ENV] = mode = "token"
+    return (mode or "").lower() == "token"
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` or start a local instance; whether one was started.
+
+    Raises
+    ------
+    ConnectionError
+        The cluster cannot be joined; the message says what to set.
+    """
+    if address:
+        enable_token_auth()  # before Ray reads its configuration
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if not address:
+        ray.init(num_cpus=available_cpus(), include_dashboard=False, **quiet)
+        return True
+    try:
+        ray.init(address=address, **quiet)
+    except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConnectionError(
+            f"cannot join the Ray cluster at {address} ({first}); {JOIN_HELP}"
+        ) from e
+    return True
 
 
 class RayShardWorker:
@@ -62,21 +126,14 @@ def run_ray(
 
     Without ``address`` a local Ray instance is started (and stopped at the end) with this
     machine's CPUs; with one, the run joins that cluster, whose nodes need vqedge installed
-    and the input and output folders at the same paths.
+    and the input and output folders at the same paths. A cluster that uses token
+    authentication is joined with the token found as Ray's own CLI finds it.
     """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = connect(address)
     import ray
     from ray.data import ActorPoolStrategy, DataContext, from_items
 
-    from vqedge.runtime.tokenize_dataset import available_cpus
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=available_cpus(), include_dashboard=False, **quiet)
     try:
         threads = settings.threads or 1
         cpus = ray.cluster_resources().get("CPU", 1.0)
