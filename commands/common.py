@@ -17,6 +17,14 @@ class CommandError(Exception):
     """A bad input or usage: ``vqedge`` prints the message as one line and exits with 1."""
 
 
+class UsageError(CommandError):
+    """Bad command-line usage; ``prog`` is the (sub)command whose arguments were wrong."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 class MissingExtra(CommandError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -12,7 +12,13 @@ import argparse
 import sys
 from importlib import import_module, metadata
 
-from vqedge.commands.common import EXIT_ERROR, EXIT_PARTIAL, CommandError, PartialFailure
+from vqedge.commands.common import (
+    EXIT_ERROR,
+    EXIT_PARTIAL,
+    CommandError,
+    PartialFailure,
+    UsageError,
+)
 
 # one module per command, in the order `vqedge --help` lists them
 COMMANDS = (
@@ -32,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors raise instead of exiting, so :func:`main` reports them like any other."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise CommandError(f"{message} (see {self.prog} --help)")
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
 
 
 def _version() -> str:
@@ -96,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:
+        print(f"{e.prog}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as e:
         if debug:
             raise

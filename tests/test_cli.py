@@ -192,10 +192,10 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "encode", missing, "-o", str(tmp_path)])
 
 
-def test_info_lists_what_runs(capsys, tok):
+def test_info_lists_what_runs(capsys):
     assert main(["info"]) == EXIT_OK
     out = capsys.readouterr().out
-    for label, value in tok.describe():
+    for label, value in load().describe():  # as `vqedge info` loads it
         assert f"{label:<12}{value}" in out
     assert "f=4, K=1024" in out and "CPUExecutionProvider" in out
     assert main(["info", "--json"]) == EXIT_OK
