@@ -25,67 +25,78 @@ from vqedge.dataset.local import available_cpus
 from vqedge.dataset.shards import Settings, ShardTokenizer
 from vqedge.dataset.sources import Shard
 
-# Ray's token authentication (on by default for clusters started with `ray start --head`):
-# the mode, and where a driver finds the token
+# Ray's token authentication: `ray start --head` turns it on when the head node holds a token
+# (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray.init()` writes one)
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
-AUTH_TOKEN_ENVS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 JOIN_HELP = (
-    "a cluster started with `ray start --head` uses token authentication by default: set "
-    f"{AUTH_MODE_ENV}=token and give its token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or "
-    f"the file {DEFAULT_TOKEN_FILE}; `ray get-auth-token` on the head node prints it)"
+    "a cluster started with `ray start --head` uses token authentication when its head node "
+    f"has a token: set {AUTH_MODE_ENV}=token and RAY_AUTH_TOKEN to the token "
+    "(`ray get-auth-token` on the head node prints it), or RAY_AUTH_TOKEN_PATH to a file "
+    f"holding it; {AUTH_MODE_ENV}=disabled for a cluster without authentication"
 )
 
 
-def token_available() -> bool:
-    """Whether a Ray authentication token is at hand (environment or the default file)."""
+def token_source() -> str | None:
+    """Where a Ray authentication token is at hand, as Ray looks for it; None if nowhere."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return bool(
-        os.environ.get("RAY_AUTH_TOKEN")
-        or (token_path and Path(token_path).is_file())
-        or DEFAULT_TOKEN_FILE.is_file()
-    )
+    if token_path and Path(token_path).is_file():
+        return token_path
+    return str(DEFAULT_TOKEN_FILE) if DEFAULT_TOKEN_FILE.is_file() else None
 
 
-def enable_token_auth() -> bool:
+def enable_token_auth() -> str | None:
     """Use token authentication to join a cluster by address when a token is at hand.
 
-    Ray turns it on by itself only for a local cluster found automatically (``auto``); a
-    driver given an explicit address would be refused by a cluster that requires it. An
-    explicit ``RAY_AUTH_MODE`` is left as it is. Returns whether token mode is on.
+    Ray does so by itself only when it finds a local cluster (``auto``) and for ``ray start``;
+    a driver given an explicit address would be refused by a cluster that requires a token.
+    An explicit ``RAY_AUTH_MODE`` is left as it is. Returns where the token was found when
+    this turned token mode on, else None.
     """
-    mode = os.environ.get(AUTH_MODE_ENV)
-    if mode is None and token_available():
-        os.environ[AUTH_MODE_ENV] = mode = "token"
-    return (mode or "").lower() == "token"
+    source = token_source()
+    if os.environ.get(AUTH_MODE_ENV) is None and source is not None:
+        os.environ[AUTH_MODE_ENV] = "token"
+        return source
+    return None
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` or start a local instance; whether one was started.
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def connect(address: str | None) -> tuple[bool, str | None]:
+    """Join the cluster at ``address`` or start a local instance.
+
+    Returns
+    -------
+    (bool, str or None)
+        Whether an instance was started here (to stop at the end); where the token came
+        from when token authentication was turned on for ``address``.
 
     Raises
     ------
     ConnectionError
         The cluster cannot be joined; the message says what to set.
     """
-    if address:
-        enable_token_auth()  # before Ray reads its configuration
+    token = enable_token_auth() if address else None  # before Ray reads its configuration
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, token
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if not address:
         ray.init(num_cpus=available_cpus(), include_dashboard=False, **quiet)
-        return True
+        return True, None
     try:
         ray.init(address=address, **quiet)
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConnectionError(
-            f"cannot join the Ray cluster at {address} ({first}); {JOIN_HELP}"
+            f"cannot join the Ray cluster at {address} ({_first_line(e)}); {JOIN_HELP}"
         ) from e
-    return True
+    return True, token
 
 
 class RayShardWorker:
@@ -130,7 +141,7 @@ def run_ray(
     authentication is joined with the token found as Ray's own CLI finds it.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = connect(address)
+    started, token = connect(address)
     import ray
     from ray.data import ActorPoolStrategy, DataContext, from_items
 
@@ -155,6 +166,15 @@ def run_ray(
             progress(results[-1]["images"])
         pool = {"workers": actors, "threads_per_worker": threads, "cpus_per_actor": actor_cpus}
         return results, {**pool, "cluster_cpus": cpus, "address": address}
+    except Exception as e:
+        if token is None:
+            raise
+        # a driver in token mode cannot serve the actors of a cluster without authentication
+        raise ConnectionError(
+            f"the run on the Ray cluster at {address} failed ({_first_line(e)}); token "
+            f"authentication was used because {token} holds a token: for a cluster started "
+            f"without it, set {AUTH_MODE_ENV}=disabled"
+        ) from e
     finally:
         if started:
             ray.shutdown()

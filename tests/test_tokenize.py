@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -200,8 +203,93 @@ def test_ray_writes_the_same_shards(local1, images, tmp_path):
     assert_same_shards(local1, out)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """The command in its own session, so that a hung run and its Ray processes can be ended."""
+    proc = subprocess.Popen(
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"vqedge {args[0]} did not finish in {timeout} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray cluster started the standard way, `ray start --head`, in a session of its own;
+    its head node holds a token, so token authentication is on (as wherever ray.init() ran
+    before). Yields (address, environment); every process of the cluster is ended after."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path / "head"), RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, timeout=60, check=True,
+                   capture_output=True)  # fmt: skip
+    temp = tempfile.mkdtemp(prefix="vqray", dir="/tmp")  # Ray's socket paths must stay short
+    port = free_port()
+    start = subprocess.Popen(
+        [ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard=false",
+         "--port", str(port), "--temp-dir", temp, "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the cluster's processes stay in this process group
+    )  # fmt: skip
+    try:
+        log, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, log[-3000:]
+        assert "Token authentication is enabled" in log
+        yield f"127.0.0.1:{port}", env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _group_alive(start.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            start.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_joins_a_cluster_started_with_ray_start(ray_cluster, local1, images, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "joined"
+    args = ["tokenize", str(images), "--out", str(out), "--engine", "ray", "--address", address]
+    r = run_cli([*args, "--workers", "1", "--shard-size", "5"], env, RAY_TIMEOUT_S)
+    assert r.returncode == EXIT_PARTIAL, r.stderr[-3000:]
+    s = summary(out)
+    assert s["engine"] == "ray" and s["address"] == address and s["cluster_cpus"] == 2
+    assert_same_shards(local1, out)
+    # a driver without the token is told what to set, in one line
+    no_token = {**env, "HOME": str(tmp_path / "elsewhere")}
+    args[args.index(str(out))] = str(tmp_path / "refused")  # shards to do: Ray is joined
+    r = run_cli([*args, "--shard-size", "5"], no_token, RAY_TIMEOUT_S)
+    assert r.returncode == EXIT_ERROR
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("vqedge tokenize: error")]
+    assert f"cannot join the Ray cluster at {address}" in line
+    assert "RAY_AUTH_MODE=token" in line and "RAY_AUTH_TOKEN" in line
+
+
 def test_rerun_redoes_only_missing_shards_and_drops_temporaries(local1, images, tmp_path):
-    import shutil
 
     out = tmp_path / "resume"
     shutil.copytree(local1, out)
