@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     failures, total_bytes, total_px = [], 0, 0
     for image, target in progress(plan, "encode"):
         try:
-            tokens, used = tok.encode_image(read_image(image, max_side=tok.max_side))
+            tokens, used = tok.encode_image(read_image(image))
             target.parent.mkdir(parents=True, exist_ok=True)
             total_bytes += tok.save_tokens(target, tokens, image_size=used.shape[:2])
         except (ValueError, OSError) as e:  # one bad input is recorded; the batch goes on

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args)
     if tok.preprocessing:
         say("reconstruct", tok.preprocessing)
-    recon, tokens, used = tok.reconstruct_image(read_image(args.image, max_side=tok.max_side))
+    recon, tokens, used = tok.reconstruct_image(read_image(args.image))
     Image.fromarray(recon[0]).save(args.output)
     bpp = tok.config.bits_per_token * tokens.size / (used.shape[0] * used.shape[1])
     provider = tok.info["providers_in_use"]["encoder"][0]

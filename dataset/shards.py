@@ -106,7 +106,7 @@ class ShardTokenizer:
         failures = []
         for path in shard.paths:
             try:
-                img = read_image(path, max_side=self.tok.max_side)
+                img = read_image(path)
                 flat, (th, tw) = self.tokens_of(img)
             except Exception as e:  # any bad image is recorded, and the run goes on
                 failures.append({"path": path, "reason": _reason(e)})
