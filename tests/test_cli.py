@@ -237,8 +237,24 @@ PACKAGES = {
 NOT_IN_RUNTIME = [p for p in PACKAGES.values() if p != "vqedge.runtime"]
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except what sits under ``if TYPE_CHECKING:`` (never executed)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            name = getattr(test, "id", None) or getattr(test, "attr", None)
+            if name == "TYPE_CHECKING":
+                todo += child.orelse
+            else:
+                todo.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
-    """vqedge module -> the vqedge modules it imports, at any depth of its code (lazy ones too)."""
+    """vqedge module -> the vqedge modules it imports, at any depth of its code (lazy ones
+    too); imports for type checkers only are left out: they never run."""
     files = {}
     for folder, package in PACKAGES.items():
         for path in (REPO / folder).rglob("*.py"):
@@ -253,7 +269,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
