@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results"), help="folder for latest.json/.md")
     args = p.parse_args(argv)
 
-    from vqedge.runtime.tokenizer import bundle_path
+    from vqedge.runtime.session import bundle_path
 
     t_begin = time.time()
     bundle = bundle_path(args.bundle).resolve()

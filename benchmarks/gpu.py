@@ -117,7 +117,8 @@ def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], 
 def vqedge_stages(
     name: str, bundle: str | None, size: int, batches: list[int], cache: str, tf32: bool
 ):
-    from vqedge.runtime.tokenizer import Tokenizer, bundle_path
+    from vqedge.runtime import load
+    from vqedge.runtime.session import bundle_path
 
     precision = "fp32"
     if name.startswith("vqedge-cuda"):
@@ -146,7 +147,7 @@ def vqedge_stages(
             "trt_profile_max_shapes": ",".join(profile(hi).values()),
         }
         providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
-    tok = Tokenizer.load(bundle, providers=providers, precision=precision)
+    tok = load(bundle, providers=providers, precision=precision)
     stages = [
         ("encoder", tok.encode_latent),
         ("quantizer", tok.quantize),

@@ -18,12 +18,12 @@ WORKER = r"""
 import json, resource, sys, time
 import numpy as np
 from PIL import Image
-from vqedge.runtime.tokenizer import Tokenizer
+from vqedge.runtime import load
 from vqedge.runtime.metrics import psnr
 
 path, side, tiled = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tiled"
 img = np.asarray(Image.open(path).convert("RGB").resize((side, side), Image.BICUBIC))
-tok = Tokenizer.load(max_side=max(side, 4096))
+tok = load(max_side=max(side, 4096))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if tiled:

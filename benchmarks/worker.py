@@ -105,14 +105,14 @@ class VqedgeRunner:
     def __init__(self, spec: dict[str, Any]) -> None:
         import onnxruntime as ort
 
-        from vqedge.runtime.tokenizer import Tokenizer
+        from vqedge.runtime import load
 
         providers: Any = spec["providers"]
         if providers == "openvino":
             # the provider keeps its own thread pool: tell it the same thread count
             opts = {"device_type": "CPU", "num_of_threads": str(spec["threads"])}
             providers = [("OpenVINOExecutionProvider", opts)]
-        self.tok = Tokenizer.load(
+        self.tok = load(
             spec["bundle"],
             providers=providers,
             precision=spec["precision"],

@@ -20,7 +20,7 @@ from vqedge.commands.main import main
 from vqedge.models.data import held_out_paths
 from vqedge.runtime import load
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.tokenizer import bundle_path
+from vqedge.runtime.session import bundle_path
 from vqedge.runtime.tokens import load_tokens
 
 REPO = Path(__file__).resolve().parents[1]
