@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a run stopped by Ctrl-C
 
 
 class CommandError(Exception):

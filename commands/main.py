@@ -14,6 +14,7 @@ from importlib import import_module, metadata
 
 from vqedge.commands.common import (
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_PARTIAL,
     CommandError,
     PartialFailure,
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.note:
             print(f"{prog}: {e.note}", file=sys.stderr)
         return EXIT_PARTIAL if e.done else EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UsageError as e:
         print(f"{e.prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR

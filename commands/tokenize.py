@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             providers=args.providers,
         )
     except KeyboardInterrupt:
-        raise CommandError("interrupted; rerun the same command to resume") from None
+        raise KeyboardInterrupt("the shards written are kept: rerun the command to go on") from None
     im, sh, this = s["images"], s["shards"], s["this_run"]
     print(
         f"tokenized {im['tokenized']}/{im['listed']} images ({im['failed']} failed) into "
