@@ -1,8 +1,8 @@
 """The full comparison: every configuration, the same images, threads and machine, one run.
 
-    python benchmarks/compare.py --ov-python .venv-ov/bin/python
+    python -m vqedge.benchmarks.compare --ov-python .venv-ov/bin/python
 
-Each configuration runs in fresh processes (worker.py): first a cold start (import, load,
+Each configuration runs in fresh processes (``worker``): first a cold start (import, load,
 first result), then the timed cases and the held-out quality pass. Configurations whose
 libraries an interpreter lacks are looked for in the ``--ov-python`` interpreters, else
 skipped with the reason. FLOPs, achieved FLOP/s, quality against the fp32 reference and the
@@ -25,15 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.benchmarks import flops, machine
+from vqedge.benchmarks.timing import E2E
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import flops  # noqa: E402
-import machine  # noqa: E402
-
-WORKER = HERE / "worker.py"
-E2E = "end_to_end"
-STAGES = ("encoder", "quantizer", "decoder")
+# run by any interpreter that has vqedge installed (the OpenVINO one included)
+WORKER = "vqedge.benchmarks.worker"
 # the case the targets are set at, and where the profiles are taken: batch 1 at 256x256
 TARGET_CASE = (1, 256)
 
@@ -99,8 +96,7 @@ try:
     out["openvino"] = ov.__version__
 except Exception:
     out["openvino"] = False
-sys.path.insert(0, sys.argv[1])
-import machine
+from vqedge.benchmarks import machine
 out["versions"] = machine.versions()
 print(json.dumps(out))
 """
@@ -121,7 +117,7 @@ def _env(threads: int, workdir: Path) -> dict[str, str]:
 def probe(python: str, env: dict[str, str]) -> dict[str, Any]:
     """What an interpreter offers (torch, the onnxruntime flavour, openvino)."""
     proc = subprocess.run(
-        [python, "-c", PROBE, str(HERE)], capture_output=True, text=True, env=env, timeout=300
+        [python, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300
     )
     if proc.returncode != 0:
         return {"python": python, "error": proc.stderr[-2000:]}
@@ -156,13 +152,13 @@ def write_inputs(path: Path, sizes: list[int]) -> dict[str, Any]:
 
 
 def run_worker(python: str, spec: dict[str, Any], env: dict[str, str], timeout: float) -> dict:
-    """Run worker.py on ``spec`` in a fresh process; its JSON result, plus wall time."""
+    """Run the worker on ``spec`` in a fresh process; its JSON result, plus wall time."""
     spec_path = Path(spec["out"]).with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     t_spawn = time.time()
     try:
         proc = subprocess.run(
-            [python, str(WORKER), str(spec_path)],
+            [python, "-m", WORKER, str(spec_path)],
             env=env,
             timeout=timeout,
             stdout=None if spec["mode"] == "bench" else subprocess.DEVNULL,
@@ -589,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results"), help="folder for latest.json/.md")
     args = p.parse_args(argv)
 
-    from vqedge.runtime.tokenizer import bundle_path
+    from vqedge.runtime.session import bundle_path
 
     t_begin = time.time()
     bundle = bundle_path(args.bundle).resolve()

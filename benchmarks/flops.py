@@ -94,7 +94,7 @@ def stage_flops(bundle: str | Path, batch: int, height: int, width: int) -> dict
 if __name__ == "__main__":
     import sys
 
-    from vqedge.runtime.tokenizer import bundle_path
+    from vqedge.runtime.session import bundle_path
 
     b = bundle_path(sys.argv[1] if len(sys.argv) > 1 else None)
     for s in (64, 256, 512):

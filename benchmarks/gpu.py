@@ -1,4 +1,4 @@
-"""The comparison on a GPU machine, in a few minutes: ``python benchmarks/gpu.py``.
+"""The comparison on a GPU machine, in a few minutes: ``python -m vqedge.benchmarks.gpu``.
 
 vqedge.runtime on the CUDA provider (fp32; the latent stays on the device between encoder
 and quantizer by IO binding) and on the TensorRT provider (fp16 engines), against PyTorch CUDA
@@ -25,14 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.benchmarks import machine
+from vqedge.benchmarks.timing import E2E, summarize, synthetic_images, time_stages
+from vqedge.runtime.images import float_to_uint8, uint8_to_float
+from vqedge.runtime.metrics import psnr
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import machine  # noqa: E402
-
-from vqedge.runtime.bench import E2E, summarize, synthetic_images, time_stages  # noqa: E402
-from vqedge.runtime.images import float_to_uint8, uint8_to_float  # noqa: E402
-from vqedge.runtime.metrics import psnr  # noqa: E402
 
 EXIT_NO_GPU = 3
 GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -119,7 +117,8 @@ def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], 
 def vqedge_stages(
     name: str, bundle: str | None, size: int, batches: list[int], cache: str, tf32: bool
 ):
-    from vqedge.runtime.tokenizer import Tokenizer, bundle_path
+    from vqedge.runtime import load
+    from vqedge.runtime.session import bundle_path
 
     precision = "fp32"
     if name.startswith("vqedge-cuda"):
@@ -148,7 +147,7 @@ def vqedge_stages(
             "trt_profile_max_shapes": ",".join(profile(hi).values()),
         }
         providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
-    tok = Tokenizer.load(bundle, providers=providers, precision=precision)
+    tok = load(bundle, providers=providers, precision=precision)
     stages = [
         ("encoder", tok.encode_latent),
         ("quantizer", tok.quantize),

@@ -1,6 +1,6 @@
 """Peak memory of tiled reconstruction at large sizes, each size in a fresh process.
 
-    python benchmarks/tiled_memory.py [--sizes 1024 2048 4096] [--out FILE.json]
+    python -m vqedge.benchmarks.tiled_memory [--sizes 1024 2048 4096] [--out FILE.json]
 
 The image is a held-out photo resized to the size (real content, not noise). Peak RSS is the
 process's high-water mark (ru_maxrss), import and load included.
@@ -18,12 +18,12 @@ WORKER = r"""
 import json, resource, sys, time
 import numpy as np
 from PIL import Image
-from vqedge.runtime.tokenizer import Tokenizer
+from vqedge.runtime import load
 from vqedge.runtime.metrics import psnr
 
 path, side, tiled = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tiled"
 img = np.asarray(Image.open(path).convert("RGB").resize((side, side), Image.BICUBIC))
-tok = Tokenizer.load(max_side=max(side, 4096))
+tok = load(max_side=max(side, 4096))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if tiled:

@@ -1,10 +1,10 @@
 """Throughput and memory of `vqedge tokenize`: local 1 and 2 workers, and Ray, on this machine.
 
-    python benchmarks/tokenize_throughput.py [--images 300] [--size 256] [--repeats 2]
+    python -m vqedge.benchmarks.tokenize_throughput [--images 300] [--size 256] [--repeats 2]
 
 Writes ``benchmarks/results/tokenize.json`` and ``tokenize.md``. The images are generated
-(smooth shapes + noise, ``vqedge.runtime.bench.synthetic_images``) and written once as PNG;
-every configuration runs the real command, ``python -m vqedge.runtime.cli tokenize``, in a
+(smooth shapes + noise, ``vqedge.benchmarks.timing.synthetic_images``) and written once as PNG;
+every configuration runs the real command, ``python -m vqedge.commands.main tokenize``, in a
 fresh process (its own session, so Ray's processes are counted with it), with the same
 shards. Each configuration's shards must hold the same tokens as the first one's.
 
@@ -34,10 +34,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vqedge.runtime.bench import synthetic_images
-
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, versions  # noqa: E402
+from vqedge.benchmarks.machine import describe, versions
+from vqedge.benchmarks.timing import synthetic_images
 
 RESULTS = Path(__file__).parent / "results"
 # (name, engine, workers, threads per worker)
@@ -148,7 +146,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for name, engine, workers, threads in CONFIGS:
                 out = Path(tmp) / f"out-{rep}-{engine}-{workers}-{threads}"
-                cmd = [sys.executable, "-m", "vqedge.runtime.cli", "tokenize", str(images)]
+                cmd = [sys.executable, "-m", "vqedge.commands.main", "tokenize", str(images)]
                 cmd += ["--out", str(out), "--engine", engine, "--workers", str(workers)]
                 cmd += ["--threads", str(threads), "--shard-size", str(args.shard_size)]
                 r = run_one(cmd)
@@ -175,7 +173,7 @@ def main() -> None:
     for pkg in ("ray", "pyarrow"):
         vers[pkg] = metadata.version(pkg)
     result = {
-        "tool": "benchmarks/tokenize_throughput.py",
+        "tool": "vqedge.benchmarks.tokenize_throughput",
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "images": args.images,
         "size": args.size,

@@ -1,4 +1,4 @@
-"""One benchmark configuration in its own process: ``python worker.py SPEC.json``.
+"""One benchmark configuration in its own process: ``python -m vqedge.benchmarks.worker SPEC``.
 
 The driver (compare.py) starts one process per configuration, possibly with another
 interpreter (the OpenVINO provider lives in an environment of its own), so that each one is
@@ -26,7 +26,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from vqedge.runtime.bench import (  # noqa: E402
+from vqedge.benchmarks.timing import (  # noqa: E402
     E2E,
     peak_rss_mb,
     reset_peak_rss,
@@ -105,14 +105,14 @@ class VqedgeRunner:
     def __init__(self, spec: dict[str, Any]) -> None:
         import onnxruntime as ort
 
-        from vqedge.runtime.tokenizer import Tokenizer
+        from vqedge.runtime import load
 
         providers: Any = spec["providers"]
         if providers == "openvino":
             # the provider keeps its own thread pool: tell it the same thread count
             opts = {"device_type": "CPU", "num_of_threads": str(spec["threads"])}
             providers = [("OpenVINOExecutionProvider", opts)]
-        self.tok = Tokenizer.load(
+        self.tok = load(
             spec["bundle"],
             providers=providers,
             precision=spec["precision"],
@@ -135,7 +135,7 @@ class VqedgeRunner:
 
     def profile(self, batch: int, size: int, top: int) -> dict[str, Any]:
         """onnxruntime's profiler over fresh sessions: the hottest nodes."""
-        from vqedge.runtime.profile import profile_tokenizer
+        from vqedge.benchmarks.profiling import profile_tokenizer
 
         spec = self._spec
         return profile_tokenizer(
@@ -204,8 +204,8 @@ class OpenvinoRunner:
         """OpenVINO's per-node performance counters (recompiled with PERF_COUNT): the hottest
         nodes (median per run), with the kernel each ran (its exec type names the precision
         and ISA)."""
-        from vqedge.runtime.bench import synthetic_images
-        from vqedge.runtime.profile import rank_nodes
+        from vqedge.benchmarks.profiling import rank_nodes
+        from vqedge.benchmarks.timing import synthetic_images
 
         x = uint8_to_float(synthetic_images(batch, size))
         runs: dict[tuple[str, str], list[float]] = {}

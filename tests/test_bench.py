@@ -1,6 +1,6 @@
 """The benchmark harness runs and writes what it promises; no timing is asserted.
 
-`vqedge bench` (the runtime's quick check), the full comparison driver (benchmarks/compare.py)
+`vqedge bench` (the runtime's quick check), the full comparison driver (vqedge.benchmarks.compare)
 at its tiniest configuration in a subprocess, the GPU script's CPU-only path, and the two
 pieces of arithmetic behind the FLOP/s columns: the FLOP count and the machine's peaks.
 """
@@ -14,14 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from vqedge.runtime import cli
+from vqedge.benchmarks import flops, machine
+from vqedge.commands import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import flops  # noqa: E402
-import machine  # noqa: E402
 
 STAGE_KEYS = {"encoder", "quantizer", "decoder", "end_to_end"}
 STAT_KEYS = {"n", "median_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"}
@@ -77,6 +73,7 @@ def test_vqedge_bench_profile_names_the_hottest_nodes(tmp_path, capsys):
     assert prof["providers_in_use"]["quantizer"] == ["CPUExecutionProvider"]
 
 
+@pytest.mark.slow
 def test_compare_driver_smallest_run(tmp_path):
     out = tmp_path / "results"
     configs = ["vqedge-cpu/fp32", "torch-eager/fp32"]
@@ -84,7 +81,7 @@ def test_compare_driver_smallest_run(tmp_path):
         "--batches 1 --sizes 64 --min-iters 2 --max-iters 2 --target-s 0 --cold-case 1x64 "
         "--cold-runs 2 --profile-case 1x64"
     )
-    cmd = [sys.executable, BENCH / "compare.py", "--configs", *configs, *tiny.split()]
+    cmd = [sys.executable, "-m", "vqedge.benchmarks.compare", "--configs", *configs, *tiny.split()]
     proc = _run([*cmd, "--out", out])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = _strict_json(out / "latest.json")
@@ -141,9 +138,10 @@ def test_compare_driver_smallest_run(tmp_path):
         assert f"| 1 | 64 | {name} |" in md, name
 
 
+@pytest.mark.slow
 def test_gpu_script_without_gpu(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = _run([sys.executable, BENCH / "gpu.py", "--out", out], timeout=120)
+    proc = _run([sys.executable, "-m", "vqedge.benchmarks.gpu", "--out", out], timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no GPU provider available" in proc.stderr, proc.stderr
     r = _strict_json(out)

@@ -25,6 +25,9 @@ from vqedge.runtime.manifest import sha256_file
 from vqedge.runtime.tokenizer import Tokenizer
 from vqedge.runtime.tokens import load_tokens
 
+# every test here builds or installs into fresh venvs: minutes each
+pytestmark = [pytest.mark.install, pytest.mark.slow]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "runtime" / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
@@ -36,6 +39,15 @@ HEAVY = ("torch", "torchvision", "gradio", "safetensors", "onnx")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
 PIP_TIMEOUT = 900  # a fresh machine downloads onnxruntime-openvino (~85 MB)
 RUN_TIMEOUT = 300
+# one module of each package the wheel must hold
+PACKAGE_MODULES = (
+    "vqedge/commands/main.py",
+    "vqedge/commands/tokenize.py",
+    "vqedge/dataset/run.py",
+    "vqedge/dataset/ray_engine.py",
+    "vqedge/benchmarks/quick.py",
+    "vqedge/benchmarks/compare.py",
+)
 
 # Runs in a venv: argv = image path, JSON {name: Tokenizer.load kwargs}. Encodes and decodes
 # the image with each configuration and prints one JSON line with what it saw.
@@ -176,9 +188,18 @@ def wheel(tmp_path_factory) -> Path:
             if n.startswith("vqedge/runtime/bundles/")
         }
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     # only the one vqedge namespace reaches site-packages
     strays = [n for n in names if not n.startswith(("vqedge/", "vqedge-"))]
     assert not strays, f"the wheel installs top-level names besides vqedge: {strays}"
+    # the stages beside the runtime are packages of their own; benchmark results stay behind
+    for module in PACKAGE_MODULES:
+        assert module in names, f"{module} is not in the wheel"
+    results = [n for n in names if n.startswith("vqedge/benchmarks/results/")]
+    assert not results, f"benchmark results in the wheel: {results[:3]}"
+    assert re.search(r"^vqedge = vqedge\.commands\.main:main$", entry_points, flags=re.M), (
+        entry_points
+    )
     # every file of every bundle in the checkout is in the wheel, byte for byte, and nothing
     # else: a file the package-data globs miss, or a stale one left in build/lib by an
     # earlier in-tree build (setuptools does not clean it), would show here
@@ -245,6 +266,17 @@ def test_base_install_is_torch_free_and_matches(wheel, photo, reference, tmp_pat
 
     version = venv.cli("--version", cwd=tmp_path).stdout
     assert version.strip() == f"vqedge {wheel.name.split('-')[1]}", version
+    assert "tokenize" in venv.cli("--help", cwd=tmp_path).stdout
+    # a command whose extra is not installed says which one, in one line, exit 1
+    proc = subprocess.run(
+        [str(venv.bin / "vqedge"), "tokenize", str(photo.parent), "--out", str(tmp_path / "t")],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc
+    assert proc.stderr.strip() == (
+        "vqedge tokenize: error: this command needs pyarrow, which the 'tokenize' extra "
+        "installs: pip install 'vqedge[tokenize]'"
+    ), proc.stderr
 
     result = venv.snippet(photo, {"default": {}})
     assert result["torch_imported"] is False
@@ -374,8 +406,13 @@ def test_openvino_flavour(wheel, photo, tmp_path):
     # the command line picks OpenVINO by itself and sees no clash
     info = venv.cli("info", cwd=tmp_path).stdout
     assert "WARNING" not in info, info
-    assert re.search(r"^in use\s+fp32 on OpenVINOExecutionProvider", info, flags=re.M), info
-    assert re.search(r"^graphs\s+.*fp32/decoder\.onnx$", info, flags=re.M), info
+    assert re.search(r"^precision\s+fp32$", info, flags=re.M), info
+    encoder_on_ov = r"^providers\s+.*\bencoder\b\W*(on\s+)?OpenVINOExecutionProvider"
+    assert re.search(encoder_on_ov, info, flags=re.M), info
+    # OpenVINO runs the plain decoder, not the CPU provider's form
+    (graphs,) = re.findall(r"^graphs\s+(.*)$", info, flags=re.M)
+    decoder = graphs.split(", ")[-1]
+    assert "decoder" in decoder and "decoder_cpu" not in decoder, info
     t_ok = time.perf_counter() - t0
 
     # now the mistake: the plain onnxruntime on top of the OpenVINO flavour

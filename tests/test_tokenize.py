@@ -3,11 +3,15 @@ on a real local Ray instance; the same tokens everywhere, resumable, failures re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,12 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vqedge.runtime.bench import synthetic_images
-from vqedge.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, main
+from vqedge.benchmarks.timing import synthetic_images
+from vqedge.commands.common import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL
+from vqedge.commands.main import main
+from vqedge.dataset.ray_engine import actor_plan
+from vqedge.dataset.shards import read_shard_info
+from vqedge.runtime import load
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.ray_engine import actor_plan
-from vqedge.runtime.shards import read_shard_info
-from vqedge.runtime.tokenizer import Tokenizer
 
 N_IMAGES = 24
 SHARD = 5  # 25 inputs (24 images + a corrupt one) -> 5 shards
@@ -30,12 +35,12 @@ RAY_TIMEOUT_S = 240
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vqedge.runtime.cli", *args]
+    return [sys.executable, "-m", "vqedge.commands.main", *args]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer.load(threads=1)
+    return load(threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +102,7 @@ def test_shards_hold_the_tokens_of_every_image(local1, images, tok):
         assert row["bundle_sha256"] == tok.bundle_sha256
     info = read_shard_info(local1 / "part-00000.parquet")
     assert info["patch_nums"] == [] and info["bundle_sha256"] == tok.bundle_sha256
-    assert info["codebook_size"] == 1024 and info["preprocess"]["fit_square"] is None
+    assert info["codebook_size"] == 1024 and info["preprocess"] is None
     s = summary(local1)
     assert s["images"] == {"listed": N_IMAGES + 1, "tokenized": N_IMAGES, "failed": 1}
     assert s["shards"] == {"total": 5, "written": 5, "skipped": 0}
@@ -134,13 +139,13 @@ def test_a_list_file_records_unreadable_entries_and_goes_on(images, tmp_path, to
 def test_a_multiscale_bundle_writes_every_scale(images, tmp_path):
     from vqedge.runtime.images import fit_square
 
-    ms = Tokenizer.load("vqvae-ms-f8", threads=1)
+    ms = load("vqvae-ms-f8", threads=1)
     out = tmp_path / "ms"
     args = ["tokenize", str(images / "sub"), "--out", str(out), "--bundle", "vqvae-ms-f8"]
     assert main([*args, "--workers", "1"]) == EXIT_PARTIAL  # sub/ holds the corrupt file
     info = read_shard_info(out / "part-00000.parquet")
     assert info["patch_nums"] == list(ms.patch_nums) and len(ms.patch_nums) > 1
-    assert info["preprocess"]["fit_square"] == ms.resolution
+    assert info["preprocess"] == ms.preprocessing and str(ms.resolution) in ms.preprocessing
     rows = read_out(out)
     assert sorted(rows) == sorted(str(p) for p in (images / "sub").rglob("img*"))
     for path, row in rows.items():
@@ -162,6 +167,7 @@ def assert_same_shards(a: Path, b: Path) -> None:
         assert read_shard_info(a / name) == read_shard_info(b / name)
 
 
+@pytest.mark.slow
 def test_two_local_workers_write_the_same_shards(local1, images, tmp_path):
     out = tmp_path / "local2"
     args = ["tokenize", str(images), "--out", str(out), "--workers", "2", "--shard-size", "5"]
@@ -170,6 +176,8 @@ def test_two_local_workers_write_the_same_shards(local1, images, tmp_path):
     assert_same_shards(local1, out)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_writes_the_same_shards(local1, images, tmp_path):
     """A real local Ray instance (ray.init(num_cpus=2)), in a child process with a timeout."""
     out = tmp_path / "ray"
@@ -195,8 +203,93 @@ def test_ray_writes_the_same_shards(local1, images, tmp_path):
     assert_same_shards(local1, out)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """The command in its own session, so that a hung run and its Ray processes can be ended."""
+    proc = subprocess.Popen(
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"vqedge {args[0]} did not finish in {timeout} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray cluster started the standard way, `ray start --head`, in a session of its own;
+    its head node holds a token, so token authentication is on (as wherever ray.init() ran
+    before). Yields (address, environment); every process of the cluster is ended after."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path / "head"), RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, timeout=60, check=True,
+                   capture_output=True)  # fmt: skip
+    temp = tempfile.mkdtemp(prefix="vqray", dir="/tmp")  # Ray's socket paths must stay short
+    port = free_port()
+    start = subprocess.Popen(
+        [ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard=false",
+         "--port", str(port), "--temp-dir", temp, "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the cluster's processes stay in this process group
+    )  # fmt: skip
+    try:
+        log, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, log[-3000:]
+        assert "Token authentication is enabled" in log
+        yield f"127.0.0.1:{port}", env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _group_alive(start.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            start.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_joins_a_cluster_started_with_ray_start(ray_cluster, local1, images, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "joined"
+    args = ["tokenize", str(images), "--out", str(out), "--engine", "ray", "--address", address]
+    r = run_cli([*args, "--workers", "1", "--shard-size", "5"], env, RAY_TIMEOUT_S)
+    assert r.returncode == EXIT_PARTIAL, r.stderr[-3000:]
+    s = summary(out)
+    assert s["engine"] == "ray" and s["address"] == address and s["cluster_cpus"] == 2
+    assert_same_shards(local1, out)
+    # a driver without the token is told what to set, in one line
+    no_token = {**env, "HOME": str(tmp_path / "elsewhere")}
+    args[args.index(str(out))] = str(tmp_path / "refused")  # shards to do: Ray is joined
+    r = run_cli([*args, "--shard-size", "5"], no_token, RAY_TIMEOUT_S)
+    assert r.returncode == EXIT_ERROR
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("vqedge tokenize: error")]
+    assert f"cannot join the Ray cluster at {address}" in line
+    assert "RAY_AUTH_MODE=token" in line and "RAY_AUTH_TOKEN" in line
+
+
 def test_rerun_redoes_only_missing_shards_and_drops_temporaries(local1, images, tmp_path):
-    import shutil
 
     out = tmp_path / "resume"
     shutil.copytree(local1, out)
@@ -218,6 +311,7 @@ def test_rerun_redoes_only_missing_shards_and_drops_temporaries(local1, images, 
     assert s["images"] == {"listed": N_IMAGES + 1, "tokenized": N_IMAGES, "failed": 1}
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_only_whole_shards(local1, images, tmp_path):
     good = sorted(p for p in images.rglob("img*"))
     listing = tmp_path / "list.txt"  # 240 one-image shards: long enough to be killed midway
@@ -245,6 +339,70 @@ def test_a_killed_run_leaves_only_whole_shards(local1, images, tmp_path):
         assert row == expected[row["path"]]
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, ppid = text.rsplit(")", 1)[1].split()[:2]  # the name may hold spaces
+    return state, int(ppid)
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) and st[0] != "Z":
+            parents[int(entry.name)] = st[1]
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, p in parents.items() if p in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_end_when_the_parent_is_killed(images, tmp_path):
+    good = sorted(p for p in images.rglob("img*"))
+    listing = tmp_path / "list.txt"  # one-image shards: the run is still going when killed
+    listing.write_text("".join(f"{good[i % len(good)]}\n" for i in range(400)))
+    out = tmp_path / "orphans"
+    args = ["tokenize", str(listing), "--out", str(out), "--workers", "2", "--shard-size", "1"]
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("part-*.parquet"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = children_of(proc.pid)  # the two workers and multiprocessing's helpers
+        assert len(workers) >= 2, "the workers did not start in time"
+        assert proc.poll() is None, "the run ended before it was killed"
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in alive(workers)}
+        assert left == {}, "processes outlived the killed run"
+    finally:
+        for pid in [*children_of(proc.pid), *alive(workers), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    written = len(list(out.glob("part-*.parquet")))
+    time.sleep(1)  # nothing is left running that would write more shards
+    assert len(list(out.glob("part-*.parquet"))) == written
+    assert main(args) == EXIT_OK  # a rerun finishes the job and cleans what was left
+    assert not list(out.glob(".*.tmp"))
+    assert summary(out)["shards"] == {"total": 400, "written": 400 - written, "skipped": written}
+
+
 def test_an_output_of_another_run_is_refused(local1, images, capsys):
     # another shard size puts other images in part-00000: its digest differs
     args = ["tokenize", str(images), "--out", str(local1), "--workers", "1", "--shard-size", "4"]
@@ -263,11 +421,9 @@ def test_bad_input_and_usage(tmp_path, capsys):
     assert main(["tokenize", str(tmp_path / "empty.txt"), "--out", out]) == EXIT_ERROR
     assert "no image paths listed" in capsys.readouterr().err
     for bad in ("0", "-2", "two"):
-        with pytest.raises(SystemExit) as e:
-            main(["tokenize", str(tmp_path), "--out", out, "--workers", bad])
-        assert e.value.code == 2
+        assert main(["tokenize", str(tmp_path), "--out", out, "--workers", bad]) == EXIT_ERROR
         assert "--workers: must be a positive integer" in capsys.readouterr().err
-    assert main(["tokenize", str(tmp_path), "--out", out, "--address", "auto"]) == 2
+    assert main(["tokenize", str(tmp_path), "--out", out, "--address", "auto"]) == EXIT_ERROR
     assert "--engine ray" in capsys.readouterr().err
 
 
@@ -278,10 +434,10 @@ def test_ray_pool_leaves_a_cpu_to_ray_data():
     assert actor_plan(64.0, None, 2, 1000) == (32, 1.96)
 
 
-def test_the_runtime_imports_no_pyarrow_or_ray_until_used():
+def test_the_dataset_stage_imports_no_pyarrow_or_ray_until_used():
     code = (
-        "import sys, vqedge.runtime.tokenize_dataset, vqedge.runtime.shards, "
-        "vqedge.runtime.ray_engine, vqedge.runtime.cli as c; c.build_parser(); "
+        "import sys, vqedge.dataset.run, vqedge.dataset.shards, vqedge.dataset.local, "
+        "vqedge.dataset.ray_engine, vqedge.commands.main as c; c.build_parser(); "
         "print(sorted(m for m in ('pyarrow', 'ray', 'pandas') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,8 +12,9 @@ A shard ``part-NNNNN.parquet`` has one row per image that was tokenized:
     bundle_sha256  string        sha256 of the bundle's manifest (as in .vqt files)
 
 and, under the schema metadata key ``vqedge``, a JSON object: the bundle and precision, the
-scales (``patch_nums``, empty for a single-scale bundle), the preprocessing, the images
-that failed with their reasons, and the digest that ties the shard to its inputs.
+scales (``patch_nums``, empty for a single-scale bundle), the preprocessing (the
+tokenizer's sentence, null when images are taken as they are), the images that failed with
+their reasons, and the digest that ties the shard to its inputs.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.dataset.sources import FORMAT, Shard
 from vqedge.runtime.atomic import write_bytes_atomic
-from vqedge.runtime.dataset import FORMAT, Shard
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.tiling import TILE_ABOVE
 
 META_KEY = b"vqedge"
 # temporary files of shards being written (atomic.write_bytes_atomic's naming)
@@ -54,26 +54,15 @@ class Settings:
 
 
 def load_tokenizer(settings: Settings):
-    from vqedge.runtime.tokenizer import Tokenizer
+    """The tokenizer a worker runs (either kind of bundle)."""
+    from vqedge.runtime import load
 
-    return Tokenizer.load(
+    return load(
         settings.bundle,
         providers=settings.providers,
         precision=settings.precision,
         threads=settings.threads,
     )
-
-
-def describe_preprocess(tok) -> dict[str, Any]:
-    """How images are prepared for ``tok`` before tokenizing (recorded in every shard)."""
-    resolution = getattr(tok, "resolution", None)
-    if resolution is not None:
-        return {"fit_square": resolution, "how": "centre square crop, Lanczos resize"}
-    return {
-        "fit_square": None,
-        "how": f"edge-padded at the bottom/right to a multiple of {tok.f}",
-        "tiled_above": TILE_ABOVE,
-    }
 
 
 def _reason(e: Exception) -> str:
@@ -86,8 +75,8 @@ class ShardTokenizer:
     def __init__(self, settings: Settings, tok=None) -> None:
         self.out = Path(settings.out)
         self.tok = tok if tok is not None else load_tokenizer(settings)
-        self.patch_nums = tuple(getattr(self.tok, "patch_nums", ()) or ())
-        self.resolution = getattr(self.tok, "resolution", None)
+        # the scales of a multi-scale bundle; () for a single-scale one
+        self.patch_nums = tuple(self.tok.config.patch_nums)
         self.meta = {
             "format": FORMAT,
             "bundle": self.tok.manifest.get("name"),
@@ -96,14 +85,15 @@ class ShardTokenizer:
             "codebook_size": self.tok.codebook_size,
             "downsample_factor": self.tok.f,
             "patch_nums": list(self.patch_nums),
-            "preprocess": describe_preprocess(self.tok),
+            "preprocess": self.tok.preprocessing,
         }
 
     def tokens_of(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """uint8 [H, W, 3] -> (flat int32 tokens [L], (h, w) of the last token map)."""
-        idx, _ = self.tok.encode_image(img)  # fitted, tiled or whole, as `vqedge encode`
-        hw = (self.patch_nums[-1],) * 2 if self.patch_nums else tuple(idx.shape[1:])
-        return idx.reshape(-1).astype(np.int32), hw
+        tokens, _ = self.tok.encode_image(img)  # fitted, tiled or whole, as `vqedge encode`
+        # the last scale's map of a multi-scale row [1, L]; the map itself otherwise
+        hw = (self.patch_nums[-1],) * 2 if self.patch_nums else tuple(tokens.shape[1:])
+        return tokens.reshape(-1).astype(np.int32), hw
 
     def run(self, shard: Shard, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
         """Tokenize ``shard``'s images one at a time and write its file; its summary.

@@ -76,14 +76,15 @@ def profile_tokenizer(
         run, share of all node time); "op_types": time and share per graph and op type;
         "total_ms": node time per run; the configuration.
     """
-    from vqedge.runtime.bench import synthetic_images
-    from vqedge.runtime.tokenizer import Tokenizer, default_session_options
+    from vqedge.benchmarks.timing import synthetic_images
+    from vqedge.runtime import load
+    from vqedge.runtime.session import default_session_options
 
     with tempfile.TemporaryDirectory(prefix="vqedge-profile-") as tmp:
         opts = default_session_options(threads)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "vqedge")
-        tok = Tokenizer.load(bundle, providers=providers, precision=precision, session_options=opts)
+        tok = load(bundle, providers=providers, precision=precision, session_options=opts)
         x = uint8_to_float(synthetic_images(batch, size))
         for _ in range(iters + 1):  # the first run is the warm-up, left out below
             tok.decode(tok.quantize(tok.encode_latent(x)), output="float")

@@ -1,0 +1,109 @@
+"""What every ``vqedge`` command shares: exit codes, the runtime options, extras, errors.
+
+Imports nothing heavy: ``vqedge --help`` parses every command's arguments with this alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a run stopped by Ctrl-C
+
+
+class CommandError(Exception):
+    """A bad input or usage: ``vqedge`` prints the message as one line and exits with 1."""
+
+
+class UsageError(CommandError):
+    """Bad command-line usage; ``prog`` is the (sub)command whose arguments were wrong."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class MissingExtra(CommandError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class PartialFailure(Exception):
+    """Some inputs of a batch failed (each recorded); the others were written.
+
+    Parameters
+    ----------
+    failures : sequence of (str, str)
+        (input, reason) of every failed input.
+    done : int
+        Inputs that were processed.
+    note : str, optional
+        A last line, e.g. where the complete list is.
+    """
+
+    def __init__(
+        self, failures: Sequence[tuple[str, str]], done: int, note: str | None = None
+    ) -> None:
+        super().__init__(f"{len(failures)} input(s) failed, {done} done")
+        self.failures = list(failures)
+        self.done = done
+        self.note = note
+
+
+def require(extra: str, *modules: str) -> None:
+    """Raise :class:`MissingExtra` naming ``extra`` when one of ``modules`` is not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(
+            f"this command needs {', '.join(missing)}, which the '{extra}' extra installs: "
+            f"pip install 'vqedge[{extra}]'"
+        )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def runtime_args(p: argparse.ArgumentParser) -> None:
+    """The options every command that loads a bundle shares."""
+    p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
+    # checked by the runtime (vqedge.runtime.providers.RUN_PRECISIONS), which names the choices
+    p.add_argument("--precision", default="fp32", help="fp32, fp16, int8, or bf16 (OpenVINO)")
+    p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads")
+
+
+def load_tokenizer(args: argparse.Namespace) -> Any:
+    """The tokenizer of ``args.bundle`` with the runtime options of :func:`runtime_args`."""
+    from vqedge.runtime import load
+
+    return load(
+        args.bundle, providers=args.providers, precision=args.precision, threads=args.threads
+    )
+
+
+def say(command: str, message: str) -> None:
+    """A note on stderr, prefixed with the command."""
+    import sys
+
+    print(f"vqedge {command}: {message}", file=sys.stderr)
+
+
+def progress(items: list, desc: str) -> Iterable:
+    """tqdm when it is installed and there are several items; the plain list otherwise."""
+    if len(items) < 2:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="img")
