@@ -372,6 +372,11 @@ def test_openvino_flavour(wheel, photo, tmp_path):
         "ov_bf16": {"providers": "openvino", "precision": "bf16"},
     }
     result = venv.snippet(photo, runs)
+    # bf16 is OpenVINO's alone: with only the CPU provider asked for, strict mode refuses it
+    # here as under plain onnxruntime, rather than running fp32 and reporting bf16
+    refused = venv.snippet(photo, {"cpu_bf16": {"providers": "cpu", "precision": "bf16"}})
+    err = refused["runs"]["cpu_bf16"].get("provider_error", "")
+    assert "bf16 runs on OpenVINOExecutionProvider only" in err, refused["runs"]
     assert result["clash"] is None, result["clash"]
     assert result["installed_runtimes"] == [
         f"onnxruntime-openvino=={packages['onnxruntime-openvino']}"
