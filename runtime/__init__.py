@@ -11,7 +11,9 @@ from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
 
 _LAZY = {
+    "load": "vqedge.runtime.tokenizer",
     "Tokenizer": "vqedge.runtime.tokenizer",
+    "MultiScaleTokenizer": "vqedge.runtime.multiscale",
     "list_bundles": "vqedge.runtime.tokenizer",
     "save_tokens": "vqedge.runtime.tokens",
     "load_tokens": "vqedge.runtime.tokens",

@@ -148,6 +148,33 @@ class MultiScaleTokenizer(Tokenizer):
         img = fit_square(to_uint8_image(image), self.resolution)
         return self.encode(img), img
 
+    def reconstruct_image(self, image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image of any size -> (uint8 reconstruction [1, R, R, 3], tokens [1, L], the
+        image fitted to R x R)."""
+        img = fit_square(to_uint8_image(image), self.resolution)
+        recon, idx = self.reconstruct(img)
+        return recon, idx, img
+
+    def decode_file(self, token_file: Any) -> np.ndarray:
+        """What a multi-scale .vqt holds (every scale) -> uint8 [B, R, R, 3]."""
+        return self.decode(token_file.scales)
+
+    def describe_tokens(self, tokens: Any) -> str:
+        """Tokens in words, e.g. "680 tokens over 10 scales"."""
+        return f"{self.num_tokens} tokens over {len(self.patch_nums)} scales"
+
+    @property
+    def preprocessing(self) -> str | None:
+        """How images are adapted before they are tokenized."""
+        R = self.resolution
+        return f"images are fitted to {R}x{R}: centre square, Lanczos"
+
+    def describe(self) -> list[tuple[str, str]]:
+        rows = super().describe()
+        R = self.resolution
+        scales = f"{list(self.patch_nums)} ({self.num_tokens} tokens), images exactly {R}x{R}"
+        return [*rows[:2], ("scales", scales), *rows[2:]]
+
     # -- VAR-style token lists ------------------------------------------------------------
 
     def img_to_idxBl(self, images: Any) -> list[np.ndarray]:

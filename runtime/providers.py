@@ -41,6 +41,8 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-silicon",
     "onnxruntime-qnn",
 )
+# what load(precision=) takes: a bundle's variants, and bf16 (fp32 graphs on OpenVINO)
+RUN_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 

@@ -455,6 +455,52 @@ class Tokenizer:
             return self.encode_tiled(img), img
         return self.encode(img), img
 
+    def reconstruct_image(self, image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image of any size -> (uint8 reconstruction [1, H, W, 3], indices [1, h, w],
+        the uint8 image tokenized), tile by tile above TILE_ABOVE pixels."""
+        img = to_uint8_image(image)
+        if max(img.shape[:2]) > TILE_ABOVE:
+            recon, idx = self.reconstruct_tiled(img)
+            return recon, idx, img
+        recon, idx = self.reconstruct(img)
+        return recon, idx, img
+
+    def decode_file(self, token_file: TokenFile) -> np.ndarray:
+        """What a single-scale .vqt holds -> uint8 [B, H, W, 3], cropped to its image_size,
+        tile by tile above TILE_ABOVE pixels."""
+        idx = token_file.indices
+        size = tuple(token_file.image_size) if token_file.image_size else None
+        if max(idx.shape[1:]) * self.f <= TILE_ABOVE:
+            return self.decode(idx, size=size)
+        return np.concatenate(
+            [self.decode_tiled(idx[b : b + 1], size=size) for b in range(len(idx))]
+        )
+
+    def describe_tokens(self, tokens: np.ndarray) -> str:
+        """A token map [B, h, w] in words, e.g. "64x48 token map"."""
+        t = np.asarray(tokens)
+        return f"{t.shape[-2]}x{t.shape[-1]} token map"
+
+    @property
+    def preprocessing(self) -> str | None:
+        """None: images of any size are taken as they are (edge-padded to a multiple of f)."""
+        return None
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Label / value rows for ``vqedge info``."""
+        info = self.info
+        return [
+            ("kind", info["kind"]),
+            (
+                "model",
+                f"f={self.f}, K={self.codebook_size}, code dim {self.config.code_dim}, "
+                f"{self.config.bits_per_pixel:.3f} bits per pixel",
+            ),
+            ("precision", self.precision),
+            ("graphs", ", ".join(self.graph_file(g) for g in ("encoder", "quantizer", "decoder"))),
+            ("providers", ", ".join(f"{g}: {p[0]}" for g, p in info["providers_in_use"].items())),
+        ]
+
     def reconstruct_tiled(
         self, image: Any, tile: int = 512, overlap: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -516,3 +562,19 @@ class Tokenizer:
             f"Tokenizer({self.root.name}, f={self.f}, K={self.codebook_size}, "
             f"precision={self.precision}, providers={provider_names(self._providers)})"
         )
+
+
+def load(
+    bundle: str | Path | None = None,
+    providers: str | ProviderList = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    strict: bool = True,
+    session_options: ort.SessionOptions | None = None,
+    max_side: int = DEFAULT_MAX_SIDE,
+    cache_dir: str | Path | None = None,
+) -> Tokenizer:
+    """Load a bundle as the tokenizer of its kind (see ``Tokenizer.load``)."""
+    return Tokenizer.load(
+        bundle, providers, precision, threads, strict, session_options, max_side, cache_dir
+    )
