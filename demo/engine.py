@@ -38,7 +38,13 @@ from vqedge.demo.metrics import (
 from vqedge.runtime import MultiScaleTokenizer, list_bundles, load
 from vqedge.runtime.manifest import PRECISIONS, BundleError
 from vqedge.runtime.metrics import codebook_stats, psnr
-from vqedge.runtime.providers import CPU, provider_names, resolve_providers
+from vqedge.runtime.providers import (
+    CPU,
+    OPENVINO,
+    RUN_PRECISIONS,
+    provider_names,
+    resolve_providers,
+)
 from vqedge.runtime.tokens import TokenFile
 
 TOP_CODES = 20  # codes listed in the usage plot
@@ -51,6 +57,8 @@ DEFAULT_SCALES_BUNDLE = "vqvae-ms-f8"
 TOKEN_VIEW = 256  # px: each scale's token map is drawn about this large, nearest neighbour
 # bytes a token file may hold beyond its packed indices (magic, JSON header)
 TOKEN_HEADER_BYTES = 64 * 1024
+EXIF_ORIENTATION = 0x0112  # how the camera was held
+ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 # -- uploads ------------------------------------------------------------------------------
@@ -112,6 +120,8 @@ def read_upload(
                 f"{max_pixels:,} pixels of an image (its pixel limit; resize it first)"
             )
         try:
+            if im.getexif().get(EXIF_ORIENTATION, 1) in ROTATED:
+                w, h = h, w  # as the photo is shown, once turned upright
             rgb = _to_rgb(ImageOps.exif_transpose(im))
         except Exception as e:  # a header that reads, a payload that does not
             raise ValueError(
@@ -120,8 +130,8 @@ def read_upload(
             ) from None
     if max(w, h) <= max_side:
         return np.asarray(rgb), ""
-    s = max_side / max(rgb.size)
-    size = (max(1, round(rgb.width * s)), max(1, round(rgb.height * s)))
+    s = max_side / max(w, h)  # from the declared size: a draft's rounding does not leak
+    size = (max(1, round(w * s)), max(1, round(h * s)))
     small = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     note = f"downscaled from {w}x{h} to {size[0]}x{size[1]} (limit {max_side} px)"
     return np.asarray(small), note
@@ -240,8 +250,9 @@ class Engine:
             )
         self.bundle, self.max_side, self.oversize = bundle, max_side, oversize
         self.threads, self.max_pixels = threads, max_pixels
-        self.precisions = PRECISIONS
         self.providers = [p for p in ort.get_available_providers() if p not in NOT_LOCAL_PROVIDERS]
+        # bf16 runs the fp32 graphs on OpenVINO only; elsewhere it would only be refused
+        self.precisions = RUN_PRECISIONS if OPENVINO in self.providers else PRECISIONS
         self.default_provider = provider_names(resolve_providers("auto", "fp32"))[0]
         self._lock = threading.Lock()
         self._tokenizers: dict[tuple[str, str], Any] = {}
