@@ -156,29 +156,64 @@ scales = client.predict(handle_file("photo.jpg"), api_name="/scales")
 
 
 class Uploads:
-    """Upload files in use by running requests; a file is deleted when the last ends.
+    """Upload files in use by requests; a file is deleted when the last request that needs
+    it ends.
 
     Gradio names an upload by its content's hash, so two requests with the same file share
-    one path: it goes when neither needs it any more.
+    one path, and a request runs after its upload, once the queue reaches it: a file is
+    deleted only when no running request holds it and no upload of it awaits its request.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_use: Counter[str] = Counter()
+        self._waiting: Counter[str] = Counter()  # uploaded, their requests not started yet
+
+    def uploaded(self, paths: list[str]) -> None:
+        with self._lock:
+            self._waiting.update(str(p) for p in paths)
 
     def hold(self, paths: list[str]) -> None:
         with self._lock:
-            self._in_use.update(paths)
+            for p in paths:
+                if self._waiting[p] > 0:
+                    self._waiting[p] -= 1
+                self._in_use[p] += 1
 
     def release(self, paths: list[str], delete: bool = True) -> None:
-        """Requests done with ``paths``; delete the files no other request holds."""
+        """Requests done with ``paths``; delete the files nothing else needs."""
         with self._lock:
             self._in_use.subtract(paths)
             for p in set(paths):
                 if self._in_use[p] <= 0:
                     del self._in_use[p]
-                    if delete:
+                    if delete and self._waiting[p] <= 0:
+                        self._waiting.pop(p, None)
                         _delete_upload(Path(p))
+
+
+class _UploadSet(set):
+    """Gradio's set of uploaded files, which also tells ``Uploads`` of each upload."""
+
+    def __init__(self, files: set, uploads: Uploads) -> None:
+        super().__init__(files)
+        self.uploads = uploads
+
+    def update(self, *paths) -> None:
+        for group in paths:
+            group = list(group)
+            self.uploads.uploaded(group)
+            super().update(group)
+
+
+def _watch_uploads(demo: gr.Blocks, uploads: Uploads) -> None:
+    """Count every upload as it arrives (gradio adds it to ``demo.upload_file_set``, the set
+    it also deletes at shutdown); without that set, uploads are deleted when a request ends."""
+    old = getattr(demo, "upload_file_set", None)
+    if not isinstance(old, set) or not isinstance(getattr(demo, "temp_file_sets", None), list):
+        return
+    demo.upload_file_set = _UploadSet(old, uploads)
+    demo.temp_file_sets = [demo.upload_file_set if s is old else s for s in demo.temp_file_sets]
 
 
 def _delete_upload(path: Path) -> None:
@@ -288,24 +323,23 @@ def _usage_frame(metrics: dict[str, Any]) -> pd.DataFrame:
 
 
 def _upload_image(**kw) -> gr.Image:
-    """An image input (path to the uploaded file) whose decoding errors reach the user as a
-    message rather than a bare 'Error'."""
+    """An image input that hands the uploaded file's path to the request unopened: the
+    engine reads it within the demo's limits, so a file Pillow refuses (or one too large)
+    gets the engine's message, and the request that deletes the upload does run."""
     comp = gr.Image(type="filepath", image_mode=None, **kw)
     preprocess = comp.preprocess
 
-    def readable(payload):
-        try:
-            return preprocess(payload)
-        except Exception as e:
-            name = getattr(payload, "orig_name", None) or "the file"
-            raise gr.Error(
-                f"cannot read {name!r} as an image: the file is corrupt or not an image format "
-                f"Pillow reads ({type(e).__name__})"
-            ) from None
+    def as_path(payload):
+        if payload is None or payload.path is None:  # nothing, or inline (base64) data
+            try:
+                return preprocess(payload)
+            except Exception as e:
+                raise gr.Error(f"cannot read the pasted image ({type(e).__name__})") from None
+        return str(payload.path)
 
     # an instance attribute, not a subclass: gradio writes a .pyi stub beside the module
     # that defines a component subclass
-    comp.preprocess = readable
+    comp.preprocess = as_path
     return comp
 
 
@@ -641,6 +675,7 @@ def build_app(
         _editing_events(eng, a, e, state, uploads, ui)
         if s is not None:
             _scales_events(eng, ms, s, uploads, ui)
+    _watch_uploads(demo, uploads)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     demo.engine, demo.scales_engine = eng, ms  # for `vqedge demo`'s banner and embedding
     return demo

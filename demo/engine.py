@@ -120,21 +120,31 @@ def read_upload(
                 f"{max_pixels:,} pixels of an image (its pixel limit; resize it first)"
             )
         try:
-            if im.getexif().get(EXIF_ORIENTATION, 1) in ROTATED:
-                w, h = h, w  # as the photo is shown, once turned upright
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            im.load()
+            orientation = _orientation(im)
+            # a full-size copy only where there is something to turn
+            rgb = _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
         except Exception as e:  # a header that reads, a payload that does not
             raise ValueError(
                 f"cannot read {name!r} as an image: the file is corrupt or truncated "
                 f"({type(e).__name__})"
             ) from None
-    if max(w, h) <= max_side:
-        return np.asarray(rgb), ""
-    s = max_side / max(w, h)  # from the declared size: a draft's rounding does not leak
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    small = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        if orientation in ROTATED:
+            w, h = h, w  # as the photo is shown, once turned upright
+        if max(w, h) <= max_side:
+            return np.array(rgb), ""
+        s = max_side / max(w, h)  # from the declared size: a draft's rounding does not leak
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        small = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     note = f"downscaled from {w}x{h} to {size[0]}x{size[1]} (limit {max_side} px)"
     return np.asarray(small), note
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return 1
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -147,7 +157,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         a = np.asarray(im, dtype=np.float32)
         peak = 1.0 if a.max() <= 1.0 else 255.0
         im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
-    return im.convert("RGB")
+    return im if im.mode == "RGB" and "transparency" not in im.info else im.convert("RGB")
 
 
 def user_message(e: Exception, path: str | Path) -> str:
