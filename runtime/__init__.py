@@ -1,6 +1,7 @@
 """vqedge.runtime: run exported vqedge bundles with numpy and onnxruntime only (never torch).
 
-``from vqedge.runtime import Tokenizer`` is the entry point. The names below are imported on
+``from vqedge.runtime import load`` is the entry point: ``load(bundle)`` returns the tokenizer
+of the bundle's kind (``Tokenizer`` or ``MultiScaleTokenizer``). The names below are imported on
 first use, so ``import vqedge.runtime`` (and ``vqedge --help``) does not load onnxruntime.
 """
 
@@ -8,20 +9,21 @@ from importlib import import_module
 from typing import Any
 
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
+from vqedge.runtime.metrics import codebook_stats, psnr
 
 _LAZY = {
     "load": "vqedge.runtime.tokenizer",
     "Tokenizer": "vqedge.runtime.tokenizer",
     "MultiScaleTokenizer": "vqedge.runtime.multiscale",
-    "list_bundles": "vqedge.runtime.tokenizer",
+    "list_bundles": "vqedge.runtime.session",
     "save_tokens": "vqedge.runtime.tokens",
     "load_tokens": "vqedge.runtime.tokens",
     "BundleError": "vqedge.runtime.manifest",
     "ProviderError": "vqedge.runtime.providers",
+    "to_uint8": "vqedge.runtime.metrics",
 }
 
-__all__ = ["VQVAEConfig", "codebook_stats", "psnr", "to_uint8", *_LAZY]
+__all__ = ["VQVAEConfig", "codebook_stats", "psnr", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

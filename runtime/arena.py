@@ -1,12 +1,10 @@
 """One process-wide CPU memory arena that grows by what is asked, shared by every session.
 
 onnxruntime gives each session its own CPU arena, grown in powers of two by default. A
-tokenizer holds several sessions (encoder, quantizer, decoder, the fused graph), so their
-arenas each keep a peak's worth of rounded-up memory. One shared arena that extends by the
-size requested (kSameAsRequested) cut the peak RSS of a 256x256 encode-quantize-decode from
-201 to 173 MiB (int8) and 225 to 193 MiB (fp32) at the same speed, and after 30 runs from 335
-to 242 MiB (fp32), on a 2-core machine. Turning the arena off saves more (134 MiB) but costs
-50% in latency.
+tokenizer holds several sessions (encoder, quantizer, decoder, scales), so their arenas would
+each keep a peak's worth of rounded-up memory. One shared arena that extends by the size
+requested (kSameAsRequested) keeps less at the same speed; turning the arena off keeps less
+still but runs much slower. The peak-RSS figures are in benchmarks/results.
 """
 
 from __future__ import annotations

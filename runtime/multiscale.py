@@ -1,8 +1,9 @@
-"""The Tokenizer of a multi-scale (VAR) bundle: one token map per scale, one image size.
+"""The MultiScaleTokenizer: a multi-scale (VAR) bundle, one token map per scale, one image size.
 
-``Tokenizer.load`` returns this class for a bundle whose manifest says ``"kind":
-"multi-scale"``; the API is the single-scale one, with tokens as idx_Bl lists (one int64
-[B, pn*pn] array per scale, coarse to fine) or as their concatenation [B, L].
+``vqedge.runtime.load`` returns this class for a bundle whose manifest says ``"kind":
+"multi-scale"``. It sits over the same session core as the single-scale ``Tokenizer``
+(vqedge.runtime.session) and is not a subclass of it: it has no tiling methods, since it
+tokenizes whole ``resolution`` x ``resolution`` images.
 """
 
 from __future__ import annotations
@@ -14,27 +15,53 @@ import numpy as np
 
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import to_batch, to_uint8_image
-from vqedge.runtime.tokenizer import Tokenizer
-from vqedge.runtime.tokens import save_tokens
+from vqedge.runtime.manifest import BundleError
+from vqedge.runtime.session import (
+    DECODER,
+    DEFAULT_MAX_SIDE,
+    ENCODER,
+    MULTI_SCALE,
+    QUANTIZER,
+    SCALES,
+    BundleSessions,
+    TokenizerBase,
+)
+from vqedge.runtime.tokens import TokenFile, save_tokens
 
 
-class MultiScaleTokenizer(Tokenizer):
+class MultiScaleTokenizer(TokenizerBase):
     """A multi-scale bundle on onnxruntime.
 
-    Images must be exactly ``resolution`` x ``resolution``
-    (``vqedge.runtime.images.fit_square`` makes any photo so); other sizes are refused.
+    ``tokens`` in this class's methods means every scale's tokens of a batch, either
+    concatenated coarse to fine as int64 [B, L] (L = ``num_tokens``), or as idx_Bl: a list
+    with one int64 [B, pn*pn] (or [B, pn, pn]) array per scale. ``decode`` and
+    ``idxBl_to_img`` also take a prefix of the scales (the first k), which decodes the
+    coarser approximation.
+
+    Images must be exactly ``resolution`` x ``resolution`` (other sizes are refused;
+    ``encode_image`` and ``reconstruct_image`` fit any photo first, as ``preprocessing``
+    says).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.patch_nums: tuple[int, ...] = self.config.patch_nums
-        self.resolution: int | None = self.config.resolution
-        self.num_tokens = self.config.scale_offsets[-1]
+    KIND = MULTI_SCALE
+
+    def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
+        if sessions.kind != self.KIND:
+            raise BundleError(
+                f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
+                "with vqedge.runtime.load()"
+            )
+        super().__init__(sessions, max_side)
+        cfg = sessions.config
+        self.patch_nums: tuple[int, ...] = cfg.patch_nums
+        self.resolution: int = cfg.resolution
+        self.num_tokens: int = cfg.scale_offsets[-1]
 
     # -- facts ----------------------------------------------------------------------------
 
     @property
     def info(self) -> dict[str, Any]:
+        """Model facts, the scales, the precision that runs and the providers in use."""
         return super().info | {
             "patch_nums": list(self.patch_nums),
             "resolution": self.resolution,
@@ -54,11 +81,20 @@ class MultiScaleTokenizer(Tokenizer):
                 f"{list(self.patch_nums)}, f={self.f}), got {height}x{width}; fit them first "
                 f"with vqedge.runtime.images.fit_square(image, {R})"
             )
+        self._check_max_side()
 
-    def _prepare(self, images: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    def _check_max_side(self) -> None:
+        R = self.resolution
+        if self.max_side < R:
+            raise ValueError(
+                f"this multi-scale bundle makes {R}x{R} images, above max_side="
+                f"{self.max_side}: load it with max_side >= {R}"
+            )
+
+    def _prepare(self, images: Any) -> np.ndarray:
         x = to_batch(images, self.max_side)
         self._check_size(x.shape[2], x.shape[3])
-        return x, (x.shape[2], x.shape[3])
+        return x
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -99,10 +135,10 @@ class MultiScaleTokenizer(Tokenizer):
             raise ValueError(f"scales differ in batch size: {[a.shape for a in out]}")
         return out
 
-    def _as_idxBl(self, indices: Any) -> list[np.ndarray]:
-        if isinstance(indices, list | tuple):
-            return self.check_idxBl(indices)
-        a = np.asarray(indices)
+    def _as_idxBl(self, tokens: Any) -> list[np.ndarray]:
+        if isinstance(tokens, list | tuple):
+            return self.check_idxBl(tokens)
+        a = np.asarray(tokens)
         if a.ndim == 1:
             a = a[None]
         if a.ndim != 2 or a.shape[1] != self.num_tokens:
@@ -119,29 +155,62 @@ class MultiScaleTokenizer(Tokenizer):
         # scales past the prefix are zeros: f_hat after scale k depends on scales <= k only
         given = np.concatenate(idx_Bl, axis=1)
         idx_BL[:, : given.shape[1]] = given
-        return tuple(self._session("scales").run(None, {"indices": idx_BL}))
+        return tuple(self.sessions.run(SCALES, "indices", idx_BL))
+
+    # -- the stages -----------------------------------------------------------------------
+
+    def encode_latent(self, images: Any) -> np.ndarray:
+        """R x R images -> latent float32 [B, C, s, s] (the encoder graph alone)."""
+        return self.sessions.run(ENCODER, "image", self._prepare(images))[0]
 
     def quantize(self, latent: np.ndarray) -> np.ndarray:
         """Latent [B, C, s, s] -> tokens int64 [B, L], every scale (the scale loop needs the
         whole latent, so it is not split into blocks)."""
         z = np.ascontiguousarray(latent, dtype=np.float32)
         C, s = self.config.code_dim, self.patch_nums[-1]
-        if z.shape[1:] != (C, s, s):
+        if z.ndim != 4 or z.shape[1:] != (C, s, s):
             raise ValueError(f"latent must be float [B, {C}, {s}, {s}], got shape {z.shape}")
-        return self._run("quantizer", "latent", z)[0]
+        return self.sessions.run(QUANTIZER, "latent", z)[0]
+
+    def encode(self, images: Any) -> np.ndarray:
+        """R x R images -> tokens int64 [B, L], every scale concatenated coarse to fine."""
+        return self.quantize(self.sessions.run(ENCODER, "image", self._prepare(images))[0])
 
     def _decode_fhat(self, f_hat: np.ndarray) -> np.ndarray:
-        return self._run("decoder", "f_hat", np.ascontiguousarray(f_hat, dtype=np.float32))[0]
-
-    # -- the stages -----------------------------------------------------------------------
+        return self.sessions.run(DECODER, "f_hat", np.ascontiguousarray(f_hat, np.float32))[0]
 
     def decode(
-        self, indices: Any, output: str = "uint8", size: tuple[int, int] | None = None
+        self, tokens: Any, output: str = "uint8", size: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """Tokens [B, L] or idx_Bl (all scales or a prefix) -> images [B, R, R, 3] (uint8) or
-        float32 [B, 3, R, R]; a prefix decodes its coarser approximation."""
-        f_hat, _, _ = self._scales(self._as_idxBl(indices))
+        """Tokens -> images.
+
+        Parameters
+        ----------
+        tokens : int array [B, L], or idx_Bl (every scale or a prefix)
+            A prefix decodes its coarser approximation.
+        output : {"uint8", "float"}
+            uint8 [B, R, R, 3], or float32 [B, 3, R, R] in [-1, 1].
+        size : (H, W), optional
+            Crop to this size (at most R x R).
+        """
+        idx_Bl = self._as_idxBl(tokens)
+        self._check_max_side()
+        self._check_crop(size)
+        f_hat, _, _ = self._scales(idx_Bl)
         return self._finish(self._decode_fhat(f_hat), size, output)
+
+    def _check_crop(self, size: tuple[int, int] | None) -> None:
+        R = self.resolution
+        if size is not None and not (len(size) == 2 and 0 < size[0] <= R and 0 < size[1] <= R):
+            raise ValueError(f"size {tuple(size)} must be (H, W) within the {R}x{R} image")
+
+    def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
+        """R x R images -> (reconstructions [B, R, R, 3] (or float), tokens [B, L]): the
+        encoder, quantizer, scales and decoder graphs in turn."""
+        idx = self.encode(images)
+        return self.decode(idx, output=output), idx
+
+    # -- whole files: the one policy the CLI, dataset tokenization and the demo use --------
 
     def encode_image(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
         """One image of any size -> (tokens [1, L], the image fitted to R x R and tokenized)."""
@@ -155,49 +224,46 @@ class MultiScaleTokenizer(Tokenizer):
         recon, idx = self.reconstruct(img)
         return recon, idx, img
 
-    def decode_file(self, token_file: Any) -> np.ndarray:
+    def decode_file(self, token_file: TokenFile) -> np.ndarray:
         """What a multi-scale .vqt holds (every scale) -> uint8 [B, R, R, 3]."""
-        return self.decode(token_file.scales)
+        return self.decode(list(token_file.scales))
 
     def describe_tokens(self, tokens: Any) -> str:
-        """Tokens in words, e.g. "680 tokens over 10 scales"."""
-        return f"{self.num_tokens} tokens over {len(self.patch_nums)} scales"
+        """Tokens in words, e.g. "680 tokens over 10 scales" (of each image)."""
+        n = sum(a.shape[1] for a in self._as_idxBl(tokens))
+        return f"{n} tokens over {len(self.patch_nums)} scales"
 
     @property
     def preprocessing(self) -> str | None:
-        """How images are adapted before they are tokenized."""
+        """How images of other sizes are adapted by encode_image / reconstruct_image."""
         R = self.resolution
         return f"images are fitted to {R}x{R}: centre square, Lanczos"
 
     def describe(self) -> list[tuple[str, str]]:
-        rows = super().describe()
+        """Label / value rows for ``vqedge info`` (opens the four graphs' sessions, so the
+        providers shown are the ones that run)."""
+        rows = self._describe((ENCODER, QUANTIZER, SCALES, DECODER))
         R = self.resolution
         scales = f"{list(self.patch_nums)} ({self.num_tokens} tokens), images exactly {R}x{R}"
-        return [*rows[:2], ("scales", scales), *rows[2:]]
+        return [*rows[:3], ("scales", scales), *rows[3:]]
 
     # -- VAR-style token lists ------------------------------------------------------------
 
     def img_to_idxBl(self, images: Any) -> list[np.ndarray]:
-        """Images -> idx_Bl: one int64 [B, pn*pn] array per scale, coarse to fine."""
+        """R x R images -> idx_Bl: one int64 [B, pn*pn] array per scale, coarse to fine."""
         return self.split(self.encode(images))
 
     def idxBl_to_img(
-        self,
-        idx_Bl: list[np.ndarray],
-        hw: tuple[int, int] | None = None,
-        output: str = "uint8",
-        last_one: bool = True,
+        self, idx_Bl: list[np.ndarray], output: str = "uint8", last_one: bool = True
     ) -> np.ndarray | list[np.ndarray]:
         """idx_Bl (every scale, or the first k) -> images.
 
         ``last_one`` decodes f_hat after the last given scale; ``last_one=False`` gives the
-        progressive reconstructions, one image batch per given scale. ``hw`` exists for the
-        single-scale signature and must be None or (R, R).
+        progressive reconstructions, one image batch per given scale.
         """
-        if hw is not None:
-            self._check_size(*hw)
         checked = self.check_idxBl(idx_Bl)
-        f_hat, f_hat_each, _ = self._scales(checked)
+        self._check_max_side()
+        _, f_hat_each, _ = self._scales(checked)
         if last_one:
             return self._finish(self._decode_fhat(f_hat_each[:, len(checked) - 1]), None, output)
         return [
@@ -212,23 +278,14 @@ class MultiScaleTokenizer(Tokenizer):
         checked = self.check_idxBl(idx_Bl, min_scales=len(self.patch_nums) - 1)
         return self._scales(checked)[2]
 
-    # -- what a fixed-size bundle cannot do -----------------------------------------------
-
-    def _no_tiles(self, *args: Any, **kwargs: Any) -> Any:
-        raise ValueError(
-            f"tiling does not apply to a multi-scale bundle: it tokenizes whole "
-            f"{self.resolution}x{self.resolution} images (fit_square other sizes)"
-        )
-
-    encode_tiled = decode_tiled = reconstruct_tiled = _no_tiles
-
-    # -- token files ----------------------------------------------------------------------
+    # -- token files (vqedge.runtime.tokens) ----------------------------------------------
 
     def save_tokens(
-        self, path: str | Path, indices: Any, image_size: tuple[int, int] | None = None
+        self, path: str | Path, tokens: Any, image_size: tuple[int, int] | None = None
     ) -> int:
-        """Write every scale's maps ([B, pn, pn] each) to a .vqt file tied to this bundle."""
-        idx_Bl = self._as_idxBl(indices)
+        """Write every scale's maps ([B, pn, pn] each) to a .vqt file tied to this bundle;
+        returns its bytes."""
+        idx_Bl = self._as_idxBl(tokens)
         maps = [a.reshape(a.shape[0], pn, pn) for a, pn in zip(idx_Bl, self.patch_nums)]
         return save_tokens(
             path,
@@ -240,9 +297,4 @@ class MultiScaleTokenizer(Tokenizer):
         )
 
     def __repr__(self) -> str:
-        return (
-            super()
-            .__repr__()
-            .replace("Tokenizer(", "MultiScaleTokenizer(", 1)
-            .replace(", K=", f", scales={list(self.patch_nums)}, K=", 1)
-        )
+        return super().__repr__().replace(", K=", f", scales={list(self.patch_nums)}, K=", 1)

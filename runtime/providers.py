@@ -9,29 +9,21 @@ from typing import Any
 
 import onnxruntime as ort
 
-# "auto" takes the first available of these, then the CPU provider.
-AUTO_ORDER = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "DmlExecutionProvider",
-    "CoreMLExecutionProvider",
-    "OpenVINOExecutionProvider",
-)
+from vqedge.runtime.manifest import PRECISIONS
+
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+ROCM = "ROCMExecutionProvider"
+DIRECTML = "DmlExecutionProvider"
+COREML = "CoreMLExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
-ALIASES = {
-    "cpu": CPU,
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
-GPU_PROVIDERS = {
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "DmlExecutionProvider",
-}
+# "auto" takes the first available of these, then the CPU provider.
+AUTO_ORDER = (TENSORRT, CUDA, ROCM, DIRECTML, COREML, OPENVINO)
+ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "openvino": OPENVINO}
+GPU_PROVIDERS = {TENSORRT, CUDA, ROCM, DIRECTML}
+# providers whose outputs can stay in device memory between sessions (IO binding)
+DEVICE_MEMORY = (TENSORRT, CUDA)
 # Distributions that each install the one `onnxruntime` module: two at once hide providers.
 ORT_DISTRIBUTIONS = (
     "onnxruntime",
@@ -42,7 +34,7 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-qnn",
 )
 # what load(precision=) takes: a bundle's variants, and bf16 (fp32 graphs on OpenVINO)
-RUN_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+RUN_PRECISIONS = (*PRECISIONS, "bf16")
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 
@@ -52,7 +44,7 @@ class ProviderError(RuntimeError):
 
 def installed_runtimes() -> list[str]:
     """The onnxruntime distributions installed in this environment."""
-    from importlib import metadata  # 12 ms to import: only when asked
+    from importlib import metadata  # slow to import: only when asked
 
     found = []
     for name in ORT_DISTRIBUTIONS:
@@ -95,14 +87,38 @@ def resolve_providers(providers: str | ProviderList, precision: str) -> Provider
     return chosen
 
 
+def run_precision(providers: ProviderList, precision: str, strict: bool) -> str:
+    """The precision that runs on ``providers`` (as ``resolve_providers`` gives them).
+
+    bf16 is given by the OpenVINO provider only; any other first provider would run the
+    fp32 graphs at fp32, whichever onnxruntime flavour is installed.
+
+    Raises
+    ------
+    ProviderError
+        With ``strict``, bf16 asked of providers that cannot give it (else a warning, and
+        fp32 is what runs).
+    """
+    if precision != "bf16" or provider_names(providers)[0] == OPENVINO:
+        return precision
+    msg = (
+        f"precision bf16 runs on {OPENVINO} only, and the providers "
+        f"{provider_names(providers)} would run the fp32 graphs at fp32: pass "
+        "providers='openvino' (the onnxruntime-openvino flavour) or precision='fp32'"
+    )
+    if strict:
+        raise ProviderError(msg)
+    warnings.warn(msg + "; running at fp32", RuntimeWarning, stacklevel=3)
+    return "fp32"
+
+
 def lookup_providers(asked: str | ProviderList, resolved: ProviderList) -> ProviderList:
     """Where the quantizer graph (the nearest-code lookup) runs, given the other graphs' list.
 
     Always at fp32: bf16 scores flip about half of the tokens. And on the CPU provider
     wherever OpenVINO would take it: the lookup is a small MatMul and an ArgMax over
-    [N, K] scores, memory-bound, and OpenVINO's ArgMax is 4x slower than onnxruntime's
-    (4096 latents x 1024 codes: 10.9 ms against 2.6 ms on 2 cores; multi-scale 3.2 against
-    0.9 ms), which was a quarter of OpenVINO's int8 end-to-end time.
+    [N, K] scores, memory-bound, and OpenVINO's ArgMax is several times slower than
+    onnxruntime's (timings in benchmarks/results).
     """
     if OPENVINO in provider_names(resolved):
         return [CPU]

@@ -1,4 +1,4 @@
-"""Tiled encode and decode: any image size in bounded memory.
+"""Tiled encode and decode: large images in bounded memory, the one tiling rule.
 
 The token map is cut into core tiles of ``tile / f`` tokens. Each tile is run with a margin
 of ``overlap / f`` tokens of real context on every side (clipped at the image border), and
@@ -9,26 +9,53 @@ reconstruction matches the untiled one; the only differences come from ties flip
 rounding at a different tile shape.
 
 Memory: one tile of (tile + 2 * overlap)^2 pixels is in flight at a time, plus the uint8
-input and output images; the float copy of the whole image is never made. Measured peak RSS
-(benchmarks/tiled_memory.py): 1.26 GB at 1024^2, 1.91 GB at 4096^2, mostly onnxruntime's
-memory arena, against 6.6 GB untiled at 2048^2.
+input and output images; the float copy of the whole image is never made
+(benchmarks/tiled_memory.py measures it; figures in benchmarks/results).
+
+Size policy: the untiled methods take and give sides up to the tokenizer's ``max_side``;
+the tiled ones up to ``tiled_max_side(tok)``, since only the uint8 image is held whole.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqedge.runtime.images import float_to_uint8, uint8_to_float
+from vqedge.runtime.session import DECODER, ENCODER
 
 if TYPE_CHECKING:
     from vqedge.runtime.tokenizer import Tokenizer
 
-# above this side, the whole-image commands (CLI, dataset tokenization) go tile by tile:
-# bounded memory, the same tokens
+# above this side, the per-file methods (encode_image, reconstruct_image, decode_file) go
+# tile by tile: bounded memory, the same tokens
 TILE_ABOVE = 1024
+# largest side the tiled methods take or make unless max_side is larger: a uint8 RGB image
+# of 16384^2 is 768 MiB, held whole in and out
+TILED_MAX_SIDE = 16384
+
+
+def tiled_max_side(tok: Tokenizer) -> int:
+    """Largest image side, in pixels, the tiled methods of ``tok`` take or make."""
+    return max(tok.max_side, TILED_MAX_SIDE)
+
+
+def untiled_tokens(tok: Tokenizer) -> int:
+    """Largest token-map side ``tok.decode`` takes: the map of a ``max_side`` image."""
+    return math.ceil(tok.max_side / tok.f)
+
+
+def check_crop(tok: Tokenizer, hw: tuple[int, int], size: tuple[int, int]) -> None:
+    """Refuse a crop ``size`` (H, W) that is not inside the h*f x w*f image of map ``hw``."""
+    H, W = hw[0] * tok.f, hw[1] * tok.f
+    if len(size) != 2 or not (0 < size[0] <= H and 0 < size[1] <= W):
+        raise ValueError(
+            f"size {tuple(size)} must be (H, W) within the {H}x{W} image of a "
+            f"{hw[0]}x{hw[1]} token map (f={tok.f})"
+        )
 
 
 def _tiles(h: int, w: int, core: int, margin: int) -> Iterator[tuple[slice, slice, slice, slice]]:
@@ -53,13 +80,25 @@ def _check_tile(tok: Tokenizer, tile: int, overlap: int) -> tuple[int, int]:
     return tile // f, overlap // f
 
 
-def encode_tiled(tok: Tokenizer, image: np.ndarray, tile: int = 512, overlap: int = 64):
-    """One uint8 image [H, W, 3] of any size -> token map int64 [1, ceil(H/f), ceil(W/f)]."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+def encode_tiled(
+    tok: Tokenizer, image: np.ndarray, tile: int = 512, overlap: int = 64
+) -> np.ndarray:
+    """One uint8 image [H, W, 3] -> token map int64 [1, ceil(H/f), ceil(W/f)].
+
+    Raises
+    ------
+    ValueError
+        Not one uint8 RGB image, a side above ``tiled_max_side(tok)``, or a tile / overlap
+        that is not a multiple of f.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"tiled encode takes one uint8 RGB image [H, W, 3], got {image.shape}")
+    H, W = image.shape[:2]
+    limit = tiled_max_side(tok)
+    if max(H, W) > limit:
+        raise ValueError(f"image side {max(H, W)} exceeds the tiled limit of {limit} pixels")
     core, margin = _check_tile(tok, tile, overlap)
     f = tok.f
-    H, W = image.shape[:2]
     h, w = tok.token_shape(H, W)
     out = np.empty((1, h, w), dtype=np.int64)
     for ry, rx, cy, cx in _tiles(h, w, core, margin):
@@ -68,7 +107,8 @@ def encode_tiled(tok: Tokenizer, image: np.ndarray, tile: int = 512, overlap: in
         ph, pw = (ry.stop - ry.start) * f - px.shape[0], (rx.stop - rx.start) * f - px.shape[1]
         if ph or pw:
             px = np.pad(px, ((0, ph), (0, pw), (0, 0)), mode="edge")
-        idx = tok.quantize(tok._run("encoder", "image", uint8_to_float(px))[0])
+        latent = tok.sessions.run(ENCODER, "image", uint8_to_float(px))[0]
+        idx = tok.quantize(latent)
         out[0, ry, rx][cy, cx] = idx[0, cy, cx]
     return out
 
@@ -80,18 +120,42 @@ def decode_tiled(
     overlap: int = 64,
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Token map [1, h, w] -> uint8 image [1, H, W, 3] (H, W = size, default h*f, w*f)."""
+    """Checked token map int64 [1, h, w] -> uint8 image [1, H, W, 3] (H, W = size, default
+    h*f, w*f).
+
+    Raises
+    ------
+    ValueError
+        Not one token map, an image side above ``tiled_max_side(tok)`` (refused before
+        anything is allocated), a crop outside the image, or a bad tile / overlap.
+    """
     if indices.ndim != 3 or indices.shape[0] != 1:
         raise ValueError(f"tiled decode takes one token map [1, h, w], got {indices.shape}")
     core, margin = _check_tile(tok, tile, overlap)
     f = tok.f
     _, h, w = indices.shape
+    limit = tiled_max_side(tok)
+    if max(h, w) > math.ceil(limit / f):
+        raise ValueError(
+            f"a {h}x{w} token map decodes to a {h * f}x{w * f} image (f={f}), above the tiled "
+            f"limit of {limit} pixels"
+        )
+    if size is not None:
+        check_crop(tok, (h, w), size)
     out = np.empty((1, h * f, w * f, 3), dtype=np.uint8)
     for ry, rx, cy, cx in _tiles(h, w, core, margin):
-        img = tok.decode(indices[:, ry, rx], output="float")
+        img = tok.sessions.run(DECODER, "indices", np.ascontiguousarray(indices[:, ry, rx]))[0]
         block = img[:, :, cy.start * f : cy.stop * f, cx.start * f : cx.stop * f]
         oy, ox = (ry.start + cy.start) * f, (rx.start + cx.start) * f
         out[:, oy : oy + block.shape[2], ox : ox + block.shape[3]] = float_to_uint8(block)
     if size is not None:
         out = out[:, : size[0], : size[1]]
     return out
+
+
+def reconstruct_tiled(
+    tok: Tokenizer, image: np.ndarray, tile: int = 512, overlap: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """One uint8 image [H, W, 3] -> (uint8 reconstruction [1, H, W, 3], token map [1, h, w])."""
+    idx = encode_tiled(tok, image, tile, overlap)
+    return decode_tiled(tok, idx, tile, overlap, size=image.shape[:2]), idx

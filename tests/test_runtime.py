@@ -15,10 +15,14 @@ from vqedge.models import load_pretrained
 from vqedge.models.data import held_out_paths
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import BundleError
+from vqedge.runtime.manifest import BundleError, sha256_file
 from vqedge.runtime.metrics import psnr
-from vqedge.runtime.providers import ProviderError, resolve_providers
-from vqedge.runtime.tokenizer import LOOKUP_LATENTS, Tokenizer, bundle_path, list_bundles
+from vqedge.runtime.multiscale import MultiScaleTokenizer
+from vqedge.runtime.providers import RUN_PRECISIONS, ProviderError, resolve_providers
+from vqedge.runtime.session import QUANTIZER, BundleSessions, bundle_path, list_bundles
+from vqedge.runtime.tiling import TILE_ABOVE, TILED_MAX_SIDE
+from vqedge.runtime.tokenizer import KINDS, LOOKUP_LATENTS, Tokenizer, load
+from vqedge.runtime.tokens import load_tokens
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,26 @@ def test_shipped_default_is_listed():
 
     assert "vqvae-f4" in list_bundles() == vqedge.runtime.list_bundles()
     assert vqedge.runtime.Tokenizer is Tokenizer
+    assert vqedge.runtime.load is load is Tokenizer.load
+    assert vqedge.runtime.MultiScaleTokenizer is MultiScaleTokenizer
+
+
+def test_load_returns_the_class_of_the_bundle_kind():
+    assert isinstance(load("vqvae-f4"), Tokenizer)
+    ms = Tokenizer.load("vqvae-ms-f8")  # the alias returns whatever kind the bundle is
+    assert type(ms) is MultiScaleTokenizer and not isinstance(ms, Tokenizer)
+    assert set(KINDS) == {"single-scale", "multi-scale"}
+    # siblings over one session core; a kind has the methods it supports and no others
+    assert isinstance(ms.sessions, BundleSessions)
+    assert not any(hasattr(ms, m) for m in ("encode_tiled", "decode_tiled", "reconstruct_tiled"))
+
+
+def test_unknown_bundle_kind_is_refused(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["kind"] = "diffusion"
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="kind 'diffusion'.*upgrade vqedge"):
+        load(bundle_copy)
 
 
 def test_runtime_matches_pytorch_on_held_out(tok, model, photos):
@@ -131,7 +155,7 @@ def test_shared_arena_gives_the_same_results(photos):
 
     img = photos[2][:96, :128]
     shared = Tokenizer.load()
-    assert shared._options.get_session_config_entry("session.use_env_allocators") == "1"
+    assert shared.sessions.options.get_session_config_entry("session.use_env_allocators") == "1"
     own = ort.SessionOptions()  # given options are used as they are: per-session arenas
     private = Tokenizer.load(session_options=own)
     with pytest.raises(RuntimeError):  # the entry is not set on options the user gave
@@ -159,7 +183,7 @@ def test_lookup_in_blocks_equals_one_call(tok, model):
     rng = np.random.default_rng(3)
     latent = rng.standard_normal((3, 8, 40, 50)).astype(np.float32)  # 6000 latents
     assert latent[0, 0].size * 3 > LOOKUP_LATENTS
-    whole = tok._session("quantizer").run(None, {"latent": latent})[0]
+    whole = tok.sessions.session(QUANTIZER).run(None, {"latent": latent})[0]
     np.testing.assert_array_equal(tok.quantize(latent), whole)
     with torch.no_grad():
         z = model.quantize.project(torch.from_numpy(latent)).permute(0, 2, 3, 1)
@@ -202,6 +226,22 @@ def test_provider_selection_and_strict_mode():
         Tokenizer.load(precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         Tokenizer.load(precision="fp8")
+    assert RUN_PRECISIONS == ("fp32", "fp16", "int8", "bf16")
+
+
+def test_bf16_is_refused_where_the_providers_cannot_give_it():
+    """bf16 runs on OpenVINO only: asked of the CPU provider, strict refuses (whichever
+    onnxruntime flavour is installed), lenient runs fp32 and says so in info."""
+    with pytest.raises(ProviderError, match="bf16 runs on OpenVINOExecutionProvider only"):
+        load(precision="bf16", providers=["CPUExecutionProvider"])
+    with pytest.warns(RuntimeWarning, match="bf16"):
+        t = load(precision="bf16", providers="cpu", strict=False)
+    assert t.precision == "fp32" and t.info["precision"] == "fp32"
+    # where the OpenVINO provider is missing, a lenient load falls back and reports fp32 too
+    with pytest.warns(RuntimeWarning):
+        t = load(precision="bf16", strict=False)
+    assert t.info["precision"] == "fp32"
+    assert t.info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]
 
 
 def test_runtime_import_never_imports_torch():
@@ -275,6 +315,81 @@ def test_unknown_bundle_is_a_clear_error(tmp_path):
 def test_bad_images_give_clear_errors(tok, bad, match):
     with pytest.raises(ValueError, match=match):
         tok.encode(bad)
+
+
+def test_decode_honours_max_side():
+    small = load(max_side=256)
+    with pytest.raises(ValueError, match=r"100x100 token map decodes to a 400x400 image.*256"):
+        small.decode(np.zeros((1, 100, 100), np.int64))
+    # an image max_side allows round-trips, padding to a multiple of f included
+    img = np.zeros((250, 250, 3), np.uint8)
+    recon, idx = small.reconstruct(img)
+    assert recon.shape == (1, 250, 250, 3) and small.decode(idx).shape == (1, 252, 252, 3)
+    # the tiled decode takes larger maps, up to its own limit, refused before running
+    assert small.decode_tiled(np.zeros((1, 70, 8), np.int64)).shape == (1, 280, 32, 3)
+    side = TILED_MAX_SIDE // 4 + 1
+    with pytest.raises(ValueError, match=f"above the tiled limit of {TILED_MAX_SIDE}"):
+        small.decode_tiled(np.zeros((1, side, 2), np.int64))
+    with pytest.raises(ValueError, match="within the 32x32 image"):
+        small.decode(np.zeros((1, 8, 8), np.int64), size=(40, 32))
+
+
+def test_per_file_policy_methods(tok, photos, tmp_path):
+    img = photos[1][:37, :50]
+    recon, idx, used = tok.reconstruct_image(img)
+    assert recon.shape == (1, 37, 50, 3) and idx.shape == (1, 10, 13) and used is img
+    enc, _ = tok.encode_image(img)
+    assert np.array_equal(enc, idx)
+    assert tok.describe_tokens(idx) == "10x13 token map" and tok.preprocessing is None
+    tok.save_tokens(tmp_path / "a.vqt", idx, image_size=img.shape[:2])
+    tf = load_tokens(tmp_path / "a.vqt")
+    assert np.array_equal(tok.decode_file(tf), recon)
+    rows = dict(tok.describe())
+    assert rows["kind"] == "single-scale" and rows["precision"] == "fp32"
+    assert "decoder on CPUExecutionProvider" in rows["providers"]
+    assert rows["graphs"] == "fp32/encoder.onnx, fp32/quantizer.onnx, fp32/decoder_cpu.onnx"
+
+
+def test_encode_image_tiles_above_tile_above(tok):
+    img = np.random.default_rng(0).integers(0, 256, (TILE_ABOVE + 4, 16, 3), dtype=np.uint8)
+    idx, used = tok.encode_image(img)
+    assert used is img and idx.shape == (1, (TILE_ABOVE + 4) // 4, 4)
+    assert np.array_equal(idx, tok.encode_tiled(img))
+
+
+def test_graph_files_come_from_the_manifest(bundle_copy, tok):
+    """A flat layout (format 2's file names) loads: each graph's path is the manifest's."""
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    v = m["variants"]["fp32"]
+    for graph in [*v["graphs"].values(), *v["cpu_graphs"].values()]:
+        old = graph["file"]
+        graph["file"] = old.replace("fp32/", "").replace(".onnx", ".fp32.onnx")
+        (bundle_copy / old).rename(bundle_copy / graph["file"])
+        m["files"][graph["file"]] = m["files"].pop(old)
+    m["variants"] = {"fp32": v}
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    flat = load(bundle_copy)
+    img = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    for a, b in zip(flat.reconstruct(img), tok.reconstruct(img)):
+        assert np.array_equal(a, b)
+    assert flat.info["graph_files"]["decoder"] == "decoder_cpu.fp32.onnx"
+
+
+def test_variant_weights_are_verified_before_a_session(bundle_copy):
+    """Every file in a variant's weights list is checked against its sha256 first."""
+    extra = bundle_copy / "fp32" / "weights.bin"
+    extra.write_bytes(b"\0" * 64)
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["variants"]["fp32"]["weights"] = ["fp32/weights.bin"]
+    m["files"]["fp32/weights.bin"] = sha256_file(extra)
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    assert load(bundle_copy).info["graph_files"]["encoder"] == "fp32/encoder.onnx"
+    extra.write_bytes(b"\1" * 64)
+    with pytest.raises(BundleError, match="weights.bin does not match its sha256"):
+        load(bundle_copy)
+    extra.unlink()
+    with pytest.raises(BundleError, match="weights.bin is missing"):
+        load(bundle_copy)
 
 
 @pytest.mark.parametrize(
