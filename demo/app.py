@@ -308,7 +308,7 @@ def _metrics_markdown(m: dict[str, Any], note: str) -> str:
                         f"{m['ratio_vs_png']:.1f}x smaller"),
         ("codebook", f"{m['codes_used']} of {m['codebook_size']} codes used, "
                      f"perplexity {m['perplexity']:.1f}"),
-        ("latency", f"encode {lat['encode']:.1f} ms, quantize {lat['quantize']:.1f} ms, "
+        ("latency", f"encode (with quantize) {lat['encode']:.1f} ms, "
                     f"decode {lat['decode']:.1f} ms"),
         ("ran", f"{m['precision']} {ran}"),
     ]  # fmt: skip

@@ -114,6 +114,20 @@ def test_display_helpers():
     )
 
 
+def test_metrics_text(tok):
+    """What the page shows of an analysis: every measure, from the engine's own metrics."""
+    pytest.importorskip("gradio")
+    from vqedge.demo.app import _metrics_markdown
+    from vqedge.demo.engine import Engine
+
+    eng = Engine(max_side=128)
+    img = read_image(CHELSEA)[:60, :90]
+    text = _metrics_markdown(eng.analyze(img, "fp32", eng.default_provider)["metrics"], "a note")
+    assert text.startswith("### PSNR ") and "90x60 px (a note)" in text
+    for row in ("tokens", "bits per pixel", "codebook", "latency", "ran"):
+        assert f"| {row} |" in text
+
+
 # -- the launched app -----------------------------------------------------------------------
 
 
