@@ -180,12 +180,16 @@ def release_memory() -> None:
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
-    """Session options of the demo's tokenizers: no CPU memory arena, so a large request's
-    activations go back to the system when it ends instead of staying as the arena's peak."""
+    """Session options of the demo's tokenizers: the runtime's defaults without a CPU memory
+    arena, so a large request's activations go back to the system when it ends instead of
+    staying as the arena's peak for the server's lifetime."""
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = False
-    if threads is not None:
+    if threads:
         opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # sessions run one after another: idle threads that spin would steal the next one's cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -567,8 +571,8 @@ class ScalesEngine:
             f"{len(pns)} token maps, {pns[0]}x{pns[0]} to {pns[-1]}x{pns[-1]} "
             f"(L = {self.num_tokens} tokens, K = {self.K} codes), coarse to fine: each scale "
             "quantizes what the coarser ones left over, the maps VAR's next-scale prediction "
-            f"generates one after another. {self.tok.preprocessing or ''}"
-        ).rstrip()
+            "generates one after another."
+        ) + (f" {pre[0].upper()}{pre[1:]}." if (pre := self.tok.preprocessing) else "")
 
     def analyze(self, img: np.ndarray) -> dict[str, Any]:
         """One uint8 photo [H, W, 3] through every scale.
