@@ -82,12 +82,13 @@ def api_scales(eng: Engine, ms: ScalesEngine, image: str):
 @dataclass(frozen=True)
 class Endpoint:
     """One named API endpoint: its function (called with the engines first), the names of
-    its inputs and outputs (keys of ``_api_components``), and which inputs are uploads."""
+    its inputs and outputs (keys of ``_api_components``), and what it takes and returns in
+    words, for the API section's table."""
 
     fn: Callable[..., Any]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    takes: str  # what the first input is, for the API section's table
+    takes: str  # its first input
     returns: str
 
 
