@@ -1,6 +1,7 @@
 """vqedge.demo: a Gradio web demo of the torch-free runtime (``vqedge demo``; needs [demo]).
 
-Importing this package imports neither gradio nor onnxruntime; ``vqedge.demo.app`` does.
+``vqedge.demo.engine`` holds what the demo computes (no gradio); ``vqedge.demo.app`` lays it
+out as a page and serves it. Importing this package imports neither gradio nor onnxruntime.
 """
 
 import os
@@ -10,9 +11,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 # uploads with a larger side are downscaled (or refused) before tokenizing
 DEFAULT_MAX_SIDE = 1024
+# pixels an upload may decode to (after JPEG's reduced-scale decoding): a small compressed file
+# can declare billions, so the header is checked against this before any pixel is read; below
+# Pillow's own bomb limits, so the limit a user hits is always this one
+DEFAULT_MAX_PIXELS = 8192 * 8192
 # model requests (all endpoints together) running at once; the others wait in the queue
 DEFAULT_CONCURRENCY = 2
 # requests that may wait in the queue; more are turned away
 DEFAULT_QUEUE_SIZE = 64
 # largest upload accepted by the server
 DEFAULT_MAX_FILE_SIZE = "20mb"
+# what happens to an upload with a side above the max side
+OVERSIZE_CHOICES = ("downscale", "refuse")
