@@ -9,12 +9,9 @@ import os
 # Set here, before vqedge.demo.app imports gradio: no analytics, no version check calling home.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-# uploads with a larger side are downscaled (or refused) before tokenizing
-DEFAULT_MAX_SIDE = 1024
-# pixels an upload may decode to (after JPEG's reduced-scale decoding): a small compressed file
-# can declare billions, so the header is checked against this before any pixel is read; below
-# Pillow's own bomb limits, so the limit a user hits is always this one
-DEFAULT_MAX_PIXELS = 8192 * 8192
+# uploads with a larger side are downscaled (or refused) before tokenizing: a web page shows
+# the result beside the original, and the server's memory is shared by every visitor
+UPLOAD_MAX_SIDE = 1024
 # model requests (all endpoints together) running at once; the others wait in the queue
 DEFAULT_CONCURRENCY = 2
 # requests that may wait in the queue; more are turned away

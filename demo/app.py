@@ -25,8 +25,8 @@ import pandas as pd
 from vqedge.demo import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_FILE_SIZE,
-    DEFAULT_MAX_SIDE,
     DEFAULT_QUEUE_SIZE,
+    UPLOAD_MAX_SIDE,
 )
 from vqedge.demo.engine import (
     MODES,
@@ -627,7 +627,7 @@ def _scales_events(eng, ms, s, uploads, ui) -> None:
 
 def build_app(
     bundle: str | Path | None = None,
-    max_side: int = DEFAULT_MAX_SIDE,
+    max_side: int = UPLOAD_MAX_SIDE,
     oversize: str = "downscale",
     concurrency: int = DEFAULT_CONCURRENCY,
     queue_size: int = DEFAULT_QUEUE_SIZE,

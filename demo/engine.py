@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
+from PIL import Image
 
-from vqedge.demo import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, OVERSIZE_CHOICES
+from vqedge.demo import OVERSIZE_CHOICES, UPLOAD_MAX_SIDE
 from vqedge.demo.metrics import (
     code_palette,
     compression,
@@ -35,6 +35,7 @@ from vqedge.demo.metrics import (
     token_image,
 )
 from vqedge.runtime import MultiScaleTokenizer, list_bundles, load
+from vqedge.runtime.inputs import MAX_PIXELS, ImageError, read_image
 from vqedge.runtime.manifest import PRECISIONS, BundleError
 from vqedge.runtime.metrics import codebook_stats, psnr
 from vqedge.runtime.providers import (
@@ -56,8 +57,6 @@ DEFAULT_SCALES_BUNDLE = "vqvae-ms-f8"
 TOKEN_VIEW = 256  # px: each scale's token map is drawn about this large, nearest neighbour
 # bytes a token file may hold beyond its packed indices (magic, JSON header)
 TOKEN_HEADER_BYTES = 64 * 1024
-EXIF_ORIENTATION = 0x0112  # how the camera was held
-ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 # -- uploads ------------------------------------------------------------------------------
@@ -65,95 +64,55 @@ ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
 
 def read_upload(
     path: str | Path | None,
-    max_side: int = DEFAULT_MAX_SIDE,
+    max_side: int = UPLOAD_MAX_SIDE,
     oversize: str = "downscale",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[np.ndarray, str]:
     """An uploaded image as uint8 RGB [H, W, 3] within ``max_side``, and a note on what was done.
 
-    The header is read first and checked against the demo's limits before any pixel is
-    decoded; a JPEG larger than ``max_side`` is decoded at a reduced scale (``Image.draft``),
-    so a large photo never exists at full size in memory.
+    Read by the runtime's one reader (``vqedge.runtime.inputs.read_image``): the header is
+    checked against the demo's limits before any pixel is decoded, and a JPEG larger than
+    ``max_side`` is decoded at a reduced scale, so a large photo never exists at full size.
 
     Raises
     ------
     ValueError
         No file, a file that is not an image, a side above ``max_side`` with ``oversize``
-        "refuse", or more than ``max_pixels`` to decode; the message names the file and the
-        limit that was hit.
+        "refuse", or more than ``max_pixels`` to decode; the message names the user's file
+        and the demo option whose limit was hit.
     """
     if path is None:
         raise ValueError("no image: upload one, paste one, or pick an example")
-    name = Path(path).name
+    if oversize not in OVERSIZE_CHOICES:
+        raise ValueError(f"oversize must be one of {OVERSIZE_CHOICES}, got {oversize!r}")
+    name = repr(Path(path).name)
+    refuse = oversize == "refuse"
     try:
-        im = Image.open(path)  # the header only; the demo's own limits are checked below
-    except Image.DecompressionBombError:
-        raise ValueError(
-            f"{name!r} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, beyond what "
-            f"Pillow opens; this demo decodes at most {max_pixels:,} pixels"
-        ) from None
-    except Exception as e:  # Pillow raises many types for a file it cannot identify
-        raise ValueError(
-            f"cannot read {name!r} as an image: the file is corrupt or not an image format "
-            f"Pillow reads ({type(e).__name__})"
-        ) from None
-    with im:
-        w, h = im.size
-        if max(w, h) > max_side and oversize == "refuse":
-            raise ValueError(
-                f"{name!r} is {w}x{h} pixels; this demo takes at most {max_side} pixels on a "
-                "side (its max side; resize the image, or start the demo with a larger "
-                "--max-side)"
-            )
-        if max(w, h) > max_side:
-            s = max_side / max(w, h)
-            # JPEG: decode at 1/2, 1/4 or 1/8 scale, still at least the size kept
-            im.draft("RGB", (max(1, round(w * s)), max(1, round(h * s))))
-        dw, dh = im.size
-        if dw * dh > max_pixels:
-            raise ValueError(
-                f"{name!r} is {w}x{h} = {w * h:,} pixels; this demo decodes at most "
-                f"{max_pixels:,} pixels of an image (its pixel limit; resize it first)"
-            )
-        try:
-            im.load()
-            orientation = _orientation(im)
-            # a full-size copy only where there is something to turn
-            rgb = _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
-        except Exception as e:  # a header that reads, a payload that does not
-            raise ValueError(
-                f"cannot read {name!r} as an image: the file is corrupt or truncated "
-                f"({type(e).__name__})"
-            ) from None
-        if orientation in ROTATED:
-            w, h = h, w  # as the photo is shown, once turned upright
-        if max(w, h) <= max_side:
-            return np.array(rgb), ""
-        s = max_side / max(w, h)  # from the declared size: a draft's rounding does not leak
-        size = (max(1, round(w * s)), max(1, round(h * s)))
-        small = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    note = f"downscaled from {w}x{h} to {size[0]}x{size[1]} (limit {max_side} px)"
-    return np.asarray(small), note
+        img = read_image(
+            path,
+            max_side=max_side if refuse else None,
+            max_pixels=max_pixels,
+            downscale_to=None if refuse else max_side,
+            name=name,
+        )
+    except ImageError as e:
+        msg = str(e).replace("(max_side)", "(the demo's --max-side)")
+        raise ImageError(msg.replace("limit of ", "demo's limit of ", 1)) from None
+    declared = _declared_size(path)
+    if declared is None or max(declared) <= max_side or max(img.shape[:2]) == max(declared):
+        return img, ""
+    h, w = img.shape[:2]
+    dw, dh = declared if (w >= h) == (declared[0] >= declared[1]) else declared[::-1]
+    return img, f"downscaled from {dw}x{dh} to {w}x{h} (limit {max_side} px)"
 
 
-def _orientation(im: Image.Image) -> int:
+def _declared_size(path: str | Path) -> tuple[int, int] | None:
+    """(W, H) from a readable image file's header."""
     try:
-        return int(im.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block does not make the pixels unusable
-        return 1
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, 16-bit and float modes scaled rather than clipped."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im, dtype=np.float32)
-        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
-    elif im.mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        peak = 1.0 if a.max() <= 1.0 else 255.0
-        im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8))
-    return im if im.mode == "RGB" and "transparency" not in im.info else im.convert("RGB")
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 (it was read once already: this is only for the note)
+        return None
 
 
 def user_message(e: Exception, path: str | Path) -> str:
@@ -247,10 +206,10 @@ class Engine:
     def __init__(
         self,
         bundle: str | Path | None = None,
-        max_side: int = DEFAULT_MAX_SIDE,
+        max_side: int = UPLOAD_MAX_SIDE,
         oversize: str = "downscale",
         threads: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         if oversize not in OVERSIZE_CHOICES:
             raise ValueError(f"oversize must be one of {OVERSIZE_CHOICES}, got {oversize!r}")

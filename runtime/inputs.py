@@ -27,6 +27,7 @@ MAX_PIXELS = 8192 * 8192
 # float inputs may exceed [-1, 1] by this much (rounding in the caller's conversion)
 RANGE_SLACK = 1e-4
 _ORIENTATION = 0x0112  # EXIF tag: how the camera was held
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class ImageError(ValueError):
@@ -99,8 +100,9 @@ def read_image(
                 f"{name}: image too large: {e} (read_image's limit: {max_pixels} pixels)"
             ) from None
         except Exception as e:  # noqa: BLE001 (hostile files raise anything: refuse them all)
+            reason = _reason(e).replace(repr(str(path)), name).replace(str(path), name)
             raise ImageError(
-                f"{name}: cannot read image: not a {'/'.join(READ_FORMATS)} file ({_reason(e)})"
+                f"{name}: cannot read image: not a {'/'.join(READ_FORMATS)} file ({reason})"
             ) from None
         with im:
             return _decode(im, name, max_side, max_pixels, downscale_to)
@@ -116,7 +118,7 @@ def _decode(
     """Check an opened (not yet loaded) PIL image's size, then decode it to uint8 RGB."""
     from PIL import Image
 
-    w, h = im.size
+    w, h = declared = im.size
     if downscale_to is not None:
         if downscale_to < 1:
             raise ValueError(f"downscale_to must be a positive int, got {downscale_to}")
@@ -146,8 +148,10 @@ def _decode(
         ) from None
     rgb = _orient(rgb, orientation)
     if downscale_to is not None and max(rgb.shape[:2]) > downscale_to:
-        s = downscale_to / max(rgb.shape[:2])
-        size = (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s)))
+        # the size follows from the declared one, so a JPEG draft's rounding does not leak
+        dw, dh = declared[::-1] if orientation in _TRANSPOSED else declared
+        s = downscale_to / max(dw, dh)
+        size = (max(1, round(dw * s)), max(1, round(dh * s)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
     _check_side(name, rgb.shape[1], rgb.shape[0], max_side)
     return rgb

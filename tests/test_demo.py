@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqedge.demo import cli
+from vqedge.commands import demo as cli
+from vqedge.commands.common import MissingExtra
 from vqedge.demo.engine import DEFAULT_SCALES_BUNDLE
 from vqedge.demo.metrics import code_palette, compression, error_heatmap, ssim, token_image
 from vqedge.runtime import list_bundles, load
@@ -280,7 +281,7 @@ def test_bad_inputs_give_readable_errors(client, tmp_path):
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
-    with pytest.raises(Exception, match="cannot read 'broken.png' as an image") as e:
+    with pytest.raises(Exception, match="'broken.png': cannot read image") as e:
         _call(client, handle_file(str(bad)), api_name="/reconstruct")
     assert "Traceback" not in str(e.value)
     bad_tokens = tmp_path / "broken.vqt"
@@ -368,15 +369,15 @@ def test_scales_endpoint(client, ms_tok, tmp_path):
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
-    with pytest.raises(Exception, match="cannot read 'broken.png' as an image") as e:
+    with pytest.raises(Exception, match="'broken.png': cannot read image") as e:
         _call(client, handle_file(str(bad)), api_name="/scales")
     assert "Traceback" not in str(e.value)
 
 
 @pytest.mark.slow
 def test_a_multi_scale_main_bundle_is_refused_at_start(ms_bundle, monkeypatch, capsys):
+    from vqedge.commands.main import main
     from vqedge.demo import app
-    from vqedge.runtime.cli import main
 
     def never(*a, **k):
         raise AssertionError("the demo must not start on a multi-scale --bundle")
@@ -456,7 +457,7 @@ def test_browser_corrupt_upload_shows_a_message(page, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
     page.locator("input[type=file]").first.set_input_files(str(bad))
     page.get_by_role("button", name="Tokenize and reconstruct").click()
-    page.get_by_text("cannot read 'broken.png' as an image").first.wait_for()
+    page.get_by_text("'broken.png': cannot read image").first.wait_for()
     assert "Traceback" not in page.inner_text("body")
     _screenshot(page, "demo-corrupt-upload.png", tmp_path)
 
@@ -532,7 +533,7 @@ def test_browser_scales_section(page, ms_tok, tmp_path):
 
 def test_cli_registers_without_heavy_imports():
     code = (
-        "import argparse, sys; from vqedge.demo.cli import add_parser; "
+        "import argparse, sys; from vqedge.commands.demo import add_parser; "
         "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='command')); "
         "a = p.parse_args(['demo', '--port', '7999', '--max-side', '512']); "
         "assert (a.port, a.max_side, a.host, a.bundle) == (7999, 512, '127.0.0.1', None); "
@@ -552,7 +553,7 @@ def test_cli_says_which_extra_without_gradio(monkeypatch):
     p = argparse.ArgumentParser()
     cli.add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(["demo"])
-    with pytest.raises(SystemExit, match=r"pip install 'vqedge\[demo\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'vqedge\[demo\]'"):
         args.func(args)
 
 
@@ -561,7 +562,7 @@ def test_cli_serves_the_shipped_default(tmp_path):
     pytest.importorskip("gradio")
     port = _free_port()
     code = (
-        "import argparse, sys; from vqedge.demo.cli import add_parser; "
+        "import argparse, sys; from vqedge.commands.demo import add_parser; "
         "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='command')); "
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqedge.demo import DEFAULT_MAX_PIXELS
 from vqedge.demo.engine import (
     DEFAULT_SCALES_BUNDLE,
     MODES,
@@ -71,7 +70,9 @@ def test_read_upload_downscales_or_refuses_by_max_side(tmp_path):
     Image.fromarray(np.full((40, 80, 3), 90, np.uint8)).save(path)
     img, note = read_upload(path, max_side=64)
     assert img.shape == (32, 64, 3) and note == "downscaled from 80x40 to 64x32 (limit 64 px)"
-    with pytest.raises(ValueError, match=r"'wide.png' is 80x40 pixels; .* at most 64 .*max side"):
+    with pytest.raises(
+        ValueError, match=r"'wide.png': image is 80x40, .* demo's limit of 64 .*--max-side"
+    ):
         read_upload(path, max_side=64, oversize="refuse")
     with pytest.raises(ValueError, match="no image"):
         read_upload(None)
@@ -91,24 +92,23 @@ def test_large_jpeg_is_downscaled_not_called_corrupt(tmp_path):
 def test_pixel_limit_is_checked_from_the_header(tmp_path):
     over = _png_header_only(tmp_path / "huge.png", 9000, 9000)  # 81 M pixels, no pixel data
     with pytest.raises(
-        ValueError, match=r"'huge.png' is 9000x9000 = 81,000,000 pixels.*pixel limit"
+        ValueError,
+        match=r"'huge.png': image is 9000x9000 \(81000000 pixels\), over the demo's limit",
     ):
         read_upload(over, max_side=1024)
     bomb = _png_header_only(tmp_path / "bomb.png", 40000, 40000)  # beyond Pillow's own limit
-    with pytest.raises(
-        ValueError, match=rf"'bomb.png' declares more .* at most {DEFAULT_MAX_PIXELS:,}"
-    ):
+    with pytest.raises(ValueError, match=r"'bomb.png': image too large"):
         read_upload(bomb, max_side=1024)
     # within the limits, a header without pixels is a truncated file, said so
     empty = _png_header_only(tmp_path / "empty.png", 20, 10)
-    with pytest.raises(ValueError, match="cannot read 'empty.png' as an image: .*truncated"):
+    with pytest.raises(ValueError, match="'empty.png': cannot read image: corrupt or truncated"):
         read_upload(empty)
 
 
 def test_not_an_image(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20)
-    with pytest.raises(ValueError, match="cannot read 'broken.png' as an image") as e:
+    with pytest.raises(ValueError, match="'broken.png': cannot read image") as e:
         read_upload(bad)
     assert str(tmp_path) not in str(e.value)
 
