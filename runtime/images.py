@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqedge.runtime.metrics import to_uint8
-
 
 def uint8_to_float(img: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] or [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
@@ -14,8 +12,24 @@ def uint8_to_float(img: np.ndarray) -> np.ndarray:
 
 
 def float_to_uint8(x: np.ndarray) -> np.ndarray:
-    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3], rounded to nearest."""
-    return to_uint8(x.transpose(0, 2, 3, 1))
+    """Channels-first floats in [-1, 1] -> channels-last uint8, rounded to nearest.
+
+    The one float-to-uint8 rule of every stage (runtime, export checks, training logs).
+
+    Parameters
+    ----------
+    x : ndarray
+        float [N, 3, H, W] (or [3, H, W]) in [-1, 1]; values outside are clipped.
+
+    Returns
+    -------
+    ndarray
+        uint8 [N, H, W, 3] (or [H, W, 3]).
+    """
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected float images [N, 3, H, W] or [3, H, W], got shape {x.shape}")
+    hwc = np.moveaxis(np.asarray(x, dtype=np.float32), -3, -1)
+    return np.clip(np.rint((hwc + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def pad_to_multiple(x: np.ndarray, f: int) -> np.ndarray:

@@ -1,6 +1,9 @@
 import json
 import math
+import re
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -242,3 +245,145 @@ def test_round_trip_property(tmp_path_factory, k, batch, sides, seed):
     assert all(np.array_equal(a, b) and a.dtype == np.int64 for a, b in zip(tf.scales, maps))
     n = sum(m.size for m in maps)
     assert size == header_len(path) + math.ceil(n * bits_for(k) / 8)
+
+
+def zeros_crc32(n: int) -> int:
+    crc, chunk = 0, bytes(2**20)
+    for start in range(0, n, len(chunk)):
+        crc = zlib.crc32(chunk[: min(len(chunk), n - start)], crc)
+    return crc
+
+
+def crafted(
+    path, k: int, shapes: list, payload: bytes | int, overrides: dict | None = None
+) -> None:
+    """A token file whose header says what the arguments say (crcs right, sizes consistent)
+    with header fields replaced by ``overrides``; ``payload`` as bytes, or a length of zero
+    bytes written sparsely (no memory)."""
+    n = sum(math.prod(s) for s in shapes)
+    nbytes = (n * bits_for(k) + 7) // 8
+    body = payload if isinstance(payload, bytes) else None
+    header = {
+        "format_version": FORMAT_VERSION,
+        "codebook_size": k,
+        "bits": bits_for(k),
+        "bundle_sha256": SHA,
+        "image_size": None,
+        "shapes": shapes,
+        "payload_bytes": nbytes,
+        "payload_crc32": zlib.crc32(body) if body is not None else zeros_crc32(payload),
+        **(overrides or {}),
+    }
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<7sBII", b"VQETOK\0", FORMAT_VERSION, len(raw), zlib.crc32(raw)))
+        fh.write(raw)
+        if body is not None:
+            fh.write(body)
+        else:
+            fh.truncate(fh.tell() + payload)
+
+
+# a 19 MB file with K=2 (one bit per token): 152 M tokens, 1.2 GB once unpacked to int64
+BOMB_SHAPES = [[1, 12000, 12666]]
+BOMB_BYTES = (12000 * 12666 + 7) // 8
+
+PEAK_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from vqedge.runtime.tokens import load_tokens
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_tokens(sys.argv[1], bundle_sha256="ab" * 32, **json.loads(sys.argv[2]))
+    outcome = "read"
+except ValueError as e:
+    outcome = f"{type(e).__name__}: {e}"
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"outcome": outcome, "mib": (peak - base) / 1024}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("limits", "match"),
+    [
+        ({}, r"hold 151992000 tokens, over the limit of 16777216"),
+        ({"codebook_size": 1024}, "K=2 in the file, this bundle has K=1024"),
+        ({"max_map_side": 1024, "max_tokens": None}, "token map side is over the limit of 1024"),
+    ],
+)
+def test_crafted_token_file_refused_from_its_header(tmp_path, limits, match):
+    path = tmp_path / "bomb.vqt"
+    crafted(path, 2, BOMB_SHAPES, BOMB_BYTES)
+    assert path.stat().st_size > 18_000_000
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(path), json.dumps(limits)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{limits}: peak +{result['mib']:.1f} MiB")
+    assert result["outcome"].startswith("TokenFileError")
+    assert re.search(match, result["outcome"]) and "bomb.vqt" in result["outcome"]
+    assert result["mib"] < 32  # the payload alone is 19 MB: it was never read
+
+
+def test_header_checked_before_payload(tmp_path):
+    # every check below fires although the payload is missing: none of them reads it
+    path = tmp_path / "h.vqt"
+    crafted(path, 1024, [[1, 8, 8]], b"", {"image_size": [9000, 9000]})
+    with pytest.raises(TokenFileError, match=r"h\.vqt: codebook_size K=1024.*K=4096"):
+        load_tokens(path, codebook_size=4096)
+    with pytest.raises(
+        TokenFileError, match=r"image_size \[9000, 9000\] is over the limit of 4096"
+    ):
+        load_tokens(path, max_image_side=4096)
+    with pytest.raises(TokenFileError, match=r"do not match this bundle's scales \[1, 2\]"):
+        load_tokens(path, scales=[1, 2])
+    with pytest.raises(TokenFileError, match="over the limit of 10"):
+        load_tokens(path, max_tokens=10)
+    with pytest.raises(TokenFileError, match="truncated payload"):
+        load_tokens(path, codebook_size=1024, max_image_side=9000, scales=[8], max_tokens=64)
+    with pytest.raises(TokenFileError, match=r"^mine\.vqt: truncated payload") as e:
+        load_tokens(path, name="mine.vqt")  # a server names the user's file, not its path
+    assert str(tmp_path) not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"payload_bytes": 81}, "payload_bytes=81, but shapes"),
+        ({"codebook_size": True}, "codebook_size must be an integer"),
+        ({"bits": 10.0}, "bits must be an integer"),
+        ({"shapes": [[1, 8, 8.0]]}, "positive ints"),
+        ({"shapes": [[1, 8, 8], [2, 1, 1]]}, "batch size"),
+        ({"shapes": [[1, 1, 1]] * 65}, "1 to 64"),
+        ({"image_size": [0, 5]}, "image_size must be null"),
+        ({"bundle_sha256": "z" * 64}, "64 hex digits"),
+    ],
+)
+def test_header_fields_type_checked(tmp_path, fields, match):
+    path = tmp_path / "f.vqt"
+    crafted(path, 1024, [[1, 8, 8]], bytes(80), fields)
+    with pytest.raises(TokenFileError, match=f"corrupt header: .*{match}"):
+        load_tokens(path)
+
+
+def test_oversized_header_length_refused(tmp_path):
+    path = tmp_path / "long.vqt"
+    path.write_bytes(struct.pack("<7sBII", b"VQETOK\0", FORMAT_VERSION, 2**31, 0))
+    with pytest.raises(TokenFileError, match=r"header length 2147483648 B, the limit is 65536"):
+        load_tokens(path)
+
+
+def test_limits_let_a_valid_file_through(valid):
+    tf = load_tokens(
+        valid,
+        bundle_sha256=SHA,
+        codebook_size=1000,
+        max_tokens=128,
+        max_map_side=8,
+        max_image_side=32,
+        scales=[8],
+    )
+    assert tf.indices.shape == (2, 8, 8)
