@@ -143,7 +143,7 @@ def test_cli_ctrl_c_writes_checkpoint(photo_folder, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "vqedge.runtime.cli",
+        "vqedge.commands.main",
         "train",
         str(photo_folder),
         "--out",
@@ -175,11 +175,11 @@ def test_cli_ctrl_c_writes_checkpoint(photo_folder, tmp_path):
 
 def test_cli_help_and_version():
     r = subprocess.run(
-        [sys.executable, "-m", "vqedge.runtime.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "vqedge.commands.main", "--version"], capture_output=True, text=True
     )
     assert r.returncode == 0 and r.stdout.startswith("vqedge ")
     r = subprocess.run(
-        [sys.executable, "-m", "vqedge.runtime.cli", "train", "--help"],
+        [sys.executable, "-m", "vqedge.commands.main", "train", "--help"],
         capture_output=True,
         text=True,
     )
