@@ -151,3 +151,22 @@ def test_cuda_device(tiny_config, photo_folder, tmp_path):
     ev = train(tc, progress=False)
     assert (tmp_path / "run" / "latest").read_text().strip() == "ckpt-0000002"
     assert 0 < ev["psnr"] < 60
+
+
+def _state(tiny_config, **tc) -> dict:
+    ev = {"step": 2, "psnr": 20.0, "psnr_each": [19.0, 20.0, 21.0], "codes_used": 30}
+    ev |= {"usage": 0.9, "perplexity": 20.0}
+    config = dict(data=None, batch_size=16, crop=16, lr=4e-4, warmup=1, min_lr_ratio=0.1)
+    config |= dict(weight_decay=1e-4, seed=0, threads=1)
+    return {"step": 2, "wall_seconds": 60.0, "history": [ev], "train_config": config | tc}
+
+
+def test_model_card_lists_the_collection(tiny_config):
+    from vqedge.models.card import model_card
+
+    card = model_card(tiny_config, _state(tiny_config, work_side=1024))
+    assert "## Data sources" in card and "default collection: " in card
+    for c in COLLECTION:
+        assert f"`{c.path}`" in card
+    old = model_card(tiny_config, _state(tiny_config))  # a run from before the collection
+    assert "scikit-image" in old and "## Data sources" not in old
