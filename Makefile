@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out
 
-.PHONY: setup browser demo reconstruct test lint clean
+.PHONY: setup browser train-data demo reconstruct test lint clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ lint: setup
 # by Playwright itself). Needs root on a machine without it.
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# The default training collection's wallpapers (Debian packages, about 140 MB; not part of
+# setup or test: `vqedge train` without a folder needs them). Needs root on a machine without.
+train-data:
+	@dpkg -s plasma-workspace-wallpapers mate-backgrounds >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds; }
 
 test: lint browser
 	$(BIN)/pytest

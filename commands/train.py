@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         threads=args.threads,
         stop_at=args.stop_at,
+        device=args.device,
+        workers=args.workers,
+        work_side=args.work_side or None,
         model=model,
     )
     ev = train(tc, resume=args.resume)
@@ -57,11 +60,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``vqedge train``."""
     d = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("train", help="train a VQ-VAE tokenizer", formatter_class=d)
-    p.add_argument("data", nargs="?", help="image folder (default: the bundled photos)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        help="image folder (default: the training collection: scikit-image's photos and the "
+        "Debian packages plasma-workspace-wallpapers and mate-backgrounds, `make train-data`)",
+    )
     p.add_argument("--out", default="runs/vqvae", help="run folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest")
     p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 16 on CPU, 64 on GPU")
     p.add_argument("--crop", type=int, default=64, help="side of the random crops")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--l1", type=float, default=0.0, help="weight of an extra L1 loss")
@@ -70,6 +78,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--stop-at", type=int, default=None, help="pause after this step")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
+    p.add_argument("--workers", type=int, default=None, help="batch-building processes")
+    p.add_argument(
+        "--work-side", type=int, default=1024, help="shrink images to this longer side (0: no)"
+    )
     p.add_argument("--base-channels", type=int, default=32)
     p.add_argument("--channel-mult", type=int, nargs="+", default=[1, 2, 4], help="sets f")
     p.add_argument("--res-blocks", type=int, default=1, help="residual blocks per level")

@@ -13,8 +13,49 @@ import sys
 from pathlib import Path
 
 from vqedge.models.checkpoint import CONFIG, STATE, WEIGHTS, resolve_checkpoint
-from vqedge.models.data import DEFAULT_TRAIN, HELD_OUT
+from vqedge.models.data import COLLECTION, DEFAULT_TRAIN, HELD_OUT, TRAIN
 from vqedge.runtime.config import VQVAEConfig
+
+
+def _data_summary(tc: dict) -> str:
+    """The card's data row: a folder, the default collection, or (runs started before the
+    collection existed, which record no ``work_side``) scikit-image's photos."""
+    held = ", ".join(p for _, p in HELD_OUT)
+    if tc["data"]:
+        return f"the images under {tc['data']}; held out, never trained on: {held}"
+    if "work_side" not in tc:
+        names = ", ".join(Path(p).stem for _, p in DEFAULT_TRAIN)
+        return (
+            f"the colour photos shipped in scikit-image ({len(DEFAULT_TRAIN)} images: {names}); "
+            f"held out, never trained on: {held}"
+        )
+    train = [c for c in COLLECTION if c.split == TRAIN]
+    photos = sum(c.kind == "photo" for c in train)
+    side = tc["work_side"]
+    return (
+        f"the default collection: {len(train)} images ({photos} photographs, "
+        f"{len(train) - photos} illustrations{f', longer side shrunk to {side}' if side else ''}"
+        f"; sources and licences below); held out, never trained on: {held} and the "
+        "held-out illustrations below"
+    )
+
+
+def data_sources() -> str:
+    """A markdown table of every image of the default collection: source, licence, split."""
+    rows = "\n".join(
+        f"| {c.split} | {c.kind} | `{c.path}` | {c.package} | {c.licence} | {c.author} |"
+        for c in sorted(COLLECTION, key=lambda c: (c.split != TRAIN, c.split, c.package, c.path))
+    )
+    return f"""## Data sources
+
+Paths under /usr/share come from the Debian packages (`make train-data`); `package:path` files
+ship inside that Python package. Licences as each package's copyright file (or, for
+scikit-image and scikit-learn, the data's documentation) states them.
+
+| split | kind | file | package | licence | author |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def model_card(cfg: VQVAEConfig, state: dict) -> str:
@@ -27,6 +68,17 @@ def model_card(cfg: VQVAEConfig, state: dict) -> str:
         for h in state["history"]
     )
     each = ", ".join(f"{p:.2f}" for p in last["psnr_each"])
+    if "illustrations" in last:
+        ill = last["illustrations"]
+        each_ill = ", ".join(f"{p:.2f}" for p in ill["psnr_each"])
+        illus_row = f"\n| held-out illustrations PSNR | {ill['psnr']:.2f} dB (mean of {each_ill}) |"
+    else:
+        illus_row = ""
+    if tc.get("device", "cpu").startswith("cuda"):
+        compute = "on a CUDA GPU (bf16 autocast; the last device the run used)"
+    else:
+        compute = f"on a 2-core CPU (torch threads: {tc['threads']})"
+    sources = "" if tc["data"] or "work_side" not in tc else "\n" + data_sources()
     if cfg.is_multiscale:
         R, L = cfg.resolution, cfg.scale_offsets[-1]
         title = f"vqedge multi-scale tokenizer (VAR-style, f={f}, K={K}, {R}x{R})"
@@ -72,10 +124,10 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | | |
 | --- | --- |
 | config | {params} |
-| data | the colour photos shipped in scikit-image ({len(DEFAULT_TRAIN)} images: {", ".join(Path(p).stem for _, p in DEFAULT_TRAIN)}); held out, never trained on: {", ".join(p for _, p in HELD_OUT)} |
+| data | {_data_summary(tc)} |
 | training | {state["step"]} steps of batch {tc["batch_size"]}, {crops}; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
-| wall time | {state["wall_seconds"] / 60:.0f} minutes on a 2-core CPU (torch threads: {tc["threads"]}) |
-| held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; {where}) |
+| wall time | {state["wall_seconds"] / 60:.0f} minutes {compute} |
+| held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; {where}) |{illus_row}
 | codes used on held-out | {last["codes_used"]} of {K} ({100 * last["usage"]:.1f}%) |
 | perplexity on held-out | {last["perplexity"]:.0f} |
 | bits per pixel | {cfg.bits_per_pixel:.3f} |
@@ -85,7 +137,7 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | step | PSNR (dB) | codes used | perplexity |
 | --- | --- | --- | --- |
 {curve}
-{extra}"""
+{extra}{sources}"""
 
 
 def publish(run_dir: str | Path, dest: str | Path) -> Path:

@@ -1,10 +1,15 @@
-"""Training loop behind ``vqedge train``: random crops, AdamW, MSE (+L1) + VQ loss."""
+"""Training loop behind ``vqedge train``: random crops, AdamW, MSE (+L1) + VQ loss.
+
+Runs on the CPU or a CUDA GPU (bf16 autocast, batches built by DataLoader workers). Each
+step's batch is drawn from its own seeded generator, so a resumed run continues exactly.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -19,8 +24,11 @@ from tqdm import tqdm
 
 from vqedge.models.checkpoint import load_model, load_training, resolve_checkpoint, save_checkpoint
 from vqedge.models.data import (
-    CropSampler,
-    default_train_paths,
+    HELD_OUT_ILLUSTRATIONS,
+    WORK_SIDE,
+    CropBatches,
+    collection_paths,
+    default_cache_dir,
     held_out_paths,
     load_images,
     uint8_to_tensor,
@@ -35,13 +43,14 @@ from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
 
 @dataclass
 class TrainConfig:
-    # image folder (recursive); None trains on the default photos
+    # image folder (recursive); None trains on the default collection
     data: str | None = None
     # run folder: checkpoints, 'latest', history
     out: str = "runs/vqvae"
     # total optimizer steps (a resumed run continues up to this)
     steps: int = 5000
-    batch_size: int = 16
+    # None: 16 on the CPU, 64 on a GPU
+    batch_size: int | None = None
     # side of the square random crops (a multi-scale model needs its resolution)
     crop: int = 64
     # crops also cut from regions up to this many times larger, downsized (1: no zoom)
@@ -60,6 +69,12 @@ class TrainConfig:
     threads: int | None = None
     # end this invocation (with a checkpoint) after this step; --resume continues
     stop_at: int | None = None
+    # "cpu" or "cuda" (bf16 autocast); a resumed run may move between them
+    device: str = "cpu"
+    # DataLoader worker processes building batches; None: none on the CPU, up to 8 on a GPU
+    workers: int | None = None
+    # training images are shrunk once to this longer side (None: used at full size)
+    work_side: int | None = WORK_SIDE
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
 
 
@@ -71,8 +86,11 @@ def lr_at(tc: TrainConfig, step: int) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * cos)
 
 
+DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+
+
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    return to_uint8(img[0].permute(1, 2, 0).numpy())
+    return to_uint8(img[0].float().cpu().permute(1, 2, 0).numpy())
 
 
 @torch.no_grad()
@@ -85,14 +103,15 @@ def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     multiscale = model.config.is_multiscale
+    device = next(model.parameters()).device
     psnrs, indices, prefix = [], [], []
     for img in images:
         if multiscale:
             img = fit_square(img, model.config.resolution)
-        x = uint8_to_tensor(img)
+        x = uint8_to_tensor(img).to(device)
         recon, _, idx = model(x)
         psnrs.append(psnr(_to_uint8(recon), img))
-        indices.append(idx.numpy().ravel())
+        indices.append(idx.cpu().numpy().ravel())
         if multiscale:
             each = model.idxBl_to_img(model.config.split_scales(idx), last_one=False)
             prefix.append([psnr(_to_uint8(r), img) for r in each])
@@ -105,22 +124,104 @@ def evaluate(model: VQVAE, images: list[np.ndarray]) -> dict[str, Any]:
 
 
 # what a resumed run may change; everything else continues as the run was started
-RESUME_OVERRIDES = ("out", "steps", "stop_at", "threads", "eval_every", "ckpt_every")
+RESUME_OVERRIDES = (
+    "out",
+    "steps",
+    "stop_at",
+    "threads",
+    "eval_every",
+    "ckpt_every",
+    "device",
+    "workers",
+)
 
 
 def _resumed_config(given: TrainConfig, state: dict[str, Any]) -> TrainConfig:
     saved = dict(state["train_config"])
     saved["model"] = VQVAEConfig.from_dict(saved["model"])
+    # runs started before images were downsized trained on them at full size
+    saved.setdefault("work_side", None)
     saved.update({k: getattr(given, k) for k in RESUME_OVERRIDES})
     return TrainConfig(**saved)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"torch": torch.get_rng_state(), "sampler": gen.get_state()}
+def _device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: torch {torch.__version__} sees no CUDA GPU (a CPU-only "
+                "build, or no GPU on this machine); train with --device cpu, or install a "
+                "CUDA build of torch"
+            )
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}: expected 'cpu' or 'cuda'")
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    # The batches are seeded per step; torch's global generators drive the codebook's
+    # dead-code restarts.
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the workers keep serving batches while the
+    # main process finishes its step and writes the checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _fp32_forward(forward: Any, device_type: str) -> Any:
+    """``forward`` run with autocast off and float32 inputs: the nearest-code argmax and
+    the EMA codebook sums need full precision."""
+
+    def run(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(z.float(), *args, **kwargs)
+
+    return run
+
+
+def _batches(
+    tc: TrainConfig, images: list[np.ndarray], start: int, end: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    data = CropBatches(
+        images, tc.crop, tc.batch_size, tc.seed, start, end, max_zoom_out=tc.max_zoom_out
+    )
+    workers = tc.workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_sigint if workers else None,
+        prefetch_factor=4 if workers else None,
+        # its own generator: the loader's seed draw must not move torch's global one
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
+
+
+def _train_images(tc: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The training images and the held-out illustrations (default collection only)."""
+    cache = default_cache_dir() if tc.work_side == WORK_SIDE else None
+    if tc.data:
+        return load_images(find_images(tc.data), tc.work_side, cache), []
+    train_paths = collection_paths()
+    illus = load_images(collection_paths(HELD_OUT_ILLUSTRATIONS), WORK_SIDE, default_cache_dir())
+    return load_images(train_paths, tc.work_side, cache), illus
 
 
 def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a VQVAE; return the final held-out evaluation."""
+    """Train (or resume) a VQVAE; return the final held-out evaluation.
+
+    The history's entries hold the held-out photos' figures and, when training on the
+    default collection, the held-out illustrations' under ``"illustrations"``.
+    """
     start, state = 0, {"history": [], "wall_seconds": 0.0}
     if resume:
         model, ckpt = load_model(resolve_checkpoint(tc.out))
@@ -129,17 +230,19 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
     else:
         torch.manual_seed(tc.seed)
         model = build_model(tc.model)
+    device = _device(tc.device)
+    if tc.batch_size is None:
+        tc.batch_size = DEFAULT_BATCH[device.type]
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    gen = torch.Generator().manual_seed(tc.seed)
-    paths = find_images(tc.data) if tc.data else default_train_paths()
     if tc.model.is_multiscale and tc.crop != tc.model.resolution:
         raise ValueError(
             f"a multi-scale model trains on {tc.model.resolution}x{tc.model.resolution} crops "
             f"(its one resolution), got crop {tc.crop}"
         )
-    sampler = CropSampler(load_images(paths), tc.crop, gen, tc.max_zoom_out)
+    images, illustrations = _train_images(tc)
     held_out = load_images(held_out_paths())
+    model.to(device)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
@@ -147,12 +250,24 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
         state, rng = load_training(ckpt, opt)
         start = state["step"]
         torch.set_rng_state(rng["torch"])
-        gen.set_state(rng["sampler"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+    autocast = device.type == "cuda"
+    if autocast:
+        torch.backends.cudnn.benchmark = True  # one crop size: pick the fastest kernels once
+        model.quantize.forward = _fp32_forward(model.quantize.forward, device.type)
     model.train()
 
     def checkpoint(step: int) -> None:
         state["train_config"] = dataclasses.asdict(tc) | {"model": tc.model.to_dict()}
-        save_checkpoint(tc.out, step, model, opt, state, _rng_state(gen))
+        save_checkpoint(tc.out, step, model, opt, state, _rng_state(device))
+
+    def held_out_eval() -> dict[str, Any]:
+        ev = evaluate(model, held_out)
+        if illustrations:
+            ill = evaluate(model, illustrations)
+            ev["illustrations"] = {"psnr": ill["psnr"], "psnr_each": ill["psnr_each"]}
+        return ev
 
     # Ctrl-C finishes the step in flight, writes a checkpoint, then exits; a second one
     # interrupts at once.
@@ -166,13 +281,20 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     end = min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
     bar = tqdm(range(start, end), initial=start, total=tc.steps, disable=not progress)
+    batches = iter(_batches(tc, images, start, end, device))
     t0 = time.perf_counter()
     try:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(tc, step)
-            x = sampler.sample(tc.batch_size)
-            recon, vq_loss, idx = model(x)
+            t_data = time.perf_counter()
+            x = next(batches).to(device, non_blocking=True)
+            state["data_wait_seconds"] = state.get("data_wait_seconds", 0.0) + (
+                time.perf_counter() - t_data
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                recon, vq_loss, idx = model(x)
+            recon = recon.float()
             mse = F.mse_loss(recon, x)
             loss = mse + vq_loss
             if tc.l1_weight:
@@ -188,11 +310,14 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
                 )
             done = step + 1
             if done % tc.eval_every == 0 or done == tc.steps:
-                ev = evaluate(model, held_out)
+                ev = held_out_eval()
                 state["history"].append({"step": done, **ev})
+                ill = ev.get("illustrations")
                 bar.write(
-                    f"step {done}: held-out PSNR {ev['psnr']:.2f} dB, codes used "
-                    f"{ev['codes_used']}/{model.codebook_size}, perplexity {ev['perplexity']:.0f}"
+                    f"step {done}: held-out PSNR {ev['psnr']:.2f} dB"
+                    + (f" (illustrations {ill['psnr']:.2f} dB)" if ill else "")
+                    + f", codes used {ev['codes_used']}/{model.codebook_size}, "
+                    f"perplexity {ev['perplexity']:.0f}"
                 )
             if done % tc.ckpt_every == 0 or done in (tc.steps, end) or interrupted:
                 state["wall_seconds"] += time.perf_counter() - t0
@@ -203,7 +328,8 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
                 print(f"\ninterrupted: checkpoint written at step {done}", file=sys.stderr)
                 raise KeyboardInterrupt
     finally:
+        del batches  # stops the DataLoader's workers
         if in_main and signal.getsignal(signal.SIGINT) is on_sigint:
             signal.signal(signal.SIGINT, previous)
     bar.close()
-    return state["history"][-1] if state["history"] else evaluate(model, held_out)
+    return state["history"][-1] if state["history"] else held_out_eval()

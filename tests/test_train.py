@@ -95,6 +95,16 @@ def test_resume_is_exact(tiny_config, photo_folder, tmp_path):
     assert opt_a == opt_b
 
 
+def test_dataloader_workers_train_the_same_run(tiny_config, photo_folder, tmp_path):
+    # batches built by worker processes arrive in step order: the same weights as in-process
+    train(_tc(tiny_config, photo_folder, tmp_path / "a", steps=4), progress=False)
+    train(_tc(tiny_config, photo_folder, tmp_path / "b", steps=4, workers=2), progress=False)
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
 def test_training_reports_held_out_metrics(tiny_config, photo_folder, tmp_path):
     ev = train(_tc(tiny_config, photo_folder, tmp_path / "r", steps=2), progress=False)
     assert len(ev["psnr_each"]) == 3  # china, flower, chelsea at full size

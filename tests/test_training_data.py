@@ -1,0 +1,172 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqedge.models.data import (
+    COLLECTION,
+    DEBIAN_PACKAGES,
+    HELD_OUT_ILLUSTRATIONS,
+    ROOT_ENV,
+    TRAIN,
+    CollectionMissing,
+    CropBatches,
+    collection,
+    collection_paths,
+    held_out_paths,
+    load_images,
+)
+from vqedge.models.train import TrainConfig, train
+
+INSTALL = "sudo apt-get install plasma-workspace-wallpapers mate-backgrounds"
+
+
+def _installed() -> bool:
+    try:
+        collection_paths(TRAIN)
+        collection_paths(HELD_OUT_ILLUSTRATIONS)
+    except CollectionMissing:
+        return False
+    return True
+
+
+def test_collection_table_is_consistent():
+    train_items = collection(TRAIN)
+    assert len({c.path for c in train_items}) == len(train_items) >= 30
+    assert {c.kind for c in COLLECTION} == {"photo", "illustration"}
+    assert all(c.licence and c.author for c in COLLECTION)
+    assert {c.package for c in COLLECTION} >= set(DEBIAN_PACKAGES)
+    held = [c.path for c in COLLECTION if c.split != TRAIN]
+    assert not set(held) & {c.path for c in train_items}
+    names = {Path(c.path).name for c in collection("held-out")}
+    assert names == {"china.jpg", "flower.jpg", "chelsea.png"}
+    illus = collection(HELD_OUT_ILLUSTRATIONS)
+    assert 2 <= len(illus) <= 3 and {c.kind for c in illus} == {"illustration"}
+
+
+def test_collection_files_or_install_message():
+    """With the packages installed: every kept file exists, is the largest of its wallpaper's
+    sizes, and no two entries are one file; without them: the message says what to install."""
+    if not _installed():
+        with pytest.raises(CollectionMissing) as e:
+            collection_paths(TRAIN)
+        assert INSTALL in str(e.value) and "make train-data" in str(e.value)
+        return
+    paths = collection_paths(TRAIN) + collection_paths(HELD_OUT_ILLUSTRATIONS)
+    real = [p.resolve() for p in paths]
+    assert len(set(real)) == len(real)
+    assert not set(real) & {p.resolve() for p in held_out_paths()}
+    for p in paths:
+        if "/wallpapers/" in str(p):  # one folder per wallpaper, one file per screen size
+            sizes = {q.resolve(): Image.open(q).size for q in p.parent.iterdir()}
+            assert Image.open(p).size == max(sizes.values(), key=lambda s: s[0] * s[1]), p
+    elephants = [p for p in paths if "Elephants" in p.name]
+    assert [p.name for p in elephants] == ["Elephants_5640x3172.jpg"]
+
+
+def test_missing_collection_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    with pytest.raises(CollectionMissing, match="make train-data") as e:
+        collection_paths(TRAIN)
+    assert INSTALL in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_cli_train_without_collection_is_one_line(tmp_path):
+    env = os.environ | {ROOT_ENV: str(tmp_path / "nowhere")}
+    r = subprocess.run(
+        [sys.executable, "-m", "vqedge.commands.main", "train", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and INSTALL in lines[0] and "Traceback" not in r.stderr
+
+
+def test_large_images_are_downsized_once_and_cached(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(src)
+    assert src.stat().st_size > 1 << 20  # noise does not compress: a file worth caching
+    cache = tmp_path / "cache"
+    first = load_images([src], downscale_to=300, cache_dir=cache)[0]
+    assert first.shape == (225, 300, 3)
+    [cached] = cache.glob("*.npy")
+    again = load_images([src], downscale_to=300, cache_dir=cache)[0]
+    assert np.array_equal(first, again)
+    # another size is another entry; a damaged entry is rebuilt, not trusted
+    load_images([src], downscale_to=200, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 2
+    cached.write_bytes(b"not an array")
+    assert np.array_equal(load_images([src], downscale_to=300, cache_dir=cache)[0], first)
+
+
+def _photos(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_each_step_has_its_own_batch():
+    a = CropBatches(_photos(), crop=16, batch_size=4, seed=0, start=0, end=6)
+    b = CropBatches(_photos(), crop=16, batch_size=4, seed=0, start=3, end=6)
+    first = list(a)
+    assert len(first) == 6 and first[0].shape == (4, 3, 16, 16)
+    # a run that starts at step 3 (a resume) draws the same batches as one that got there
+    for x, y in zip(first[3:], b):
+        assert torch.equal(x, y)
+    assert not torch.equal(first[0], first[1])
+    other_seed = CropBatches(_photos(), crop=16, batch_size=4, seed=1, start=0, end=1)
+    assert not torch.equal(first[0], next(iter(other_seed)))
+
+
+def test_dataloader_workers_keep_step_order():
+    data = CropBatches(_photos(), crop=16, batch_size=2, seed=0, start=0, end=7)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+    for step, x in enumerate(loader):
+        assert torch.equal(x, data.batch(step)), step
+    assert step == 6
+
+
+def test_cuda_device(tiny_config, photo_folder, tmp_path):
+    """Without a CUDA GPU, --device cuda is a clear error; with one, it trains."""
+    tc = TrainConfig(
+        data=str(photo_folder),
+        out=str(tmp_path / "run"),
+        steps=2,
+        crop=16,
+        warmup=1,
+        device="cuda",
+        model=tiny_config,
+    )
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            train(tc, progress=False)
+        return
+    ev = train(tc, progress=False)
+    assert (tmp_path / "run" / "latest").read_text().strip() == "ckpt-0000002"
+    assert 0 < ev["psnr"] < 60
+
+
+def _state(tiny_config, **tc) -> dict:
+    ev = {"step": 2, "psnr": 20.0, "psnr_each": [19.0, 20.0, 21.0], "codes_used": 30}
+    ev |= {"usage": 0.9, "perplexity": 20.0}
+    config = dict(data=None, batch_size=16, crop=16, lr=4e-4, warmup=1, min_lr_ratio=0.1)
+    config |= dict(weight_decay=1e-4, seed=0, threads=1)
+    return {"step": 2, "wall_seconds": 60.0, "history": [ev], "train_config": config | tc}
+
+
+def test_model_card_lists_the_collection(tiny_config):
+    from vqedge.models.card import model_card
+
+    card = model_card(tiny_config, _state(tiny_config, work_side=1024))
+    assert "## Data sources" in card and "default collection: " in card
+    for c in COLLECTION:
+        assert f"`{c.path}`" in card
+    old = model_card(tiny_config, _state(tiny_config))  # a run from before the collection
+    assert "scikit-image" in old and "## Data sources" not in old
