@@ -35,7 +35,7 @@ class ImageError(ValueError):
 
 
 def _is_pil_image(item: Any) -> bool:
-    # PIL is imported only to read files (15 ms of a 0.3 s cold start): a PIL image can only
+    # PIL is imported only to read files (it weighs on cold start): a PIL image can only
     # exist once its module is loaded.
     pil = sys.modules.get("PIL.Image")
     return pil is not None and isinstance(item, pil.Image)
