@@ -30,7 +30,7 @@ from vqedge.export.recipe import Graphs, Recipe, session
 from vqedge.export.single_scale import SingleScaleRecipe
 from vqedge.export.validate import ExportValidationError
 from vqedge.export.variants import phase_convolutions, to_fp16, to_int8
-from vqedge.export.weights import WeightStore, externalize
+from vqedge.export.weights import WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
 from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.vqvae import VQVAE
@@ -319,9 +319,11 @@ def _write_bundle(
             if key in v:
                 entry[key] = {n: {"file": p.name, **io[p.name]} for n, p in v[key].items()}
                 used.update(p.name for p in v[key].values())
-        weights = sorted({w for f in used for w in reads[f]}, key=_weights_order)
-        entry["weights"] = weights
-        read_bytes = sum(file_sizes[f] for f in (*used, *weights, "codebook.npy"))
+        entry["weights"] = sorted({w for f in used for w in reads[f]}, key=_weights_order)
+        # what the variant reads: its graph files, the stored tensors they name, the codebook
+        regions = {r for f in used for r in read_external(tmp / f).values()}
+        read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
+        read_bytes += sum(length for _, _, length in regions)
         entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
         out_variants[prec] = entry
 
