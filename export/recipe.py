@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from vqedge.export.validate import session
 from vqedge.models.data import default_train_paths
 from vqedge.models.vqvae import VQTokenizerBase
 from vqedge.runtime.images import uint8_to_float
@@ -30,10 +30,7 @@ Graphs = dict[str, Path]
 # int8 calibration of one graph: (its input name, input arrays)
 Calibration = tuple[str, list[np.ndarray]]
 
-
-def session(path: Path) -> ort.InferenceSession:
-    """A CPU-provider session: every export check runs there."""
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+__all__ = ["Calibration", "GraphIO", "Graphs", "Recipe", "session", "training_crops"]
 
 
 def training_crops(side: int, n: int = 12) -> list[np.ndarray]:

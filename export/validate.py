@@ -39,6 +39,7 @@ class CaseResult:
 
 
 def session(path: Path) -> ort.InferenceSession:
+    """A CPU-provider session: every export check runs there."""
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
