@@ -1,6 +1,6 @@
 """vqedge.export: trace a trained tokenizer to ONNX, prove parity, write a bundle."""
 
-from vqedge.export.bundle import export_bundle
+from vqedge.export.pipeline import export_bundle
 from vqedge.export.validate import ExportValidationError
 
 __all__ = ["ExportValidationError", "export_bundle"]

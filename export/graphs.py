@@ -19,18 +19,6 @@ from vqedge.models.vqvae import VQTokenizerBase
 
 EXPORTER = "dynamo"  # torch.onnx.export(dynamo=True): torch.export-based, maintained
 OPSET = 18
-IO = {
-    "encoder": (["image"], ["latent"]),
-    "quantizer": (["latent"], ["indices"]),
-    "decoder": (["indices"], ["image"]),
-}
-# a multi-scale bundle: the decoder takes f_hat, and "scales" turns tokens into f_hat
-IO_MULTISCALE = {
-    "encoder": (["image"], ["latent"]),
-    "quantizer": (["latent"], ["indices"]),
-    "scales": (["indices"], ["f_hat", "f_hat_each", "var_input"]),
-    "decoder": (["f_hat"], ["image"]),
-}
 
 
 class EncoderGraph(nn.Module):
@@ -114,29 +102,18 @@ class FhatDecoderGraph(nn.Module):
         return self.decoder(f_hat).clamp(-1.0, 1.0)
 
 
-# symbolic dim names of each graph input/output, by tensor name
-DIM_NAMES = {
-    "image": ["batch", None, "height", "width"],
-    "latent": ["batch", None, "latent_height", "latent_width"],
-    "indices": ["batch", "latent_height", "latent_width"],
-}
-# multi-scale graphs: one image size, so only the batch is dynamic
-DIM_NAMES_MULTISCALE = {
-    "image": ["batch", None, None, None],
-    "latent": ["batch", None, None, None],
-    "indices": ["batch", None],
-    "f_hat": ["batch", None, None, None],
-    "f_hat_each": ["batch", None, None, None, None],
-    "var_input": ["batch", None, None],
-}
-
-
 def export_graph(
-    module: nn.Module, example: torch.Tensor, name: str, path: Path, multiscale: bool = False
+    module: nn.Module,
+    example: torch.Tensor,
+    name: str,
+    path: Path,
+    io: tuple[list[str], list[str]],
+    dim_names: dict[str, list[str | None]],
 ) -> None:
-    """Trace one wrapper to ONNX: dynamic batch, height and width (multi-scale: batch only)."""
-    inputs, outputs = (IO_MULTISCALE if multiscale else IO)[name]
-    dim_names = DIM_NAMES_MULTISCALE if multiscale else DIM_NAMES
+    """Trace one wrapper to ONNX with ``io`` = (input names, output names); ``dim_names``
+    gives each input/output tensor's symbolic dim labels (None: a fixed dim). The dims of
+    the first input that carry a label are dynamic."""
+    inputs, outputs = io
     dims = {i: torch.export.Dim.DYNAMIC for i, label in enumerate(dim_names[inputs[0]]) if label}
     module.eval()
     with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""Reduced-precision variants of the exported graphs and the fused one-call graph.
+"""Reduced-precision variants of the exported graphs, and the CPU provider's decoder form.
 
 The quantizer graph (the nearest-code lookup) stays fp32 in every variant: reduced
 precision there would flip tokens without making anything measurably faster.
@@ -12,20 +12,38 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import compose
 
 # ConvTranspose(kernel 4, stride 2, pad 1) as four 2x2 convolutions, one per output phase
 # (row parity, column parity): output row 2m+r takes input rows m-1, m (r=0: kernel rows 3, 1)
 # or m, m+1 (r=1: kernel rows 2, 0); the same for columns.
 PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
 PHASE_PADS = {0: (1, 0), 1: (0, 1)}  # (before, after) along the axis
+# an fp16 graph's fp32 weight is stored under its name plus this; the Cast gives the name
+FP32_SUFFIX = "__fp32"
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def phase_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+def _phase_kernel(
+    weight: str, rows: tuple[int, int], cols: tuple[int, int], name: str, g: onnx.GraphProto
+) -> list[onnx.NodeProto]:
+    """Nodes computing ``{name}_w`` = weight[:, :, rows][:, :, :, cols] transposed to
+    [Cout, Cin, 2, 2] from the ConvTranspose weight [Cin, Cout, 4, 4]."""
+    for axis, taps in (("rows", rows), ("cols", cols)):
+        g.initializer.append(
+            onnx.numpy_helper.from_array(np.array(taps, np.int64), f"{name}_{axis}")
+        )
+    make = onnx.helper.make_node
+    return [
+        make("Gather", [weight, f"{name}_rows"], [f"{name}_wr"], name=f"{name}_wr", axis=2),
+        make("Gather", [f"{name}_wr", f"{name}_cols"], [f"{name}_wrc"], name=f"{name}_wrc", axis=3),
+        make("Transpose", [f"{name}_wrc"], [f"{name}_w"], name=f"{name}_wt", perm=[1, 0, 2, 3]),
+    ]
+
+
+def phase_convolutions(model: onnx.ModelProto, derived: bool = False) -> onnx.ModelProto:
     """Rewrite each ConvTranspose(kernel 4, stride 2, pad 1) as four 2x2 Convs (one per output
     phase), Concat and DepthToSpace(2, DCR): the same products and sums, so equal up to float
     rounding, with the same multiply-adds.
@@ -34,6 +52,11 @@ def phase_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     end-to-end time stayed fp32) and computes through a [Cout * 16, H * W] column buffer
     (32 MiB at 256x256): its Convs have both. OpenVINO runs its own int8 deconvolution faster
     than the four convolutions, so bundles keep both forms (``cpu_graphs``).
+
+    With ``derived``, each phase's 2x2 kernel is computed in the graph from the original
+    ConvTranspose weight (Gather, Gather, Transpose: folded by onnxruntime at session
+    creation), so the rewritten graph stores no weight the plain decoder does not. Without
+    it the kernels are initializers, which static int8 quantization needs.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -61,10 +84,12 @@ def phase_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         for ry in (0, 1):
             for rx in (0, 1):
                 name = f"{node.name}_phase{ry}{rx}"
-                w_p = w[:, :, PHASE_TAPS[ry], :][:, :, :, PHASE_TAPS[rx]].transpose(1, 0, 2, 3)
-                g.initializer.append(
-                    onnx.numpy_helper.from_array(np.ascontiguousarray(w_p), f"{name}_w")
-                )
+                if derived:
+                    nodes += _phase_kernel(node.input[1], PHASE_TAPS[ry], PHASE_TAPS[rx], name, g)
+                else:
+                    w_p = w[:, :, PHASE_TAPS[ry], :][:, :, :, PHASE_TAPS[rx]]
+                    w_p = np.ascontiguousarray(w_p.transpose(1, 0, 2, 3))
+                    g.initializer.append(onnx.numpy_helper.from_array(w_p, f"{name}_w"))
                 pads = [PHASE_PADS[ry][0], PHASE_PADS[rx][0], PHASE_PADS[ry][1], PHASE_PADS[rx][1]]
                 inputs = [node.input[0], f"{name}_w"] + ([bias] if bias else [])
                 nodes.append(
@@ -90,85 +115,39 @@ def phase_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def chain(
-    parts: list[tuple[str, onnx.ModelProto]],
-    links: list[tuple[str, str]],
-    outputs: list[str],
-    renames: dict[str, str],
-    name: str,
-) -> onnx.ModelProto:
-    """Compose graphs in sequence: each part gets its prefix, ``links`` feed one part's output
-    into the next part's input, nodes that no kept output needs are dropped, and the kept
-    tensors are renamed."""
-    merged = compose.add_prefix(parts[0][1], parts[0][0])
-    for (prefix, model), link in zip(parts[1:], links):
-        nxt = compose.add_prefix(model, prefix)
-        # keep every output for now (merge_models drops linked ones); pruned below
-        keep = [o.name for o in merged.graph.output] + [o.name for o in nxt.graph.output]
-        merged = compose.merge_models(merged, nxt, io_map=[link], outputs=keep)
-    g = merged.graph
-    needed, kept = set(outputs), []
-    for node in reversed(g.node):  # nodes are topologically sorted
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    kept.reverse()
-    del g.node[:]
-    g.node.extend(kept)
-    keep_out = [o for o in g.output if o.name in outputs]
-    del g.output[:]
-    g.output.extend(sorted(keep_out, key=lambda o: outputs.index(o.name)))
-    keep_in = [i for i in g.input if i.name in needed]
-    del g.input[:]
-    g.input.extend(keep_in)
-    keep_init = [t for t in g.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(keep_init)
-    for node in g.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for vi in list(g.input) + list(g.output):
-        vi.name = renames.get(vi.name, vi.name)
-    g.name = name
-    return merged
-
-
-def fuse(encoder: onnx.ModelProto, quantizer: onnx.ModelProto, decoder: onnx.ModelProto):
-    """One graph image -> (indices, reconstruction), composed from the three parts."""
-    return chain(
-        [("enc/", encoder), ("quant/", quantizer), ("dec/", decoder)],
-        [("enc/latent", "quant/latent"), ("quant/indices", "dec/indices")],
-        ["quant/indices", "dec/image"],
-        {"enc/image": "image", "quant/indices": "indices", "dec/image": "reconstruction"},
-        "vqedge_tokenizer",
-    )
-
-
-def fuse_multiscale(
-    encoder: onnx.ModelProto,
-    quantizer: onnx.ModelProto,
-    scales: onnx.ModelProto,
-    decoder: onnx.ModelProto,
-) -> onnx.ModelProto:
-    """Multi-scale: image -> (indices [B, L], reconstruction) through the scales graph."""
-    return chain(
-        [("enc/", encoder), ("quant/", quantizer), ("scales/", scales), ("dec/", decoder)],
-        [
-            ("enc/latent", "quant/latent"),
-            ("quant/indices", "scales/indices"),
-            ("scales/f_hat", "dec/f_hat"),
-        ],
-        ["quant/indices", "dec/image"],
-        {"enc/image": "image", "quant/indices": "indices", "dec/image": "reconstruction"},
-        "vqedge_tokenizer",
-    )
-
-
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and arithmetic, fp32 inputs and outputs kept."""
+    """fp16 arithmetic, fp32 inputs and outputs kept, and fp32 weights cast at load.
+
+    Every weight the conversion turned to fp16 is stored as the fp32 graph's tensor (same
+    bytes, so a bundle stores it once) followed by a Cast to fp16, which onnxruntime folds
+    into an fp16 constant when it creates the session.
+    """
     from onnxconverter_common import float16
 
-    return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    half = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    fp32 = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    g = half.graph
+    kept, casts = [], []
+    for t in g.initializer:
+        src = fp32.get(t.name)
+        if t.data_type != onnx.TensorProto.FLOAT16 or src is None:
+            kept.append(t)
+            continue
+        stored = onnx.TensorProto()
+        stored.CopyFrom(src)
+        stored.name = f"{t.name}{FP32_SUFFIX}"
+        kept.append(stored)
+        casts.append(
+            onnx.helper.make_node(
+                "Cast", [stored.name], [t.name], name=f"{t.name}_cast", to=onnx.TensorProto.FLOAT16
+            )
+        )
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = casts + list(g.node)  # the casts need nothing, so first keeps the order valid
+    del g.node[:]
+    g.node.extend(nodes)
+    return half
 
 
 class _Reader:

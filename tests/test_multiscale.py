@@ -6,7 +6,6 @@ F.interpolate; the export's gate and manifest here, the runtime in test_runtime_
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,16 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqedge.commands.main import main
 from vqedge.export import export_bundle
 from vqedge.models.checkpoint import load_pretrained, save_checkpoint
 from vqedge.models.data import CropSampler, held_out_paths
 from vqedge.models.multiscale import MultiScaleVQVAE, build_model, phi_index, resize_matrix
 from vqedge.models.train import TrainConfig, train
-from vqedge.runtime.cli import main
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import fit_square, uint8_to_float
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import MANIFEST
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -194,44 +192,7 @@ def test_zoomed_crops_are_reproducible():
     assert a.min() >= -1 and a.max() <= 1
 
 
-# -- export and runtime ---------------------------------------------------------------------
-
-
-def test_gate_refuses_a_wrong_graph_and_writes_nothing(ms_model, tmp_path, monkeypatch):
-    """The same gate as the single-scale export: a scales graph off by a little, no bundle."""
-    import onnx
-    from onnx import numpy_helper
-
-    import vqedge.export.bundle as bundle_mod
-    from vqedge.export import ExportValidationError
-
-    real = bundle_mod.export_graph
-
-    def export_then_nudge(module, example, name, path, **kw):
-        real(module, example, name, path, **kw)
-        if name == "scales":  # shift the codebook the scales graph decodes with
-            m = onnx.load(str(path))
-            t = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1e-2, t.name))
-            onnx.save(m, str(path))
-
-    monkeypatch.setattr(bundle_mod, "export_graph", export_then_nudge)
-    ckpt = save_checkpoint(tmp_path / "ck", 0, ms_model)
-    with pytest.raises(ExportValidationError, match="f_hat / var_input differ"):
-        export_bundle(ckpt, tmp_path / "out", precisions=("fp32",), log=lambda _m: None)
-    assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
-
-
-def test_bundle_declares_scales_and_size(bundle, ms_config):
-    m = json.loads((bundle / MANIFEST).read_text())
-    assert m["kind"] == "multi-scale"
-    assert m["scales"]["patch_nums"] == list(ms_config.patch_nums)
-    assert m["scales"]["offsets"] == list(ms_config.scale_offsets[:-1])
-    assert m["scales"]["resolution"] == 32 and "exactly 32x32" in m["input"]["size_policy"]
-    for case in m["validation"]["cases"]:
-        assert case["index_mismatches_per_scale"] == [0] * len(ms_config.patch_nums)
-        assert case["f_hat_max_abs"] < 1e-4 and case["image_max_abs"] < 1e-3
+# -- runtime over an exported bundle (the export itself: test_export_multiscale.py) -----------
 
 
 def test_cli_info_encode_decode(bundle, tmp_path, capsys):

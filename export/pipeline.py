@@ -1,0 +1,445 @@
+"""One export pipeline for every bundle kind: trace, gate, variants, calibration, quality,
+weights, manifest, atomic write.
+
+What differs between kinds is a recipe (``vqedge.export.recipe.Recipe``), looked up from the
+model's class in ``RECIPES``. Everything is written into a temporary folder beside the output
+and moved into place only when every check passed, so a failed export leaves the output path
+as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from vqedge.export.graphs import EXPORTER, OPSET, export_graph
+from vqedge.export.multi_scale import MultiScaleRecipe
+from vqedge.export.recipe import Graphs, Recipe, session
+from vqedge.export.single_scale import SingleScaleRecipe
+from vqedge.export.validate import ExportValidationError
+from vqedge.export.variants import phase_convolutions, to_fp16, to_int8
+from vqedge.export.weights import WeightStore, externalize, read_external
+from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
+from vqedge.models.multiscale import MultiScaleVQVAE
+from vqedge.models.vqvae import VQVAE
+from vqedge.runtime.manifest import (
+    DECODER,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PRECISIONS,
+    sha256_file,
+)
+
+# model class -> its recipe; the most specific class of a model wins (its MRO order)
+RECIPES: dict[type, type[Recipe]] = {
+    MultiScaleVQVAE: MultiScaleRecipe,
+    VQVAE: SingleScaleRecipe,
+}
+# the int8 variant may lose at most this much held-out PSNR against fp32
+INT8_MAX_PSNR_DROP = 0.5
+# the CPU-provider decoder computes the same sums in another order: rounding only
+CPU_DECODER_ATOL = 1e-4
+# the oldest onnxruntime the runtime declares; opset and IR version must load there
+MIN_ONNXRUNTIME = "1.19"
+MAX_IR_VERSION = 10
+MAX_OPSET = 21
+CPU_DECODER = "decoder_cpu"
+# the graphs that get reduced-precision forms; every other graph is fp32 in every variant
+REDUCED = (ENCODER, DECODER)
+
+
+def recipe_for(model: torch.nn.Module) -> Recipe:
+    """The export recipe of ``model``'s kind.
+
+    Raises
+    ------
+    ValueError
+        No recipe exports this model class.
+    """
+    for cls in type(model).__mro__:
+        if cls in RECIPES:
+            return RECIPES[cls](model)
+    known = ", ".join(c.__name__ for c in RECIPES)
+    raise ValueError(f"no export recipe for {type(model).__name__}; known: {known}")
+
+
+def graph_file(graph: str, precision: str) -> str:
+    """A graph's file name in the bundle, e.g. ``encoder.fp32.onnx``."""
+    return f"{graph}.{precision}.onnx"
+
+
+def export_bundle(
+    checkpoint: str | Path | None,
+    out: str | Path,
+    force: bool = False,
+    precisions: tuple[str, ...] = PRECISIONS,
+    log=print,
+) -> dict[str, Any]:
+    """Export a checkpoint to a validated bundle folder (format 2).
+
+    Parameters
+    ----------
+    checkpoint : str or Path, optional
+        A checkpoint (see ``vqedge.models.load_pretrained``); None exports the shipped default.
+    out : str or Path
+        The bundle folder to create. An existing one is refused unless ``force``.
+    precisions : tuple of str
+        Variants to write: fp32 always, and any of "fp16", "int8".
+    log : callable
+        Called with each progress line.
+
+    Returns
+    -------
+    dict
+        The manifest that was written.
+
+    Raises
+    ------
+    ExportValidationError
+        The graphs do not match PyTorch, or a variant misses its quality bar (the message is
+        the report); nothing is written.
+    """
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        raise ValueError(f"unknown precisions {unknown}; expected some of {', '.join(PRECISIONS)}")
+    precisions = tuple(p for p in PRECISIONS if p in {"fp32", *precisions})
+    out = Path(out)
+    # the checkpoint is read before anything is created, so bad input leaves no trace
+    model, ckpt = load_model(DEFAULT_PRETRAINED if checkpoint is None else checkpoint)
+    model.eval()
+    recipe = recipe_for(model)
+    _prepare_out(out, force)
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        work = tmp / "work"
+        work.mkdir()
+        variants, results = _build(recipe, work, precisions, log)
+        log("writing the bundle: each weight once per precision")
+        manifest = _write_bundle(recipe, ckpt, tmp, work, variants, results)
+        manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cfg = model.config
+    log(f"bundle written to {out} ({recipe.kind}, K={cfg.codebook_size}, {', '.join(precisions)})")
+    return manifest
+
+
+# -- the sequence -----------------------------------------------------------------------------
+
+
+def _build(
+    recipe: Recipe, work: Path, precisions: tuple[str, ...], log
+) -> tuple[dict[str, dict[str, Any]], list[dict]]:
+    """Every graph of every variant in ``work`` (weights inline), gated and measured."""
+    paths = _trace(recipe, work, log)
+    log("validating against PyTorch")
+    passed, report, results = recipe.validate(paths)
+    log(report)
+    if not passed:
+        raise ExportValidationError(report)
+
+    calib = recipe.calibration(paths)
+    variants: dict[str, dict[str, Any]] = {"fp32": {"graphs": dict(paths)}}
+    kept = {n: p for n, p in paths.items() if n not in REDUCED}  # fp32 in every variant
+    if "fp16" in precisions:
+        log("converting fp16 (fp32 weights cast at load)")
+        graphs = dict(kept)
+        for name in REDUCED:
+            graphs[name] = work / graph_file(name, "fp16")
+            onnx.save(to_fp16(onnx.load(str(paths[name]))), str(graphs[name]))
+        variants["fp16"] = {"graphs": graphs}
+    if "int8" in precisions:
+        log("quantizing int8 (static QDQ, calibrated on training photos)")
+        graphs = dict(kept)
+        for name in REDUCED:
+            graphs[name] = work / graph_file(name, "int8")
+            to_int8(paths[name], graphs[name], *calib[name])
+        variants["int8"] = {"graphs": graphs}
+    _cpu_decoders(work, variants, calib[DECODER], log)
+
+    log("measuring held-out quality of each variant")
+    fp32_idx = None
+    for prec, v in variants.items():
+        q, idx = recipe.quality(v["graphs"], fp32_idx)
+        if prec == "fp32":
+            fp32_idx = idx
+        if "cpu_graphs" in v:  # the same tokens, decoded by the CPU provider's decoder
+            q["cpu"] = recipe.decoder_quality(v["graphs"], v["cpu_graphs"][DECODER], idx)
+        v["quality"] = q
+        log(
+            f"  {prec}: held-out PSNR {q['held_out_psnr']:.2f} dB, "
+            f"token agreement {q['token_agreement']}"
+            + (f"; CPU-provider graphs {q['cpu']['held_out_psnr']:.2f} dB" if "cpu" in q else "")
+        )
+    int8_gate(variants)
+    return variants, results
+
+
+def _trace(recipe: Recipe, work: Path, log) -> Graphs:
+    """Trace each wrapper to ``work``; check every graph (onnx.checker, and loadable by the
+    oldest onnxruntime declared)."""
+    examples = recipe.examples()
+    paths = {}
+    for name, wrapper in recipe.wrappers.items():
+        log(f"exporting {name}")
+        paths[name] = work / graph_file(name, "fp32")
+        export_graph(
+            wrapper(recipe.model), examples[name], name, paths[name], recipe.io[name],
+            recipe.dim_names,
+        )  # fmt: skip
+    for name, path in paths.items():
+        onnx.checker.check_model(str(path), full_check=True)
+        _check_compat(onnx.load(str(path)), name)
+    return paths
+
+
+def _cpu_decoders(
+    work: Path, variants: dict[str, dict[str, Any]], data: tuple[str, list[np.ndarray]], log
+) -> None:
+    """Give the fp32 and int8 variants their CPU-provider decoder (``phase_convolutions``),
+    checked against the plain decoder on ``data`` (the decoder's int8 calibration inputs)
+    and calibrated on them for int8: a variant's ``cpu_graphs``."""
+    log("CPU-provider decoders (each ConvTranspose as four phase convolutions)")
+    name, arrays = data
+    plain = onnx.load(str(variants["fp32"]["graphs"][DECODER]))
+    fp32_dec = work / graph_file(CPU_DECODER, "fp32")
+    # fp32: kernels computed from the decoder's own weights, so none is stored twice
+    onnx.save(phase_convolutions(plain, derived=True), str(fp32_dec))
+    s_plain, s_cpu = session(variants["fp32"]["graphs"][DECODER]), session(fp32_dec)
+    worst = max(
+        float(np.abs(s_plain.run(None, {name: x})[0] - s_cpu.run(None, {name: x})[0]).max())
+        for x in arrays
+    )
+    if worst > CPU_DECODER_ATOL:
+        raise ExportValidationError(
+            f"phase-convolution decoder differs by {worst:.2e} (> {CPU_DECODER_ATOL})"
+        )
+    variants["fp32"]["cpu_graphs"] = {DECODER: fp32_dec}
+    if "int8" in variants:
+        # int8 quantizes the kernels, so they must be initializers here
+        materialized = work / "decoder_cpu.materialized.onnx"
+        onnx.save(phase_convolutions(plain, derived=False), str(materialized))
+        int8_dec = work / graph_file(CPU_DECODER, "int8")
+        to_int8(materialized, int8_dec, name, arrays)
+        materialized.unlink()
+        variants["int8"]["cpu_graphs"] = {DECODER: int8_dec}
+
+
+def int8_gate(variants: dict[str, dict[str, Any]]) -> None:
+    """Refuse an int8 variant (either decoder form) more than INT8_MAX_PSNR_DROP below fp32."""
+    if "int8" not in variants:
+        return
+    fp32_psnr = variants["fp32"]["quality"]["held_out_psnr"]
+    q8 = variants["int8"]["quality"]
+    for form, q in (("int8", q8), ("int8 (CPU-provider graphs)", q8.get("cpu"))):
+        drop = fp32_psnr - q["held_out_psnr"] if q else 0.0
+        if drop > INT8_MAX_PSNR_DROP:
+            raise ExportValidationError(
+                f"{form} held-out PSNR is {drop:.2f} dB below fp32 (bar: {INT8_MAX_PSNR_DROP} dB)"
+            )
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _write_bundle(
+    recipe: Recipe,
+    ckpt: Path,
+    tmp: Path,
+    work: Path,
+    variants: dict[str, dict[str, Any]],
+    results: list[dict],
+) -> dict[str, Any]:
+    """Move the graphs from ``work`` into the flat bundle with shared external weights,
+    check each one as written, and return the manifest (every file listed)."""
+    model = recipe.model
+    cfg = model.config
+    versions = _versions()
+    facts = {
+        "vqedge.format_version": str(FORMAT_VERSION),
+        "vqedge.version": versions["vqedge"],
+        "vqedge.config": json.dumps(cfg.to_dict()),
+        "vqedge.downsample_factor": str(model.downsample_factor),
+        "vqedge.codebook_size": str(cfg.codebook_size),
+        "vqedge.code_dim": str(cfg.code_dim),
+        "vqedge.kind": recipe.kind,
+        "vqedge.input": f"RGB float32 NCHW in [-1, 1]; {recipe.size_policy()}",
+    }
+    # each work file once, fp32 first so that other precisions find its tensors
+    files = {p for v in variants.values() for p in v["graphs"].values()}
+    files |= {p for v in variants.values() for p in v.get("cpu_graphs", {}).values()}
+    files = sorted(files, key=lambda p: (_weights_order(p.name), p.name))
+    stores = {prec: WeightStore(tmp, prec) for prec in PRECISIONS}
+    io, reads = {}, {}
+    try:
+        for src in files:
+            graph, prec = src.name.split(".")[:2]
+            m = onnx.load(str(src))
+            _strip_trace_metadata(m)
+            for k, v in (facts | {"vqedge.graph": graph, "vqedge.precision": prec}).items():
+                m.metadata_props.add(key=k, value=v)
+            m.producer_name, m.producer_version = "vqedge", versions["vqedge"]
+            reads[src.name] = externalize(m, stores, prec)
+            io[src.name] = _io(m)
+            onnx.save(m, str(tmp / src.name))
+    finally:
+        for store in stores.values():
+            store.close()
+    shutil.rmtree(work)
+    for name in io:  # as written: external data resolved from the bundle folder
+        onnx.checker.check_model(str(tmp / name), full_check=True)
+        session(tmp / name)
+    np.save(tmp / "codebook.npy", model.quantize.get_codebook().numpy().astype(np.float32))
+
+    file_sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    out_variants = {}
+    for prec, v in variants.items():
+        entry: dict[str, Any] = {}
+        used: set[str] = set()
+        for key in ("graphs", "cpu_graphs"):
+            if key in v:
+                entry[key] = {n: {"file": p.name, **io[p.name]} for n, p in v[key].items()}
+                used.update(p.name for p in v[key].values())
+        entry["weights"] = sorted({w for f in used for w in reads[f]}, key=_weights_order)
+        # what the variant reads: its graph files, the stored tensors they name, the codebook
+        regions = {r for f in used for r in read_external(tmp / f).values()}
+        read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
+        read_bytes += sum(length for _, _, length in regions)
+        entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
+        out_variants[prec] = entry
+
+    parameters = sum(p.numel() for p in model.parameters())
+    bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}
+    any_model = onnx.load(str(tmp / graph_file(ENCODER, "fp32")), load_external_data=False)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": ckpt.name if ckpt.name != "." else "vqvae",
+        "kind": recipe.kind,
+        "config": cfg.to_dict(),
+        "input": {
+            "color": "RGB",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "range": [-1.0, 1.0],
+            "downsample_factor": model.downsample_factor,
+            "codebook_size": cfg.codebook_size,
+            "code_dim": cfg.code_dim,
+            "size_policy": recipe.size_policy(),
+        },
+        "export": {
+            "exporter": EXPORTER,
+            "opset": OPSET,
+            "ir_version": any_model.ir_version,
+            "min_onnxruntime": MIN_ONNXRUNTIME,
+            "producers": versions,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "checkpoint_sha256": sha256_file(ckpt / "model.safetensors"),
+        },
+        "codebook": {"file": "codebook.npy", "shape": [cfg.codebook_size, cfg.code_dim]},
+        "variants": out_variants,
+        "validation": {
+            "passed": True,
+            "tolerances": {"latent_atol": 1e-4, "image_atol": 1e-3, "indices": "identical"},
+            "cases": results,
+        },
+        **recipe.manifest_extra(),
+        "files": {name: sha256_file(tmp / name) for name in file_sizes},
+        "sizes": {
+            "parameters": parameters,
+            # what the bundle's size is measured against: bytes per weight of each precision
+            "weight_bytes": {p: parameters * bytes_per[p] for p in variants},
+            "weight_files": {n: s for n, s in file_sizes.items() if n.startswith("weights.")},
+            "bundle_bytes": sum(file_sizes.values()),
+        },
+    }
+
+
+def _strip_trace_metadata(model: onnx.ModelProto) -> None:
+    """Drop what the exporter records per node and tensor (stack traces with this machine's
+    paths, source names): most of a graph file's bytes, and nothing onnxruntime reads."""
+    del model.metadata_props[:]
+    g = model.graph
+    for item in (*g.node, *g.value_info, *g.input, *g.output, *g.initializer):
+        del item.metadata_props[:]
+
+
+def _weights_order(name: str) -> int:
+    """Precision order of a bundle file named NAME.PRECISION.EXT."""
+    return PRECISIONS.index(name.split(".")[1])
+
+
+def _io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    def spec(vi: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = vi.type.tensor_type
+        return {
+            "name": vi.name,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+        }
+
+    return {
+        "inputs": [spec(i) for i in model.graph.input],
+        "outputs": [spec(o) for o in model.graph.output],
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    try:
+        out["vqedge"] = metadata.version("vqedge")
+    except metadata.PackageNotFoundError:
+        out["vqedge"] = "unknown"
+    return out
+
+
+def _check_compat(model: onnx.ModelProto, name: str) -> None:
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if model.ir_version > MAX_IR_VERSION or opset > MAX_OPSET:
+        raise ExportValidationError(
+            f"{name}: IR {model.ir_version} / opset {opset} would not load in onnxruntime "
+            f"{MIN_ONNXRUNTIME} (IR <= {MAX_IR_VERSION}, opset <= {MAX_OPSET})"
+        )
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FileExistsError(f"output {out} already exists: pass --force to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    for above in (parent, *parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise NotADirectoryError(f"cannot write the bundle: {above} is not a folder")
+            break
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write the bundle: {parent} is not writable")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / "bundle")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
