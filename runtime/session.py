@@ -23,7 +23,13 @@ from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.inputs import DEFAULT_MAX_SIDE
 from vqedge.runtime.manifest import (
+    DECODER,
+    ENCODER,
     MANIFEST,
+    MULTI_SCALE,
+    QUANTIZER,
+    SCALES,
+    SINGLE_SCALE,
     BundleError,
     manifest_config,
     read_manifest,
@@ -43,19 +49,6 @@ from vqedge.runtime.providers import (
     run_precision,
 )
 from vqedge.runtime.tokens import TokenFile, load_tokens
-
-try:
-    from vqedge.runtime.manifest import (
-        DECODER,
-        ENCODER,
-        MULTI_SCALE,
-        QUANTIZER,
-        SCALES,
-        SINGLE_SCALE,
-    )
-except ImportError:  # MERGE: delete this fallback; manifest.py defines them
-    ENCODER, QUANTIZER, DECODER, SCALES = "encoder", "quantizer", "decoder", "scales"
-    SINGLE_SCALE, MULTI_SCALE = "single-scale", "multi-scale"
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
@@ -320,6 +313,12 @@ class BundleSessions:
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
                 return make_session(cached, providers, opts, self.strict, self.precision)
             opts.optimized_model_filepath = str(cached)
+            # format 2 graphs keep their weights outside the graph: the optimized copy gets a
+            # weights file of its own beside it, named after it (one per cached graph); small
+            # tensors (shapes, axes) stay inside, where shape inference reads them
+            opts.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", f"{cached.name}.data"
+            )
             return self._verified_session(rel, providers, opts)
         finally:
             opts.optimized_model_filepath, opts.graph_optimization_level = saved

@@ -20,7 +20,13 @@ from official_layouts import (
 from vqedge.models import blocks, llamagen, taming, var, vqmodel
 from vqedge.models.import_checkpoint import CheckpointError, official_layout
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _inference_only():
+    """Every test here only runs models forward (gradients off, in this module alone)."""
+    with torch.no_grad():
+        yield
+
 
 # small configurations of each family (GroupNorm needs widths that are multiples of 32)
 VAR_SMALL = var.VARConfig(

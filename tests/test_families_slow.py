@@ -14,7 +14,13 @@ from test_families import diffusers_parity, images, var_reference
 from vqedge.models import llamagen, taming, var, vqmodel
 
 pytestmark = pytest.mark.slow
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _inference_only():
+    """Every test here only runs models forward (gradients off, in this module alone)."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

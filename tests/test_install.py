@@ -398,8 +398,8 @@ def test_openvino_flavour(wheel, photo, tmp_path):
             want = "CPUExecutionProvider" if graph == "quantizer" else "OpenVINOExecutionProvider"
             assert used[0] == want, (name, graph, used)
         # OpenVINO runs the plain decoder (its own int8 deconvolution), the CPU provider its form
-        assert result["runs"][name]["graph_files"]["decoder"] == "fp32/decoder.onnx"
-    assert cpu["graph_files"]["decoder"] == "fp32/decoder_cpu.onnx", cpu["graph_files"]
+        assert result["runs"][name]["graph_files"]["decoder"] == "decoder.fp32.onnx"
+    assert cpu["graph_files"]["decoder"] == "decoder_cpu.fp32.onnx", cpu["graph_files"]
     fp32 = _agreement(result["runs"]["ov_fp32"]["tokens"], cpu["tokens"])
     bf16 = _agreement(result["runs"]["ov_bf16"]["tokens"], cpu["tokens"])
     assert fp32 >= 0.99, f"fp32 on OpenVINO agrees with the CPU provider on {fp32:.4f}"

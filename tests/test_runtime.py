@@ -15,7 +15,7 @@ from vqedge.models import load_pretrained
 from vqedge.models.data import held_out_paths
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import BundleError, sha256_file
+from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.multiscale import MultiScaleTokenizer
 from vqedge.runtime.providers import RUN_PRECISIONS, ProviderError, resolve_providers
@@ -259,7 +259,7 @@ def test_runtime_import_never_imports_torch():
 def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
     tok = Tokenizer.load(bundle_copy)
     rel = tok.graph_file("decoder")  # on the CPU provider: the phase-convolution decoder
-    assert rel == "fp32/decoder_cpu.onnx"
+    assert rel == "decoder_cpu.fp32.onnx"
     target = bundle_copy / rel
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -277,8 +277,8 @@ def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
     target.unlink()
     with pytest.raises(BundleError, match=f"{rel} is missing"):
         Tokenizer.load(bundle_copy)
-    (bundle_copy / "fp32" / "decoder.onnx").unlink()  # also needed: other providers run it
-    with pytest.raises(BundleError, match="fp32/decoder.onnx is missing"):
+    (bundle_copy / "decoder.fp32.onnx").unlink()  # also needed: other providers run it
+    with pytest.raises(BundleError, match="decoder.fp32.onnx is missing"):
         Tokenizer.load(bundle_copy)
 
 
@@ -347,7 +347,7 @@ def test_per_file_policy_methods(tok, photos, tmp_path):
     rows = dict(tok.describe())
     assert rows["kind"] == "single-scale" and rows["precision"] == "fp32"
     assert "decoder on CPUExecutionProvider" in rows["providers"]
-    assert rows["graphs"] == "fp32/encoder.onnx, fp32/quantizer.onnx, fp32/decoder_cpu.onnx"
+    assert rows["graphs"] == "encoder.fp32.onnx, quantizer.fp32.onnx, decoder_cpu.fp32.onnx"
 
 
 def test_encode_image_tiles_above_tile_above(tok):
@@ -358,37 +358,31 @@ def test_encode_image_tiles_above_tile_above(tok):
 
 
 def test_graph_files_come_from_the_manifest(bundle_copy, tok):
-    """A flat layout (format 2's file names) loads: each graph's path is the manifest's."""
+    """Each graph's path is the manifest's: a renamed file, named there, loads and runs."""
     m = json.loads((bundle_copy / "manifest.json").read_text())
-    v = m["variants"]["fp32"]
-    for graph in [*v["graphs"].values(), *v["cpu_graphs"].values()]:
-        old = graph["file"]
-        graph["file"] = old.replace("fp32/", "").replace(".onnx", ".fp32.onnx")
-        (bundle_copy / old).rename(bundle_copy / graph["file"])
-        m["files"][graph["file"]] = m["files"].pop(old)
-    m["variants"] = {"fp32": v}
+    graph = m["variants"]["fp32"]["graphs"]["encoder"]
+    old, graph["file"] = graph["file"], "renamed-encoder.onnx"
+    (bundle_copy / old).rename(bundle_copy / graph["file"])
+    m["files"][graph["file"]] = m["files"].pop(old)
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    flat = load(bundle_copy)
+    renamed = load(bundle_copy)
     img = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
-    for a, b in zip(flat.reconstruct(img), tok.reconstruct(img)):
-        assert np.array_equal(a, b)
-    assert flat.info["graph_files"]["decoder"] == "decoder_cpu.fp32.onnx"
+    assert np.array_equal(renamed.encode(img), tok.encode(img))
+    assert renamed.info["graph_files"]["encoder"] == "renamed-encoder.onnx"
 
 
 def test_variant_weights_are_verified_before_a_session(bundle_copy):
-    """Every file in a variant's weights list is checked against its sha256 first."""
-    extra = bundle_copy / "fp32" / "weights.bin"
-    extra.write_bytes(b"\0" * 64)
+    """The weights file a graph reads is checked against its sha256 before its session."""
+    weights = bundle_copy / "weights.fp32.bin"
     m = json.loads((bundle_copy / "manifest.json").read_text())
-    m["variants"]["fp32"]["weights"] = ["fp32/weights.bin"]
-    m["files"]["fp32/weights.bin"] = sha256_file(extra)
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
-    assert load(bundle_copy).info["graph_files"]["encoder"] == "fp32/encoder.onnx"
-    extra.write_bytes(b"\1" * 64)
-    with pytest.raises(BundleError, match="weights.bin does not match its sha256"):
+    assert m["variants"]["fp32"]["weights"] == ["weights.fp32.bin"]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="weights.fp32.bin does not match its sha256"):
         load(bundle_copy)
-    extra.unlink()
-    with pytest.raises(BundleError, match="weights.bin is missing"):
+    weights.unlink()
+    with pytest.raises(BundleError, match="weights.fp32.bin is missing"):
         load(bundle_copy)
 
 
