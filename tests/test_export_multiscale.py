@@ -7,7 +7,6 @@ side of multi-scale bundles is tested in test_multiscale.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,8 +17,6 @@ from onnx import numpy_helper
 from vqedge.export import ExportValidationError, export_bundle
 from vqedge.export.weights import read_external
 from vqedge.models.checkpoint import model_from_bundle, save_checkpoint
-from vqedge.models.multiscale import MultiScaleVQVAE, build_model
-from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -30,37 +27,6 @@ from vqedge.runtime.manifest import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def ms_config() -> VQVAEConfig:
-    return VQVAEConfig(
-        base_channels=8,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        num_mid_blocks=0,
-        codebook_size=64,
-        code_dim=4,
-        patch_nums=(1, 2, 3, 5, 8),
-    )
-
-
-@pytest.fixture(scope="module")
-def ms_model(ms_config) -> MultiScaleVQVAE:
-    """A tiny model with a codebook spread like a trained one (random, not near zero)."""
-    torch.manual_seed(0)
-    model = build_model(ms_config).eval()
-    with torch.no_grad():
-        model.quantize.vq.embedding.weight.normal_(0, 0.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, ms_model) -> Path:
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("ms"), 0, ms_model)
-    out = tmp_path_factory.mktemp("msb") / "bundle"
-    export_bundle(ckpt, out, precisions=("fp32", "fp16"), log=lambda _m: None)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ F.interpolate; the export's gate and manifest here, the runtime in test_runtime_
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,54 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from vqedge.commands.main import main
-from vqedge.export import export_bundle
-from vqedge.models.checkpoint import load_pretrained, save_checkpoint
-from vqedge.models.data import CropSampler, held_out_paths
-from vqedge.models.multiscale import MultiScaleVQVAE, build_model, phi_index, resize_matrix
+from vqedge.models.checkpoint import load_pretrained
+from vqedge.models.data import CropSampler
+from vqedge.models.multiscale import MultiScaleVQVAE, phi_index, resize_matrix
 from vqedge.models.train import TrainConfig, train
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.images import fit_square, uint8_to_float
-from vqedge.runtime.inputs import read_image
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-
-
-@pytest.fixture(scope="module")
-def ms_config() -> VQVAEConfig:
-    return VQVAEConfig(
-        base_channels=8,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        num_mid_blocks=0,
-        codebook_size=64,
-        code_dim=4,
-        patch_nums=(1, 2, 3, 5, 8),
-    )
-
-
-@pytest.fixture(scope="module")
-def ms_model(ms_config) -> MultiScaleVQVAE:
-    """A tiny model with a codebook spread like a trained one (random, not near zero)."""
-    torch.manual_seed(0)
-    model = build_model(ms_config).eval()
-    with torch.no_grad():
-        model.quantize.vq.embedding.weight.normal_(0, 0.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def images(ms_config) -> torch.Tensor:
-    R = ms_config.resolution
-    photos = [fit_square(read_image(p), R) for p in held_out_paths()]
-    return torch.from_numpy(uint8_to_float(np.stack(photos)))
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, ms_model) -> Path:
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("ms"), 0, ms_model)
-    out = tmp_path_factory.mktemp("msb") / "bundle"
-    export_bundle(ckpt, out, precisions=("fp32", "fp16"), log=lambda _m: None)
-    return out
 
 
 def var_reference(model: MultiScaleVQVAE, f: torch.Tensor) -> list[torch.Tensor]:
