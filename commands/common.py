@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
@@ -107,3 +108,20 @@ def progress(items: list, desc: str) -> Iterable:
     except ImportError:
         return items
     return tqdm(items, desc=desc, unit="img")
+
+
+def write_image(path: str | Path, image: Any) -> None:
+    """Write a uint8 [H, W, 3] image, its format from the suffix (PNG unless JPEG/WebP/BMP/TIFF
+    is named), creating the folder, atomically: a crash never leaves a half-written image."""
+    import io
+
+    from PIL import Image
+
+    from vqedge.runtime.atomic import write_bytes_atomic
+
+    path = Path(path)
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF"}
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=formats.get(path.suffix.lower(), "PNG"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buf.getvalue())

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from vqedge.commands.common import EXIT_OK, CommandError, load_tokenizer, runtime_args
+from vqedge.commands.common import EXIT_OK, CommandError, load_tokenizer, runtime_args, write_image
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     tok = load_tokenizer(args)
     tf = tok.load_tokens(args.tokens, force=args.force)
     images = tf.scales[0].shape[0]
     if images != 1:
         raise CommandError(f"{args.tokens} holds {images} images; decode writes one")
     img = tok.decode_file(tf)
-    Image.fromarray(img[0]).save(args.output)
+    write_image(args.output, img[0])
     print(f"decoded {args.tokens} to {args.output} ({img.shape[2]}x{img.shape[1]})")
     return EXIT_OK
 

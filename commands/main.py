@@ -9,12 +9,14 @@ each listed); ``vqedge --debug COMMAND ...`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import import_module, metadata
 
 from vqedge.commands.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_PARTIAL,
     CommandError,
     PartialFailure,
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"{prog}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`vqedge info | head`): nothing is wrong, and nothing more can
+        # be said on that pipe; point stdout at /dev/null so the exit flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as e:
         print(f"{e.prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from vqedge.commands.common import EXIT_OK, load_tokenizer, runtime_args, say
+from vqedge.commands.common import EXIT_OK, load_tokenizer, runtime_args, say, write_image
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from vqedge.runtime.inputs import read_image
     from vqedge.runtime.metrics import psnr
 
@@ -17,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
     if tok.preprocessing:
         say("reconstruct", tok.preprocessing)
     recon, tokens, used = tok.reconstruct_image(read_image(args.image))
-    Image.fromarray(recon[0]).save(args.output)
+    write_image(args.output, recon[0])
     bpp = tok.config.bits_per_token * tokens.size / (used.shape[0] * used.shape[1])
     provider = tok.info["providers_in_use"]["encoder"][0]
     print(
