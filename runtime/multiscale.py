@@ -15,7 +15,6 @@ import numpy as np
 
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import to_batch, to_uint8_image
-from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.session import (
     DECODER,
     DEFAULT_MAX_SIDE,
@@ -46,11 +45,6 @@ class MultiScaleTokenizer(TokenizerBase):
     KIND = MULTI_SCALE
 
     def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
-        if sessions.kind != self.KIND:
-            raise BundleError(
-                f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
-                "with vqedge.runtime.load()"
-            )
         super().__init__(sessions, max_side)
         cfg = sessions.config
         self.patch_nums: tuple[int, ...] = cfg.patch_nums

@@ -360,7 +360,14 @@ class TokenizerBase:
     """What every tokenizer kind shares: the session core's facts under their public names,
     token-file reading, and the float -> image conversion. Not used on its own."""
 
+    KIND: str  # the manifest kind a subclass runs
+
     def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
+        if sessions.kind != self.KIND:
+            raise BundleError(
+                f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
+                "with vqedge.runtime.load()"
+            )
         self.sessions = sessions
         self.max_side = max_side
 

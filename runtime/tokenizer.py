@@ -58,11 +58,6 @@ class Tokenizer(TokenizerBase):
     KIND = SINGLE_SCALE
 
     def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
-        if sessions.kind != self.KIND:
-            raise BundleError(
-                f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
-                "with vqedge.runtime.load()"
-            )
         super().__init__(sessions, max_side)
         # on a GPU, keep the latent on the device between encoder and quantizer
         self.io_binding = sessions.on_device
