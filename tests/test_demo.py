@@ -408,10 +408,11 @@ def test_scales_section_is_off_without_a_bundle(monkeypatch):
 @pytest.fixture(scope="module")
 def browser(served):
     """Debian's chromium, headless; every request that leaves 127.0.0.1 is blocked and listed."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    if chromium is None:  # `make test` installs it; a browser test never passes without one
+        pytest.fail("Debian's chromium is not installed: make browser (apt-get install chromium)")
     outside: list[str] = []
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
