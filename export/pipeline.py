@@ -379,11 +379,10 @@ def _write_bundle(
     bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}
     any_model = onnx.load(str(tmp / graph_file(ENCODER, "fp32")), load_external_data=False)
     flops = _flops(recipe, cfg)
-    name = source.get("checkpoint") or "vqvae"
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "name": name if name != "." else "vqvae",
+        "name": _bundle_name(source),
         "kind": recipe.kind,
         "config": cfg.to_dict(),
         "input": {
@@ -447,6 +446,16 @@ def _flops(recipe: Recipe, cfg: VQVAEConfig) -> dict[str, int]:
             wrapper(x)
         out[g] = int(counter.get_total_flops())
     return out
+
+
+def _bundle_name(source: dict[str, Any]) -> str:
+    """vqedge's own: the checkpoint folder's name; another family's: family-checkpoint
+    (a diffusers folder's name, or the file name without its suffix)."""
+    ckpt = str(source.get("checkpoint") or "")
+    if source.get("family") in (None, "vqedge"):
+        return ckpt if ckpt not in ("", ".") else "vqvae"
+    stem = Path(ckpt).parts[0] if "/" in ckpt else Path(ckpt).stem
+    return f"{source['family']}-{stem}" if stem else str(source["family"])
 
 
 def _strip_trace_metadata(model: onnx.ModelProto) -> None:
