@@ -17,6 +17,7 @@ from official_layouts import llamagen_layout, random_tensors, taming_layout
 from vqedge.commands.main import main
 from vqedge.export import export_pretrained
 from vqedge.export.families import load_family, taming_config
+from vqedge.export.validate import count_ties
 from vqedge.models import blocks, llamagen, taming
 from vqedge.models.import_checkpoint import CheckpointError
 from vqedge.runtime import load
@@ -288,3 +289,52 @@ def test_cli_refuses_preset_without_from(tmp_path, capsys):
     assert main(["export", "--preset", "vq16", "--out", str(tmp_path / "b")]) == 1
     assert "--from" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+# -- the released sizes, once each -----------------------------------------------------------
+
+
+def _full_size_checkpoint(family: str, folder):
+    """Random weights at a released size, saved as the family's authors save them."""
+    if family == "diffusers":
+        from diffusers import VQModel
+
+        torch.manual_seed(0)
+        ref = VQModel(
+            block_out_channels=(128, 256, 512),
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            layers_per_block=2,
+            latent_channels=3,
+            num_vq_embeddings=8192,
+            vq_embed_dim=3,
+        )
+        with torch.no_grad():
+            ref.quantize.embedding.weight.normal_()
+        ref.save_pretrained(folder / "vq-f4")
+        return folder / "vq-f4", None
+    if family == "llamagen":
+        torch.save({"model": random_tensors(llamagen_layout(), 1)}, folder / "vq_ds16_c2i.pt")
+        return folder / "vq_ds16_c2i.pt", "vq16"
+    sd = random_tensors(taming_layout(), 2)
+    sd["loss.discriminator.main.0.weight"] = torch.randn(64, 3, 4, 4)
+    torch.save({"state_dict": sd}, folder / "last.ckpt")
+    return folder / "last.ckpt", "f16-1024"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["diffusers", "llamagen", "taming"])
+def test_full_size_family_exports_and_runs(family, tmp_path):
+    ckpt, preset = _full_size_checkpoint(family, tmp_path)
+    out = tmp_path / "bundle"
+    m = export_pretrained(ckpt, family, out, preset=preset, precisions=("fp32",), **QUIET)
+    model = load_family(ckpt, family, preset)
+    assert m["sizes"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert m["sizes"]["parameters"] > 50e6 and m["sizes"]["gflop_per_image"]["total"] > 50
+    tok = load(out)
+    x = images(1, 256, 256, seed=9)
+    with torch.no_grad():
+        latent = model.encode(torch.from_numpy(x))
+        idx_ref = model.quantize_latent(latent).numpy()
+    mismatches, ties = count_ties(model.quantize, latent, tok.encode(x), idx_ref)
+    assert mismatches == ties  # identical but for float-rounding ties
