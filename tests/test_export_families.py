@@ -285,6 +285,13 @@ def test_bad_family_preset_and_config_are_refused(llamagen_file, tmp_path):
         load_family(tmp_path / "none.pt", "llamagen")
 
 
+def test_cli_offers_every_family_the_library_exports():
+    from vqedge.commands import export as export_command
+    from vqedge.export.families import FAMILIES, LOADERS
+
+    assert export_command.FAMILIES == FAMILIES == tuple(LOADERS)
+
+
 def test_cli_refuses_preset_without_from(tmp_path, capsys):
     assert main(["export", "--preset", "vq16", "--out", str(tmp_path / "b")]) == 1
     assert "--from" in capsys.readouterr().err
