@@ -28,12 +28,15 @@ from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.multi_scale import MultiScaleRecipe
 from vqedge.export.recipe import Graphs, Recipe, session
 from vqedge.export.single_scale import SingleScaleRecipe
+from vqedge.export.single_scale_families import FamilySingleScaleRecipe
 from vqedge.export.validate import ExportValidationError
 from vqedge.export.variants import phase_convolutions, to_fp16, to_int8
 from vqedge.export.weights import WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
 from vqedge.models.multiscale import MultiScaleVQVAE
+from vqedge.models.single_scale import SingleScaleVQ
 from vqedge.models.vqvae import VQVAE
+from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -48,9 +51,13 @@ from vqedge.runtime.manifest import (
 RECIPES: dict[type, type[Recipe]] = {
     MultiScaleVQVAE: MultiScaleRecipe,
     VQVAE: SingleScaleRecipe,
+    SingleScaleVQ: FamilySingleScaleRecipe,
 }
 # the int8 variant may lose at most this much held-out PSNR against fp32
 INT8_MAX_PSNR_DROP = 0.5
+# a variant whose tokens agree with fp32's at least this often is fit to make a generator's
+# training tokens
+FIT_FOR_TRAINING_AGREEMENT = 0.99
 # the CPU-provider decoder computes the same sums in another order: rounding only
 CPU_DECODER_ATOL = 1e-4
 # the oldest onnxruntime the runtime declares; opset and IR version must load there
@@ -83,24 +90,29 @@ def graph_file(graph: str, precision: str) -> str:
 
 
 def export_bundle(
-    checkpoint: str | Path | None,
+    checkpoint: str | Path | torch.nn.Module | None,
     out: str | Path,
     force: bool = False,
     precisions: tuple[str, ...] = PRECISIONS,
     log=print,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint to a validated bundle folder (format 2).
 
     Parameters
     ----------
-    checkpoint : str or Path, optional
-        A checkpoint (see ``vqedge.models.load_pretrained``); None exports the shipped default.
+    checkpoint : str, Path or torch.nn.Module, optional
+        A checkpoint (see ``vqedge.models.load_pretrained``), or a model already built (an
+        imported family's, see ``vqedge.export.families``); None exports the shipped default.
     out : str or Path
         The bundle folder to create. An existing one is refused unless ``force``.
     precisions : tuple of str
         Variants to write: fp32 always, and any of "fp16", "int8".
     log : callable
         Called with each progress line.
+    source : dict, optional
+        The manifest's ``source`` (family, checkpoint file name, its sha256, preset) for a
+        model passed built; a checkpoint path gets it from the file.
 
     Returns
     -------
@@ -119,9 +131,20 @@ def export_bundle(
     precisions = tuple(p for p in PRECISIONS if p in {"fp32", *precisions})
     out = Path(out)
     # the checkpoint is read before anything is created, so bad input leaves no trace
-    model, ckpt = load_model(DEFAULT_PRETRAINED if checkpoint is None else checkpoint)
+    if isinstance(checkpoint, torch.nn.Module):
+        model = checkpoint
+        source = dict(source or {"family": type(model).__name__})
+    else:
+        model, ckpt = load_model(DEFAULT_PRETRAINED if checkpoint is None else checkpoint)
+        source = {
+            "family": "vqedge",
+            "checkpoint": ckpt.name,
+            "sha256": sha256_file(ckpt / "model.safetensors"),
+            "preset": None,
+        }
     model.eval()
     recipe = recipe_for(model)
+    config = VQVAEConfig.from_dict(recipe.config_dict())
     _prepare_out(out, force)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -130,7 +153,7 @@ def export_bundle(
         work.mkdir()
         variants, results = _build(recipe, work, precisions, log)
         log("writing the bundle: each weight once per precision")
-        manifest = _write_bundle(recipe, ckpt, tmp, work, variants, results)
+        manifest = _write_bundle(recipe, config, source, tmp, work, variants, results)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
@@ -138,8 +161,7 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    cfg = model.config
-    log(f"bundle written to {out} ({recipe.kind}, K={cfg.codebook_size}, {', '.join(precisions)})")
+    log(f"bundle written to {out} ({recipe.kind}, K={config.codebook_size}, {', '.join(variants)})")
     return manifest
 
 
@@ -184,13 +206,20 @@ def _build(
             fp32_idx = idx
         if "cpu_graphs" in v:  # the same tokens, decoded by the CPU provider's decoder
             q["cpu"] = recipe.decoder_quality(v["graphs"], v["cpu_graphs"][DECODER], idx)
+        q["fit_for_generator_training"] = (
+            q["token_agreement"] is None or q["token_agreement"] >= FIT_FOR_TRAINING_AGREEMENT
+        )
         v["quality"] = q
         log(
             f"  {prec}: held-out PSNR {q['held_out_psnr']:.2f} dB, "
             f"token agreement {q['token_agreement']}"
             + (f"; CPU-provider graphs {q['cpu']['held_out_psnr']:.2f} dB" if "cpu" in q else "")
         )
-    int8_gate(variants)
+    if recipe.imported:
+        for line in int8_report(variants):
+            log(line)
+    else:
+        int8_gate(variants)
     return variants, results
 
 
@@ -218,9 +247,11 @@ def _cpu_decoders(
     """Give the fp32 and int8 variants their CPU-provider decoder (``phase_convolutions``),
     checked against the plain decoder on ``data`` (the decoder's int8 calibration inputs)
     and calibrated on them for int8: a variant's ``cpu_graphs``."""
-    log("CPU-provider decoders (each ConvTranspose as four phase convolutions)")
     name, arrays = data
     plain = onnx.load(str(variants["fp32"]["graphs"][DECODER]))
+    if not any(n.op_type == "ConvTranspose" for n in plain.graph.node):
+        return  # nothing to rewrite: the plain decoder is the CPU provider's too
+    log("CPU-provider decoders (each ConvTranspose as four phase convolutions)")
     fp32_dec = work / graph_file(CPU_DECODER, "fp32")
     # fp32: kernels computed from the decoder's own weights, so none is stored twice
     onnx.save(phase_convolutions(plain, derived=True), str(fp32_dec))
@@ -244,6 +275,23 @@ def _cpu_decoders(
         variants["int8"]["cpu_graphs"] = {DECODER: int8_dec}
 
 
+def int8_report(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """For imported models: the int8 variant is kept and its losses stated, not refused
+    (their owners decide; the manifest says which precisions are fit for training)."""
+    if "int8" not in variants:
+        return []
+    fp32_psnr = variants["fp32"]["quality"]["held_out_psnr"]
+    q8 = variants["int8"]["quality"]
+    drop = fp32_psnr - q8["held_out_psnr"]
+    verdict = "within" if drop <= INT8_MAX_PSNR_DROP else "MISSES"
+    fit = "fit" if q8["fit_for_generator_training"] else "NOT fit"
+    return [
+        f"int8 kept: {drop:.2f} dB below fp32 ({verdict} the {INT8_MAX_PSNR_DROP} dB bar of "
+        f"vqedge's own bundles), tokens agree {q8['token_agreement']:.2%}: {fit} for training "
+        "a generator"
+    ]
+
+
 def int8_gate(variants: dict[str, dict[str, Any]]) -> None:
     """Refuse an int8 variant (either decoder form) more than INT8_MAX_PSNR_DROP below fp32."""
     if "int8" not in variants:
@@ -263,7 +311,8 @@ def int8_gate(variants: dict[str, dict[str, Any]]) -> None:
 
 def _write_bundle(
     recipe: Recipe,
-    ckpt: Path,
+    cfg: VQVAEConfig,
+    source: dict[str, Any],
     tmp: Path,
     work: Path,
     variants: dict[str, dict[str, Any]],
@@ -272,13 +321,12 @@ def _write_bundle(
     """Move the graphs from ``work`` into the flat bundle with shared external weights,
     check each one as written, and return the manifest (every file listed)."""
     model = recipe.model
-    cfg = model.config
     versions = _versions()
     facts = {
         "vqedge.format_version": str(FORMAT_VERSION),
         "vqedge.version": versions["vqedge"],
         "vqedge.config": json.dumps(cfg.to_dict()),
-        "vqedge.downsample_factor": str(model.downsample_factor),
+        "vqedge.downsample_factor": str(cfg.downsample_factor),
         "vqedge.codebook_size": str(cfg.codebook_size),
         "vqedge.code_dim": str(cfg.code_dim),
         "vqedge.kind": recipe.kind,
@@ -330,10 +378,11 @@ def _write_bundle(
     parameters = sum(p.numel() for p in model.parameters())
     bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}
     any_model = onnx.load(str(tmp / graph_file(ENCODER, "fp32")), load_external_data=False)
+    flops = _flops(recipe, cfg)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "name": ckpt.name if ckpt.name != "." else "vqvae",
+        "name": _bundle_name(source),
         "kind": recipe.kind,
         "config": cfg.to_dict(),
         "input": {
@@ -341,10 +390,11 @@ def _write_bundle(
             "layout": "NCHW",
             "dtype": "float32",
             "range": [-1.0, 1.0],
-            "downsample_factor": model.downsample_factor,
+            "downsample_factor": cfg.downsample_factor,
             "codebook_size": cfg.codebook_size,
             "code_dim": cfg.code_dim,
             "size_policy": recipe.size_policy(),
+            **recipe.input_extra(),
         },
         "export": {
             "exporter": EXPORTER,
@@ -353,8 +403,9 @@ def _write_bundle(
             "min_onnxruntime": MIN_ONNXRUNTIME,
             "producers": versions,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "checkpoint_sha256": sha256_file(ckpt / "model.safetensors"),
+            "checkpoint_sha256": source.get("sha256"),
         },
+        "source": source,
         "codebook": {"file": "codebook.npy", "shape": [cfg.codebook_size, cfg.code_dim]},
         "variants": out_variants,
         "validation": {
@@ -370,8 +421,41 @@ def _write_bundle(
             "weight_bytes": {p: parameters * bytes_per[p] for p in variants},
             "weight_files": {n: s for n, s in file_sizes.items() if n.startswith("weights.")},
             "bundle_bytes": sum(file_sizes.values()),
+            # multiply-adds x 2 of one image at the model's size, per graph and in all
+            "gflop_per_image": {g: round(n / 1e9, 3) for g, n in flops.items()}
+            | {"total": round(sum(flops.values()) / 1e9, 3)},
+            "gflop_image_size": recipe.flop_size(),
         },
     }
+
+
+def _flops(recipe: Recipe, cfg: VQVAEConfig) -> dict[str, int]:
+    """FLOPs of each graph's PyTorch wrapper run once at ``recipe.flop_inputs`` (a
+    multiply-add is 2; convolutions, matrix products and attention), counted on fake
+    tensors: nothing is computed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for g, shape in recipe.flop_inputs(cfg).items():
+        wrapper = recipe.wrappers[g](recipe.model).eval()
+        integer = recipe.io[g][0][0] == "indices"
+        x = torch.zeros(shape, dtype=torch.int64 if integer else torch.float32)
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        with torch.no_grad(), fake, FlopCounterMode(display=False) as counter:
+            wrapper(x)
+        out[g] = int(counter.get_total_flops())
+    return out
+
+
+def _bundle_name(source: dict[str, Any]) -> str:
+    """vqedge's own: the checkpoint folder's name; another family's: family-checkpoint
+    (a diffusers folder's name, or the file name without its suffix)."""
+    ckpt = str(source.get("checkpoint") or "")
+    if source.get("family") in (None, "vqedge"):
+        return ckpt if ckpt not in ("", ".") else "vqvae"
+    stem = Path(ckpt).parts[0] if "/" in ckpt else Path(ckpt).stem
+    return f"{source['family']}-{stem}" if stem else str(source["family"])
 
 
 def _strip_trace_metadata(model: onnx.ModelProto) -> None:

@@ -20,8 +20,10 @@ from torch import nn
 from vqedge.export.validate import session
 from vqedge.models.data import default_train_paths
 from vqedge.models.vqvae import VQTokenizerBase
+from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SCALES
 
 # graph name -> (input names, output names)
 GraphIO = dict[str, tuple[list[str], list[str]]]
@@ -29,6 +31,8 @@ GraphIO = dict[str, tuple[list[str], list[str]]]
 Graphs = dict[str, Path]
 # int8 calibration of one graph: (its input name, input arrays)
 Calibration = tuple[str, list[np.ndarray]]
+# side of the square image a single-scale model's GFLOP per image are counted at
+FLOP_SIDE = 256
 
 __all__ = ["Calibration", "GraphIO", "Graphs", "Recipe", "session", "training_crops"]
 
@@ -87,6 +91,37 @@ class Recipe(ABC):
     @abstractmethod
     def decoder_quality(self, graphs: Graphs, decoder: Path, idx: Any) -> dict[str, Any]:
         """Held-out quality when ``decoder`` decodes the variant's own tokens ``idx``."""
+
+    # an imported family's model: the int8 variant is reported, not refused (see pipeline)
+    imported: bool = False
+
+    def config_dict(self) -> dict[str, Any]:
+        """The manifest's ``config``: a ``VQVAEConfig.to_dict()``, what the runtime reads."""
+        return self.model.config.to_dict()
+
+    def input_extra(self) -> dict[str, Any]:
+        """Fields of the manifest's ``input`` of this model only (e.g. ``tiling``)."""
+        return {}
+
+    def flop_size(self) -> list[int]:
+        """[H, W] of the image the manifest's GFLOP per image are counted at: the model's
+        size (a multi-scale model's resolution; 256 x 256 for a single-scale one)."""
+        R = VQVAEConfig.from_dict(self.config_dict()).resolution
+        return [R, R] if R else [FLOP_SIDE, FLOP_SIDE]
+
+    def flop_inputs(self, cfg: VQVAEConfig) -> dict[str, list[int]]:
+        """Each graph's input shape for one image of ``flop_size()``."""
+        H, W = self.flop_size()
+        f, C = cfg.downsample_factor, cfg.code_dim
+        latent = [1, C, H // f, W // f]
+        if cfg.is_multiscale:
+            return {
+                ENCODER: [1, 3, H, W],
+                QUANTIZER: latent,
+                SCALES: [1, cfg.scale_offsets[-1]],
+                DECODER: latent,
+            }
+        return {ENCODER: [1, 3, H, W], QUANTIZER: latent, DECODER: [1, H // f, W // f]}
 
     def manifest_extra(self) -> dict[str, Any]:
         """Manifest fields of this kind only."""

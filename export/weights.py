@@ -70,8 +70,9 @@ def externalize(
     ``precision``. Returns the names of the files the graph now reads.
     """
     used = set()
+    shape_data = _shape_inputs(model.graph)
     for t in model.graph.initializer:
-        if not is_weight(t):
+        if not is_weight(t) or t.name in shape_data:
             continue
         data = np.ascontiguousarray(numpy_helper.to_array(t)).tobytes()
         fp32 = stores.get("fp32")
@@ -84,6 +85,12 @@ def externalize(
         t.CopyFrom(ext)
         used.add(store.name)
     return sorted(used)
+
+
+def _shape_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Tensors that say a shape (Resize's roi / scales / sizes): they stay in the graph,
+    where shape inference reads them."""
+    return {name for n in graph.node if n.op_type == "Resize" for name in n.input[1:] if name}
 
 
 def read_external(path: Path) -> dict[str, tuple[str, int, int]]:

@@ -58,6 +58,25 @@ def check_crop(tok: Tokenizer, hw: tuple[int, int], size: tuple[int, int]) -> No
         )
 
 
+def check_tiling(tok: Tokenizer, what: str = "tiled calls") -> None:
+    """Refuse tiling for a bundle whose manifest says ``"tiling": false`` (models whose
+    attention sees the whole latent: a tile's tokens would depend on what lies outside it).
+
+    Raises
+    ------
+    ValueError
+        Naming the bundle, ``what`` was asked and why it is refused.
+    """
+    if tok.manifest.get("input", {}).get("tiling", True) is not False:
+        return
+    raise ValueError(
+        f"bundle {tok.root.name}: {what} is refused: its model's attention sees the whole latent, "
+        "so tokens computed tile by tile would differ from the whole image's; give images "
+        f"up to {TILE_ABOVE} pixels per side (resize larger ones) and use encode / decode / "
+        "reconstruct"
+    )
+
+
 def _tiles(h: int, w: int, core: int, margin: int) -> Iterator[tuple[slice, slice, slice, slice]]:
     """(context rows, context cols, core rows within context, core cols within context)."""
     for y0 in range(0, h, core):
@@ -88,9 +107,10 @@ def encode_tiled(
     Raises
     ------
     ValueError
-        Not one uint8 RGB image, a side above ``tiled_max_side(tok)``, or a tile / overlap
-        that is not a multiple of f.
+        A bundle that refuses tiling (``check_tiling``), not one uint8 RGB image, a side
+        above ``tiled_max_side(tok)``, or a tile / overlap that is not a multiple of f.
     """
+    check_tiling(tok, "tiled encode")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"tiled encode takes one uint8 RGB image [H, W, 3], got {image.shape}")
     H, W = image.shape[:2]
@@ -126,9 +146,11 @@ def decode_tiled(
     Raises
     ------
     ValueError
-        Not one token map, an image side above ``tiled_max_side(tok)`` (refused before
+        A bundle that refuses tiling (``check_tiling``), not one token map, an image side
+        above ``tiled_max_side(tok)`` (refused before
         anything is allocated), a crop outside the image, or a bad tile / overlap.
     """
+    check_tiling(tok, "tiled decode")
     if indices.ndim != 3 or indices.shape[0] != 1:
         raise ValueError(f"tiled decode takes one token map [1, h, w], got {indices.shape}")
     core, margin = _check_tile(tok, tile, overlap)

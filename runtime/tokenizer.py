@@ -220,6 +220,7 @@ class Tokenizer(TokenizerBase):
         tile when a side is above TILE_ABOVE pixels."""
         img = self._read(image)
         if max(img.shape[:2]) > TILE_ABOVE:
+            tiling.check_tiling(self, self._above(img.shape[:2]))
             return self.encode_tiled(img), img
         return self.encode(img), img
 
@@ -228,6 +229,7 @@ class Tokenizer(TokenizerBase):
         the uint8 image tokenized), tile by tile above TILE_ABOVE pixels."""
         img = self._read(image)
         if max(img.shape[:2]) > TILE_ABOVE:
+            tiling.check_tiling(self, self._above(img.shape[:2]))
             recon, idx = self.reconstruct_tiled(img)
         else:
             recon, idx = self.reconstruct(img)
@@ -240,9 +242,14 @@ class Tokenizer(TokenizerBase):
         size = tuple(token_file.image_size) if token_file.image_size else None
         if max(idx.shape[1:]) * self.f <= TILE_ABOVE:
             return self.decode(idx, size=size)
+        tiling.check_tiling(self, self._above((idx.shape[1] * self.f, idx.shape[2] * self.f)))
         return np.concatenate(
             [self.decode_tiled(idx[b : b + 1], size=size) for b in range(len(idx))]
         )
+
+    @staticmethod
+    def _above(hw: tuple[int, int]) -> str:
+        return f"a {hw[0]}x{hw[1]} image (sides above {TILE_ABOVE} pixels go tile by tile)"
 
     def describe_tokens(self, tokens: Any) -> str:
         """A token map in words, e.g. "64x48 token map" (h x w; "3 x 64x48" for a batch)."""

@@ -1,0 +1,208 @@
+"""Recipe of the imported single-scale families: taming's VQGAN, LlamaGen's VQ models and
+diffusers' VQModel (``vqedge.models.single_scale.SingleScaleVQ``).
+
+The same bundle kind and graphs as vqedge's own single-scale models (encoder, quantizer,
+decoder), with the families' quant_conv / post_quant_conv inside the encoder and decoder
+graphs and each family's own lookup in the quantizer graph. What differs from vqedge's own:
+
+- the gate, calibration and quality run at the model's size (256 x 256 centre squares of
+  the photos), the size these models are trained and used at;
+- their attention sees the whole latent, so a tile's tokens depend on the whole image: the
+  manifest says ``"tiling": false`` and the runtime refuses tiled calls;
+- the int8 variant is reported, not refused (``Recipe.imported``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqedge.export.recipe import Calibration, Graphs, session, training_crops
+from vqedge.export.single_scale import SingleScaleRecipe
+from vqedge.export.validate import ExportValidationError, format_report, validate_fp32
+from vqedge.models.data import held_out_paths
+from vqedge.models.quantizer import nearest_index
+from vqedge.models.single_scale import Codebook, SingleScaleVQ
+from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.images import fit_square, float_to_uint8, uint8_to_float
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER
+from vqedge.runtime.metrics import psnr
+
+# the side these families are trained and used at: validation, calibration and quality
+MODEL_SIDE = 256
+# int8 calibration images (training photos, MODEL_SIDE squares)
+CALIBRATION_IMAGES = 8
+TILING_REFUSED = (
+    "its attention sees the whole latent, so tiles would change the tokens: tiled calls are refused"
+)
+
+
+class FamilyEncoderGraph(nn.Module):
+    """image [B, 3, H, W] -> latent [B, C, H/f, W/f] (the encoder, then quant_conv)."""
+
+    def __init__(self, model: SingleScaleVQ) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.quant_conv = model.quant_conv
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(image))
+
+
+class FamilyQuantizerGraph(nn.Module):
+    """latent [B, C, h, w] -> indices [B, h, w] int64: the family's own lookup
+    (``Codebook.indices``: LlamaGen's unit vectors, |z|^2 + |e|^2 - 2 z.e for all)."""
+
+    def __init__(self, model: SingleScaleVQ) -> None:
+        super().__init__()
+        self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
+        self.l2_normalize = model.quantize.l2_normalize
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.l2_normalize:
+            latent = F.normalize(latent, dim=1)
+        return nearest_index(latent.permute(0, 2, 3, 1), self.codebook_KC, unit=False)
+
+
+class FamilyDecoderGraph(nn.Module):
+    """indices [B, h, w] int64 -> image [B, 3, h*f, w*f] in [-1, 1] (lookup, post_quant_conv,
+    decoder)."""
+
+    def __init__(self, model: SingleScaleVQ) -> None:
+        super().__init__()
+        self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
+        self.post_quant_conv = model.post_quant_conv
+        self.decoder = model.decoder
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        q = F.embedding(indices, self.codebook_KC).permute(0, 3, 1, 2)
+        return self.decoder(self.post_quant_conv(q)).clamp(-1.0, 1.0)
+
+
+class _GateCodebook:
+    """A Codebook as the gate (``validate_fp32``, ``count_ties``) calls a quantizer."""
+
+    def __init__(self, codebook: Codebook) -> None:
+        self.codebook = codebook
+        self.project = codebook.project
+        self.get_codebook = codebook.get_codebook
+
+    def __call__(self, latent: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, self.codebook.indices(latent)
+
+
+class _GateModel:
+    """A SingleScaleVQ as the gate calls a model: encode, quantize, decode_indices."""
+
+    def __init__(self, model: SingleScaleVQ) -> None:
+        self.model = model
+        self.quantize = _GateCodebook(model.quantize)
+        self.encode = model.encode
+        self.decode_indices = model.decode_indices
+
+    def eval(self) -> None:
+        self.model.eval()
+
+
+def runtime_config(model: SingleScaleVQ) -> VQVAEConfig:
+    """The runtime's view of an imported model: f, K, code dim and the lookup (the other
+    fields describe the shape of the network, as closely as VQVAEConfig can)."""
+    b = model.backbone
+    cb = model.quantize
+    return VQVAEConfig(
+        in_channels=b.in_channels,
+        base_channels=b.ch,
+        channel_mult=tuple(max(1, c // b.ch) for c in b.channels),
+        num_res_blocks=b.num_res_blocks,
+        num_mid_blocks=2,
+        codebook_size=cb.num_embeddings,
+        code_dim=cb.embedding_dim,
+        ema=False,
+        dead_code_threshold=0.0,
+        l2_normalize=cb.l2_normalize,
+    )
+
+
+class FamilySingleScaleRecipe(SingleScaleRecipe):
+    """taming / LlamaGen / diffusers: one token map per image, at any multiple of f."""
+
+    wrappers = {
+        ENCODER: FamilyEncoderGraph,
+        QUANTIZER: FamilyQuantizerGraph,
+        DECODER: FamilyDecoderGraph,
+    }
+    imported = True
+
+    def config_dict(self) -> dict[str, Any]:
+        return runtime_config(self.model).to_dict()
+
+    def input_extra(self) -> dict[str, Any]:
+        return {"tiling": False, "tiling_note": TILING_REFUSED}
+
+    def examples(self) -> dict[str, torch.Tensor]:
+        cb, f = self.model.quantize, self.model.downsample_factor
+        # batch 2 at trace time (validated at 1 and 3), a non-square map
+        return {
+            ENCODER: torch.rand(2, 3, 6 * f, 10 * f) * 2 - 1,
+            QUANTIZER: torch.randn(2, cb.embedding_dim, 6, 10),
+            DECODER: torch.randint(0, cb.num_embeddings, (2, 6, 10)),
+        }
+
+    @cached_property
+    def photos(self) -> list[np.ndarray]:
+        """The held-out photos, centre square, resized to MODEL_SIDE (uint8)."""
+        return [fit_square(read_image(p), MODEL_SIDE) for p in held_out_paths()]
+
+    def validate(self, graphs: Graphs) -> tuple[bool, str, list[dict[str, Any]]]:
+        f = self.model.downsample_factor
+        h, w = MODEL_SIDE // 2 // f * f, MODEL_SIDE * 3 // 4 // f * f
+        batches = [
+            uint8_to_float(self.photos[0]),  # 1 x 3 x 256 x 256
+            uint8_to_float(np.stack(self.photos)),  # 3 x 3 x 256 x 256
+            uint8_to_float(np.ascontiguousarray(self.photos[1][:h, :w])),  # not square
+        ]
+        gate = _GateModel(self.model)
+        passed, results = validate_fp32(gate, graphs, [torch.from_numpy(x) for x in batches])
+        return passed, format_report(results), results
+
+    def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
+        images = training_crops(MODEL_SIDE, CALIBRATION_IMAGES)
+        s_enc, s_q = session(graphs[ENCODER]), session(graphs[QUANTIZER])
+        idx = [s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0] for x in images]
+        return {ENCODER: ("image", images), DECODER: ("indices", idx)}
+
+    def quality(
+        self, graphs: Graphs, ref_idx: list[np.ndarray] | None
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        s_enc, s_q = session(graphs[ENCODER]), session(graphs[QUANTIZER])
+        all_idx = []
+        for img in self.photos:
+            (latent,) = s_enc.run(None, {"image": uint8_to_float(img)})
+            all_idx.append(s_q.run(None, {"latent": latent})[0])
+        q = self.decoder_quality(graphs, graphs[DECODER], all_idx)
+        agree = None
+        if ref_idx is not None:
+            same = [(a == b).ravel() for a, b in zip(all_idx, ref_idx)]
+            agree = float(np.mean(np.concatenate(same)))
+        q["token_agreement"] = agree
+        q["held_out_preprocessing"] = f"centre square, Lanczos to {MODEL_SIDE}x{MODEL_SIDE}"
+        return q, all_idx
+
+    def decoder_quality(
+        self, graphs: Graphs, decoder: Path, idx: list[np.ndarray]
+    ) -> dict[str, Any]:
+        s = session(decoder)
+        psnrs = []
+        for img, i in zip(self.photos, idx):
+            (recon,) = s.run(None, {"indices": i})
+            if not np.isfinite(recon).all():
+                raise ExportValidationError(f"{decoder.name}: NaN/Inf on the held-out photos")
+            psnrs.append(psnr(float_to_uint8(recon)[0], img))
+        return {"held_out_psnr": float(np.mean(psnrs))}
