@@ -30,11 +30,13 @@ from vqedge.export.recipe import Graphs, Recipe, session
 from vqedge.export.single_scale import SingleScaleRecipe
 from vqedge.export.single_scale_families import FamilySingleScaleRecipe
 from vqedge.export.validate import ExportValidationError
+from vqedge.export.var_recipe import VARRecipe
 from vqedge.export.variants import phase_convolutions, to_fp16, to_int8
 from vqedge.export.weights import WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
 from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.single_scale import SingleScaleVQ
+from vqedge.models.var import VARVQVAE
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.manifest import (
@@ -52,6 +54,7 @@ RECIPES: dict[type, type[Recipe]] = {
     MultiScaleVQVAE: MultiScaleRecipe,
     VQVAE: SingleScaleRecipe,
     SingleScaleVQ: FamilySingleScaleRecipe,
+    VARVQVAE: VARRecipe,
 }
 # the int8 variant may lose at most this much held-out PSNR against fp32
 INT8_MAX_PSNR_DROP = 0.5

@@ -1,0 +1,142 @@
+"""Recipe of VAR's VQVAE (vqedge.models.var): a multi-scale bundle through the one pipeline.
+
+VAR's model is exported with the multi-scale recipe's graphs, gate, calibration and quality
+measure; what differs is only where VAR's layers sit. Its encoder ends in ``quant_conv`` and
+its decoder starts with ``post_quant_conv``, so the recipe exports an export view of the model
+(``VARExportView``) whose ``encoder`` and ``decoder`` include them, whose ``quantize`` is the
+model's own multi-scale quantizer, and whose ``config`` is the VQVAEConfig the runtime reads
+(f, K, C, patch_nums, resolution). The view shares the model's modules: nothing is copied.
+
+Imported weights are the authors'; their int8 variant is reported, not refused: each variant
+records its token agreement with fp32 per scale and whether it is fit for training a
+next-scale generator (tokens agreeing on at least ``GENERATOR_MIN_AGREEMENT`` of positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vqedge.export.multi_scale import MultiScaleRecipe
+from vqedge.export.recipe import Calibration, Graphs, session, training_crops
+from vqedge.models.var import FAMILY, VARVQVAE
+from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SCALES
+
+__all__ = ["GENERATOR_MIN_AGREEMENT", "VARExportView", "VARRecipe", "var_config"]
+
+# a variant whose tokens agree with fp32's on at least this share of positions may stand in
+# for fp32 when tokenizing a generator's training set
+GENERATOR_MIN_AGREEMENT = 0.99
+# int8 calibration images: a full-size model's calibration keeps every activation of every
+# image in memory, so the count is bounded by pixels rather than fixed
+CALIBRATION_PIXELS = 4 * 256 * 256
+CALIBRATION_MAX_IMAGES = 12
+
+
+def var_config(model: VARVQVAE) -> VQVAEConfig:
+    """The VQVAEConfig a bundle of ``model`` carries: what the runtime reads (f, K, C,
+    patch_nums, resolution), in VAR's numbers. Its training fields do not apply (no EMA)."""
+    c = model.config
+    return VQVAEConfig(
+        base_channels=c.ch,
+        channel_mult=c.ch_mult,
+        num_res_blocks=c.num_res_blocks,
+        codebook_size=c.vocab_size,
+        code_dim=c.z_channels,
+        ema=False,
+        dead_code_threshold=0.0,
+        patch_nums=c.patch_nums,
+        quant_resi=c.quant_resi,
+        num_phi=c.num_phi,
+    )
+
+
+class VARExportView(nn.Module):
+    """VAR's VQVAE in the multi-scale recipe's terms, sharing the model's modules.
+
+    ``encoder``: image -> f (VAR's encoder, then quant_conv); ``quantize``: VAR's quantizer;
+    ``decoder``: f_hat -> image before the clamp (post_quant_conv, then VAR's decoder).
+    """
+
+    def __init__(self, model: VARVQVAE) -> None:
+        super().__init__()
+        self.var = model
+        self.config = var_config(model)
+        if self.config.resolution != model.resolution:
+            raise ValueError(
+                f"{FAMILY}: resolution {model.resolution} does not match patch_nums "
+                f"{list(model.patch_nums)} x f={self.config.downsample_factor}"
+            )
+        self.encoder = nn.Sequential(model.encoder, model.quant_conv)
+        self.quantize = model.quantize
+        self.decoder = nn.Sequential(model.post_quant_conv, model.decoder)
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, R, R] -> f [B, Cvae, s, s] (VAR's encode)."""
+        return self.var.encode(img)
+
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat [B, Cvae, s, s] -> images [B, 3, R, R] in [-1, 1] (VAR's fhat_to_img)."""
+        return self.var.decode(f_hat)
+
+
+class VARRecipe(MultiScaleRecipe):
+    """VAR's VQVAE: the multi-scale recipe over ``VARExportView``, with per-scale token
+    agreement, generator fitness and an int8 variant that is reported, not refused."""
+
+    # an imported family: the pipeline reports the int8 variant's losses, never refuses it
+    imported = True
+
+    def __init__(self, model: VARVQVAE | VARExportView) -> None:
+        view = model if isinstance(model, VARExportView) else VARExportView(model)
+        super().__init__(view)
+
+    def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
+        R = self.model.config.resolution
+        n = max(1, min(CALIBRATION_MAX_IMAGES, CALIBRATION_PIXELS // (R * R)))
+        images = training_crops(R, n)
+        s_enc, s_q, s_sc = (session(graphs[name]) for name in (ENCODER, QUANTIZER, SCALES))
+        f_hat = []
+        for x in images:
+            idx = s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0]
+            f_hat.append(s_sc.run(None, {"indices": idx})[0])
+        return {ENCODER: ("image", images), DECODER: ("f_hat", f_hat)}
+
+    def quality(
+        self, graphs: Graphs, ref_idx: np.ndarray | None
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        q, idx = super().quality(graphs, ref_idx)
+        if ref_idx is None:  # fp32: the reference itself
+            per_scale = [1.0] * len(self.model.config.patch_nums)
+        else:
+            split = self.model.config.split_scales
+            per_scale = [float((a == b).mean()) for a, b in zip(split(idx), split(ref_idx))]
+        agreement = 1.0 if ref_idx is None else q["token_agreement"]
+        q["token_agreement_per_scale"] = per_scale
+        q["fit_for_generator_training"] = bool(agreement >= GENERATOR_MIN_AGREEMENT)
+        return q, idx
+
+    def manifest_extra(self) -> dict[str, Any]:
+        c = self.model.var.config
+        arch = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(c).items()}
+        return super().manifest_extra() | {
+            "architecture": {"family": FAMILY, **arch},
+            "generator_training": {
+                "min_token_agreement": GENERATOR_MIN_AGREEMENT,
+                "rule": "a precision is fit for tokenizing a generator's training set when its "
+                "tokens agree with fp32's on at least min_token_agreement of the positions",
+            },
+        }
