@@ -128,7 +128,9 @@ def stage_flops(bundle: str | Path, batch: int, height: int, width: int) -> dict
         }
     else:
         for stage, shape in STAGE_INPUT.items():
-            out[stage] = graph_flops(root / graphs[stage]["file"], shape(batch, height, width, f, C))
+            out[stage] = graph_flops(
+                root / graphs[stage]["file"], shape(batch, height, width, f, C)
+            )
     out["end_to_end"] = sum(out.values())
     return out
 
