@@ -15,6 +15,7 @@ next-scale generator (tokens agreeing on at least ``GENERATOR_MIN_AGREEMENT`` of
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,12 @@ from torch import nn
 
 from vqedge.export.multi_scale import MultiScaleRecipe
 from vqedge.export.recipe import Calibration, Graphs, session, training_crops
+from vqedge.export.validate import ExportValidationError
 from vqedge.models.var import FAMILY, VARVQVAE
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SCALES
+from vqedge.runtime.metrics import psnr
 
 __all__ = ["GENERATOR_MIN_AGREEMENT", "VARExportView", "VARRecipe", "var_config"]
 
@@ -114,6 +118,21 @@ class VARRecipe(MultiScaleRecipe):
             idx = s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0]
             f_hat.append(s_sc.run(None, {"indices": idx})[0])
         return {ENCODER: ("image", images), DECODER: ("f_hat", f_hat)}
+
+    def _prefix_psnr(self, scales: Path, decoder: Path, idx: np.ndarray) -> list[float]:
+        """Held-out PSNR (dB, mean over photos) after each prefix of scales, decoding one
+        prefix of every photo at a time: a full-size decoder's activations at every prefix
+        of every photo at once would take many GB."""
+        _, f_hat_each, _ = session(scales).run(None, {"indices": idx})
+        dec = session(decoder)
+        out = []
+        for k in range(f_hat_each.shape[1]):
+            recon = dec.run(None, {"f_hat": np.ascontiguousarray(f_hat_each[:, k])})[0]
+            if not np.isfinite(recon).all():
+                raise ExportValidationError(f"{decoder.name}: NaN/Inf on the held-out photos")
+            imgs = float_to_uint8(recon)
+            out.append(float(np.mean([psnr(im, ph) for im, ph in zip(imgs, self.photos)])))
+        return out
 
     def quality(
         self, graphs: Graphs, ref_idx: np.ndarray | None
