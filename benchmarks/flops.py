@@ -4,17 +4,24 @@ One count serves every configuration (PyTorch and onnxruntime alike): the arithm
 model, not of a particular kernel. A multiply-add is 2 FLOPs. Counted: Conv, ConvTranspose,
 MatMul and Gemm (over 99.9% of the work of a conv VQ-VAE); elementwise ops (ReLU, Add, the
 quantizer's norms and ArgMin) and the codebook Gather are not.
+
+Graphs are read as bundle format 2 writes them: weights in external data files beside the
+graph. Only their shapes are needed, so the weights stay on disk; the few small tensors that
+shape inference reads as values (Resize scales, Reshape shapes) are loaded.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import onnx
-from onnx import shape_inference
+from onnx import external_data_helper, shape_inference
 
 COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# external tensors up to this many elements are loaded: shape inference may read them
+SHAPE_DATA_MAX = 64
 # the input of each stage graph, and the shape it takes for a batch of B images H x W (f)
 STAGE_INPUT = {
     "encoder": lambda B, H, W, f, C: [B, 3, H, W],
@@ -49,7 +56,14 @@ def graph_flops(path: str | Path, input_shape: list[int]) -> int:
     ValueError
         When shape inference leaves a counted op's shapes unknown.
     """
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    base = str(Path(path).parent)
+    for t in model.graph.initializer:
+        # small external tensors may be shape data that inference reads by value
+        if external_data_helper.uses_external_data(t) and math.prod(t.dims) <= SHAPE_DATA_MAX:
+            external_data_helper.load_external_data_for_tensor(t, base)
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
     inp = model.graph.input[0]
     for d, v in zip(inp.type.tensor_type.shape.dim, input_shape):
         d.Clear()
@@ -76,17 +90,47 @@ def graph_flops(path: str | Path, input_shape: list[int]) -> int:
 
 
 def stage_flops(bundle: str | Path, batch: int, height: int, width: int) -> dict[str, int]:
-    """FLOPs per stage (encoder, quantizer, decoder) and end to end, from the fp32 graphs."""
-    import json
+    """FLOPs per stage (encoder, quantizer, decoder) and end to end, from the fp32 graphs.
 
+    A multi-scale bundle takes only its resolution; its decoder stage is its scales graph
+    (tokens -> f_hat) and its decoder graph (f_hat -> image), as the runtime's ``decode``.
+
+    Raises
+    ------
+    ValueError
+        A multi-scale bundle asked for another size.
+    """
     root = Path(bundle)
     manifest = json.loads((root / "manifest.json").read_text())
+    cfg = manifest["config"]
     f = manifest["input"]["downsample_factor"]
     C = manifest["input"]["code_dim"]
     graphs = manifest["variants"]["fp32"]["graphs"]
-    out = {}
-    for stage, shape in STAGE_INPUT.items():
-        out[stage] = graph_flops(root / graphs[stage]["file"], shape(batch, height, width, f, C))
+    out: dict[str, int] = {}
+    if manifest.get("kind") == "multi-scale":
+        pns = cfg["patch_nums"]
+        s, L = pns[-1], sum(p * p for p in pns)
+        if (height, width) != (s * f, s * f):
+            raise ValueError(
+                f"bundle {root.name} is multi-scale at {s * f}x{s * f} only, got {height}x{width}"
+            )
+        shapes = {
+            "encoder": [batch, 3, height, width],
+            "quantizer": [batch, C, s, s],
+            "scales": [batch, L],
+            "decoder": [batch, C, s, s],
+        }
+        counts = {g: graph_flops(root / graphs[g]["file"], shp) for g, shp in shapes.items()}
+        out = {
+            "encoder": counts["encoder"],
+            "quantizer": counts["quantizer"],
+            "decoder": counts["scales"] + counts["decoder"],
+        }
+    else:
+        for stage, shape in STAGE_INPUT.items():
+            out[stage] = graph_flops(
+                root / graphs[stage]["file"], shape(batch, height, width, f, C)
+            )
     out["end_to_end"] = sum(out.values())
     return out
 
@@ -97,6 +141,9 @@ if __name__ == "__main__":
     from vqedge.runtime.session import bundle_path
 
     b = bundle_path(sys.argv[1] if len(sys.argv) > 1 else None)
-    for s in (64, 256, 512):
+    m = json.loads((b / "manifest.json").read_text())
+    pns = m["config"].get("patch_nums")
+    res = pns[-1] * m["input"]["downsample_factor"] if pns else 0
+    for s in (res,) if res else (64, 256, 512):
         fl = stage_flops(b, 1, s, s)
         print(s, {k: f"{v / 1e9:.3f} GFLOP" for k, v in fl.items()})

@@ -1,5 +1,10 @@
 """The comparison on a GPU machine, in a few minutes: ``python -m vqedge.benchmarks.gpu``.
 
+It runs the shipped default bundle and every ``--bundle DIR`` given (any bundle: vqedge's own
+or an imported family's, single- or multi-scale at its resolution), each against its own
+PyTorch model (``vqedge.benchmarks.bundles.torch_model``; ``--checkpoint`` applies to the
+first ``--bundle``).
+
 vqedge.runtime on the CUDA provider (fp32; the latent stays on the device between encoder
 and quantizer by IO binding) and on the TensorRT provider (fp16 engines), against PyTorch CUDA
 eager (fp32, fp16 autocast) and torch.compile (fp32, fp16 autocast), at batch 1 and 64 of
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vqedge.benchmarks import machine
+from vqedge.benchmarks.bundles import BundleFacts, facts
 from vqedge.benchmarks.timing import E2E, summarize, synthetic_images, time_stages
 from vqedge.runtime.images import float_to_uint8, uint8_to_float
 from vqedge.runtime.metrics import psnr
@@ -115,10 +121,9 @@ def bench_inputs(size: int, batches: list[int]) -> tuple[dict[int, np.ndarray], 
 
 
 def vqedge_stages(
-    name: str, bundle: str | None, size: int, batches: list[int], cache: str, tf32: bool
+    name: str, bf: BundleFacts, size: int, batches: list[int], cache: str, tf32: bool
 ):
     from vqedge.runtime import load
-    from vqedge.runtime.session import bundle_path
 
     precision = "fp32"
     if name.startswith("vqedge-cuda"):
@@ -126,18 +131,24 @@ def vqedge_stages(
         providers: Any = [("CUDAExecutionProvider", {"use_tf32": "1" if tf32 else "0"})]
         precision = name.split("/")[1]  # the bundle's fp16 graphs
     else:  # TensorRT fp16 engines, one optimization profile covering every batch
-        manifest = json.loads((bundle_path(bundle) / "manifest.json").read_text())
-        f, C = manifest["input"]["downsample_factor"], manifest["input"]["code_dim"]
-        h, lo, hi = size // f, min(batches), max(batches)
+        C, h, lo, hi = bf.code_dim, size // bf.f, min(batches), max(batches)
 
         def profile(b: int) -> dict[str, str]:
+            if bf.multi_scale:
+                s = bf.patch_nums[-1]
+                return {
+                    "image": f"image:{b}x3x{size}x{size}",
+                    "latent": f"latent:{b}x{C}x{s}x{s}",
+                    "indices": f"indices:{b}x{bf.num_tokens}",
+                    "f_hat": f"f_hat:{b}x{C}x{s}x{s}",
+                }
             return {
                 "image": f"image:{b}x3x{size}x{size}",
                 "latent": f"latent:{b}x{C}x{h}x{h}",
                 "indices": f"indices:{b}x{h}x{h}",
             }
 
-        # one string for the three graphs: each graph's input is looked up by its name
+        # one string for the graphs: each graph's input is looked up by its name
         opts = {
             "trt_fp16_enable": True,
             "trt_engine_cache_enable": True,
@@ -147,7 +158,7 @@ def vqedge_stages(
             "trt_profile_max_shapes": ",".join(profile(hi).values()),
         }
         providers = [("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"]
-    tok = load(bundle, providers=providers, precision=precision)
+    tok = load(str(bf.path), providers=providers, precision=precision)
     stages = [
         ("encoder", tok.encode_latent),
         ("quantizer", tok.quantize),
@@ -155,33 +166,34 @@ def vqedge_stages(
     ]
     # end to end through the IO-bound path: the latent never leaves the GPU
     e2e = [("end_to_end_io_bound", lambda x: tok.decode(tok.encode(x), output="float"))]
-    details = {"io_binding": tok.io_binding, "providers": str(providers)}
+    details = {"io_binding": getattr(tok, "io_binding", None), "providers": str(providers)}
     return stages, e2e, details, tok
 
 
-def torch_stages(name: str, checkpoint: str | None, tf32: bool):
+def torch_stages(name: str, bf: BundleFacts, checkpoint: str | None, tf32: bool):
     import torch
 
-    from vqedge.models import load_pretrained
+    from vqedge.benchmarks.bundles import torch_model
+    from vqedge.benchmarks.bundles import torch_stages as split_stages
 
     torch.set_grad_enabled(False)
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    model = load_pretrained(checkpoint).cuda()
-    q = model.quantize
+    model, weights = torch_model(bf, checkpoint)
+    model = model.cuda()
+    encode, quantize, decode = split_stages(model, bf)
     fp16 = name.endswith("fp16")
 
     def enc(x):
         with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-            return model.encoder(x)
+            return encode(x)
 
     def quant(z):
-        B, C, h, w = z.shape
-        return q.nearest(q.project(z.float()).permute(0, 2, 3, 1).reshape(-1, C)).view(B, h, w)
+        return quantize(z.float())
 
     def dec(idx):
         with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-            return model.decode_indices(idx).float()
+            return decode(idx).float()
 
     if name.startswith("torch-compile"):
         enc, quant, dec = (torch.compile(fn) for fn in (enc, quant, dec))
@@ -199,18 +211,32 @@ def torch_stages(name: str, checkpoint: str | None, tf32: bool):
         ("quantizer", synced(quant)),
         ("decoder", lambda idx: dec(idx).cpu().numpy()),  # the copy to the host syncs
     ]
-    return stages, [], {"torch": torch.__version__, "autocast": "fp16" if fp16 else None}, None
+    details = {
+        "torch": torch.__version__,
+        "autocast": "fp16" if fp16 else None,
+        "weights": weights["what"],
+        "same_weights_as_bundle": weights["same_as_bundle"],
+    }
+    return stages, [], details, None
 
 
-def measure(name: str, args: argparse.Namespace, inputs: dict[int, np.ndarray], cache: str):
+def measure(
+    name: str,
+    args: argparse.Namespace,
+    bf: BundleFacts,
+    size: int,
+    checkpoint: str | None,
+    inputs: dict[int, np.ndarray],
+    cache: str,
+):
     t0 = time.perf_counter()
     if name.startswith("vqedge"):
         stages, extra, details, tok = vqedge_stages(
-            name, args.bundle, args.size, args.batches, cache, not args.no_tf32
+            name, bf, size, args.batches, cache, not args.no_tf32
         )
         details["providers_in_use"] = tok.info["providers_in_use"]
     else:
-        stages, extra, details, _ = torch_stages(name, args.checkpoint, not args.no_tf32)
+        stages, extra, details, _ = torch_stages(name, bf, checkpoint, not args.no_tf32)
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "details": details, "cases": []}
     for b, imgs in inputs.items():
         x = uint8_to_float(imgs)
@@ -220,7 +246,7 @@ def measure(name: str, args: argparse.Namespace, inputs: dict[int, np.ndarray], 
             y = fn(y)
         first = time.perf_counter() - t0  # engine builds, autotuning, compilation
         times = time_stages(stages, x, args.iters, args.iters, 0.0, warmup=2)
-        case = {"batch": b, "size": args.size, "first_result_s": first}
+        case = {"batch": b, "size": size, "first_result_s": first}
         case["stages"] = {k: summarize(v) for k, v in times.items()}
         if extra:
             t = time_stages(extra, x, args.iters, args.iters, 0.0, warmup=2)
@@ -240,13 +266,51 @@ def measure(name: str, args: argparse.Namespace, inputs: dict[int, np.ndarray], 
     return out
 
 
+def add_quality(results: dict[str, Any], originals: np.ndarray) -> str | None:
+    """Token agreement and PSNR against PyTorch fp32 (against ``vqedge-cuda/fp32`` for the
+    bundle's configurations when PyTorch runs other weights than the bundle's)."""
+    kept = {n: (r.pop("_tokens"), r.pop("_recon")) for n, r in results.items()}
+
+    def same(n: str) -> bool:
+        return results[n]["details"].get("same_weights_as_bundle", True)
+
+    torch_same = REFERENCE in kept and same(REFERENCE)
+    bundle_ref = REFERENCE if torch_same else ("vqedge-cuda/fp32" if "vqedge-cuda/fp32" in kept
+                                                else None)  # fmt: skip
+    for n, (tokens, recon) in kept.items():
+        ref = bundle_ref if same(n) else REFERENCE
+        if ref not in kept:
+            continue
+        ref_tokens, ref_recon = kept[ref]
+        vs_ref = psnr(recon, ref_recon)
+        results[n]["quality"] = {
+            "reference": ref,
+            "token_agreement": float((tokens == ref_tokens).mean()),
+            "psnr_vs_reference_db": vs_ref if np.isfinite(vs_ref) else None,
+            "identical_to_reference": bool(not np.isfinite(vs_ref)),
+            "psnr_vs_input_db": psnr(recon, originals),
+        }
+    return bundle_ref
+
+
 def main(argv: list[str] | None = None) -> int:
     d = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=d)
-    p.add_argument("--bundle", default=None)
-    p.add_argument("--checkpoint", default=None, help="PyTorch weights (default: shipped)")
+    p.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        help="a bundle to run after the shipped default (repeat for more)",
+    )
+    p.add_argument("--no-default", action="store_true", help="only the --bundle bundles")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="PyTorch weights of the first --bundle (of the shipped default without one); "
+        "an imported family without it gets seeded random weights",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=256, help="single-scale bundles' image side")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per case")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--budget-s", type=float, default=420, help="skip configurations after this")
@@ -261,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.time()
     there = what_is_there()
     ort_gpu = [e for e in GPU_EPS if e in there["ort_providers"]]
+    chosen = ([] if args.no_default else [None]) + list(args.bundle)
+    if not chosen:
+        p.error("--no-default needs at least one --bundle")
+    bundles: list[BundleFacts] = []
+    for b in chosen:
+        bf = facts(b)
+        if bf.path not in [x.path for x in bundles]:
+            bundles.append(bf)
     report: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "gpu_available": None,
@@ -268,11 +340,20 @@ def main(argv: list[str] | None = None) -> int:
         "environment": there,
         "versions": machine.versions(),
         "host": {k: v for k, v in machine.describe().items() if k != "flags"},
+        "bundles": [
+            {
+                "name": bf.name,
+                "path": str(bf.path),
+                "kind": bf.kind,
+                "family": bf.family,
+                "size": bf.resolution or args.size,
+            }
+            for bf in bundles
+        ],
         "batches": args.batches,
-        "size": args.size,
         "iters": args.iters,
         "tf32": not args.no_tf32,
-        "results": {},
+        "results": {},  # bundle name -> configuration -> result
         "skipped": {},
     }
     out_path = Path(args.out)
@@ -290,45 +371,42 @@ def main(argv: list[str] | None = None) -> int:
         report.update(gpu_available=False, message=msg)
         return write(EXIT_NO_GPU)
 
-    inputs, source = bench_inputs(args.size, args.batches)
-    report["inputs"] = source
     needs = {
         "vqedge-cuda": "CUDAExecutionProvider" in ort_gpu,
         "vqedge-tensorrt": "TensorrtExecutionProvider" in ort_gpu,
         "torch-eager": there["torch_cuda"],
         "torch-compile": there["torch_cuda"],
     }
-    with tempfile.TemporaryDirectory(prefix="vqedge-trt-") as cache:
-        for name in args.configs:
-            if not needs[name.split("/")[0]]:
-                report["skipped"][name] = "its GPU provider is not available here"
-                continue
-            if time.time() - t_begin > args.budget_s:
-                report["skipped"][name] = f"past --budget-s {args.budget_s:.0f}"
-                continue
-            print(name, flush=True)
-            try:
-                report["results"][name] = measure(name, args, inputs, cache)
-            except Exception as e:  # a provider that cannot load is a result, not a crash
-                report["skipped"][name] = f"{type(e).__name__}: {e}"
-                traceback.print_exc()
-    results = report["results"]
-    kept = {n: (r.pop("_tokens"), r.pop("_recon")) for n, r in results.items()}
-    if REFERENCE in kept:  # quality on the largest batch, against PyTorch fp32 on the GPU
-        ref_tokens, ref_recon = kept[REFERENCE]
-        for n, (tokens, recon) in kept.items():
-            vs_ref = psnr(recon, ref_recon)
-            results[n]["quality"] = {
-                "reference": REFERENCE,
-                "token_agreement": float((tokens == ref_tokens).mean()),
-                "psnr_vs_reference_db": vs_ref if np.isfinite(vs_ref) else None,
-                "identical_to_reference": bool(not np.isfinite(vs_ref)),
-                "psnr_vs_input_db": psnr(recon, inputs[max(inputs)]),
-            }
-    report["gpu_available"] = bool(results)
-    if not results:
+    checkpoint_for = bundles[1] if args.bundle and not args.no_default else bundles[0]
+    for bf in bundles:
+        size = bf.resolution or args.size
+        inputs, source = bench_inputs(size, args.batches)
+        results: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
+        report["results"][bf.name], report["skipped"][bf.name] = results, skipped
+        report.setdefault("inputs", source)
+        checkpoint = args.checkpoint if bf is checkpoint_for else None
+        print(f"bundle {bf.name} ({bf.kind}) at {size}x{size}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="vqedge-trt-") as cache:
+            for name in args.configs:
+                if not needs[name.split("/")[0]]:
+                    skipped[name] = "its GPU provider is not available here"
+                    continue
+                if time.time() - t_begin > args.budget_s:
+                    skipped[name] = f"past --budget-s {args.budget_s:.0f}"
+                    continue
+                print(name, flush=True)
+                try:
+                    results[name] = measure(name, args, bf, size, checkpoint, inputs, cache)
+                except Exception as e:  # a provider that cannot load is a result, not a crash
+                    skipped[name] = f"{type(e).__name__}: {e}"
+                    traceback.print_exc()
+        add_quality(results, inputs[max(inputs)])
+    ran = {b: r for b, r in report["results"].items() if r}
+    report["gpu_available"] = bool(ran)
+    if not ran:
         report["message"] = "no GPU configuration could run: " + "; ".join(
-            f"{k}: {v}" for k, v in report["skipped"].items()
+            f"{b}: {k}: {v}" for b, sk in report["skipped"].items() for k, v in sk.items()
         )
         print(f"vqedge gpu benchmark: {report['message']}", file=sys.stderr)
         return write(EXIT_NO_GPU)

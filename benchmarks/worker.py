@@ -6,7 +6,8 @@ measured alone: its own threads, its own peak RSS, and a truly cold start. This 
 imports only numpy, vqedge's torch-free runtime helpers and the libraries of its own family.
 
 SPEC (JSON) keys: config, family ("torch", "vqedge", "openvino"), precision, compile (torch),
-providers (vqedge), threads, bundle, checkpoint, inputs (the driver's .npz), out (result
+providers (vqedge), threads, bundle (any: single- or multi-scale, vqedge's own or an imported
+family), checkpoint (the PyTorch weights), inputs (the driver's .npz), out (result
 JSON), mode ("bench" or "cold"), cases ([[batch, size], ...]), cold_case, min_iters,
 max_iters, target_s, deadline (epoch seconds: later cases are skipped, or null),
 quality_out (.npz of held-out tokens and reconstructions, or null).
@@ -45,33 +46,33 @@ def _variant_file(bundle: Path, variant: str, graph: str) -> Path:
 
 
 class TorchRunner:
-    """PyTorch eager or torch.compile, fp32 or bf16 autocast (the quantizer stays fp32)."""
+    """PyTorch eager or torch.compile, fp32 or bf16 autocast (the quantizer stays fp32), on
+    the bundle's own PyTorch model (vqedge.benchmarks.bundles.torch_model)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import torch
 
-        from vqedge.models import load_pretrained
+        from vqedge.benchmarks.bundles import facts, torch_model, torch_stages
 
         self.torch = torch
         torch.set_num_threads(spec["threads"])
         torch.set_grad_enabled(False)
-        model = load_pretrained(spec.get("checkpoint"))
-        self.f = model.downsample_factor
-        q = model.quantize
+        bf = facts(spec["bundle"])
+        model, weights = torch_model(bf, spec.get("checkpoint"))
+        self.f = bf.f
+        encode, quantize, decode = torch_stages(model, bf)
         bf16 = spec["precision"] == "bf16"
 
         def enc(x):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return model.encoder(x)
+                return encode(x)
 
         def quant(z):
-            B, C, h, w = z.shape
-            z_NC = q.project(z.float()).permute(0, 2, 3, 1).reshape(-1, C)
-            return q.nearest(z_NC).view(B, h, w)
+            return quantize(z.float())
 
         def dec(idx):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return model.decode_indices(idx).float()
+                return decode(idx).float()
 
         if spec.get("compile"):
             import torch._inductor.config as inductor
@@ -82,6 +83,9 @@ class TorchRunner:
         self._enc, self._quant, self._dec = enc, quant, dec
         self.details = {
             "torch": torch.__version__,
+            "model": type(model).__name__,
+            "weights": weights["what"],
+            "same_weights_as_bundle": weights["same_as_bundle"],
             "compile": bool(spec.get("compile")),
             "compile_options": {"dynamic": True, "inductor.freezing": True}
             if spec.get("compile")
@@ -150,14 +154,20 @@ class VqedgeRunner:
 
 
 class OpenvinoRunner:
-    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ)."""
+    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ);
+    a multi-scale bundle's decode is its scales graph (tokens -> f_hat), then its decoder."""
+
+    # the lookups run at full precision, from the fp32 graphs
+    EXACT = ("quantizer", "scales")
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import openvino as ov
 
+        from vqedge.benchmarks.bundles import facts
+
         bundle = Path(spec["bundle"])
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        self.f = manifest["input"]["downsample_factor"]
+        bf = facts(bundle)
+        self.f = bf.f
         precision = spec["precision"]
         variant = "int8" if precision == "int8" else "fp32"
         # the CPU plugin's default precision is bf16 where the CPU has bf16 units: be explicit
@@ -165,7 +175,7 @@ class OpenvinoRunner:
         core = ov.Core()
 
         def compile_graph(graph: str, perf_count: bool = False):
-            exact = graph == "quantizer"  # the lookup at full precision, from the fp32 graph
+            exact = graph in self.EXACT
             cfg = {
                 "INFERENCE_PRECISION_HINT": "f32" if exact else hint,
                 "INFERENCE_NUM_THREADS": spec["threads"],
@@ -176,28 +186,34 @@ class OpenvinoRunner:
             return core.compile_model(core.read_model(str(path)), "CPU", cfg)
 
         self._compile = compile_graph
-        self._enc = self._compile("encoder")
-        self._quant = self._compile("quantizer")
-        self._dec = self._compile("decoder")
+        self.graphs = ("encoder", "quantizer", *(("scales",) if bf.multi_scale else ()), "decoder")
+        self._models = {g: compile_graph(g) for g in self.graphs}
         self.details = {
             "openvino": ov.__version__,
             "variant": variant,
             "inference_precision": {
                 g: m.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-                for g, m in (
-                    ("encoder", self._enc),
-                    ("quantizer", self._quant),
-                    ("decoder", self._dec),
-                )
+                for g, m in self._models.items()
             },
             "threads": spec["threads"],
         }
 
     def stages(self) -> list[tuple[str, Any]]:
+        m = self._models
+        if "scales" in m:
+
+            def dec(idx):
+                return m["decoder"](m["scales"](idx)[0])[0]  # output 0 of scales: f_hat
+
+        else:
+
+            def dec(idx):
+                return m["decoder"](idx)[0]
+
         return [
-            ("encoder", lambda x: self._enc(x)[0]),
-            ("quantizer", lambda z: self._quant(z)[0]),
-            ("decoder", lambda idx: self._dec(idx)[0]),
+            ("encoder", lambda x: m["encoder"](x)[0]),
+            ("quantizer", lambda z: m["quantizer"](z)[0]),
+            ("decoder", dec),
         ]
 
     def profile(self, batch: int, size: int, top: int, iters: int = 10) -> dict[str, Any]:
@@ -211,7 +227,7 @@ class OpenvinoRunner:
         runs: dict[tuple[str, str], list[float]] = {}
         facts: dict[tuple[str, str], tuple[str, str]] = {}
         y: Any = x
-        for graph in ("encoder", "quantizer", "decoder"):
+        for graph in self.graphs:
             req = self._compile(graph, perf_count=True).create_infer_request()
             for i in range(iters + 1):  # the first run is the warm-up
                 out = req.infer({0: y})
@@ -255,12 +271,13 @@ def _to_numpy(a: Any) -> np.ndarray:
 
 
 def quality(runner: Any, inputs: Any, path: str) -> int:
-    """Tokens and uint8 reconstructions of the held-out photos at full size, saved to ``path``."""
+    """Tokens and uint8 reconstructions of the quality images (the held-out photos at full
+    size, or fitted to a multi-scale bundle's resolution), saved to ``path``."""
     stages = dict(runner.stages())
     out = {}
-    n = int(inputs["heldout_count"])
+    n = int(inputs["quality_count"])
     for i in range(n):
-        img = inputs[f"heldout{i}"]  # uint8 [H, W, 3]
+        img = inputs[f"quality{i}"]  # uint8 [H, W, 3]
         x = pad_to_multiple(uint8_to_float(img), runner.f)
         idx = stages["quantizer"](stages["encoder"](x))
         rec = _to_numpy(stages["decoder"](idx))[:, :, : img.shape[0], : img.shape[1]]

@@ -1,8 +1,9 @@
 """The benchmark harness runs and writes what it promises; no timing is asserted.
 
 `vqedge bench` (the runtime's quick check), the full comparison driver (vqedge.benchmarks.compare)
-at its tiniest configuration in a subprocess, the GPU script's CPU-only path, and the two
-pieces of arithmetic behind the FLOP/s columns: the FLOP count and the machine's peaks.
+at its tiniest configuration in a subprocess, on the shipped default and on a small imported
+multi-scale bundle (VAR's shape), the GPU script's CPU-only path, and the two pieces of
+arithmetic behind the FLOP/s columns: the FLOP count and the machine's peaks.
 """
 
 from __future__ import annotations
@@ -73,19 +74,42 @@ def test_vqedge_bench_profile_names_the_hottest_nodes(tmp_path, capsys):
     assert prof["providers_in_use"]["quantizer"] == ["CPUExecutionProvider"]
 
 
+TINY = (
+    "--quick --batches 1 --sizes 64 --min-iters 2 --max-iters 2 --cold-case 1x64 --cold-runs 2 "
+    "--profile-case 1x64"
+)
+
+
+@pytest.fixture(scope="module")
+def var_small_bundle(tmp_path_factory):
+    """A small VAR (an imported family's multi-scale shape): random weights written in VAR's
+    own file layout, exported as a user would; (bundle, checkpoint)."""
+    import torch
+    from test_families import VAR_SMALL, var_small_tensors
+
+    from vqedge.export.families import export_pretrained
+
+    tmp = tmp_path_factory.mktemp("bench_var")
+    ckpt = tmp / "vae_small.pth"
+    torch.save(var_small_tensors(5), ckpt)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(VAR_SMALL).items()}
+    out = tmp / "var-small"
+    export_pretrained(ckpt, "var", out, config=config, precisions=("fp32", "int8"), log=print)
+    return out, ckpt
+
+
 @pytest.mark.slow
 def test_compare_driver_smallest_run(tmp_path):
     out = tmp_path / "results"
     configs = ["vqedge-cpu/fp32", "torch-eager/fp32"]
-    tiny = (
-        "--batches 1 --sizes 64 --min-iters 2 --max-iters 2 --target-s 0 --cold-case 1x64 "
-        "--cold-runs 2 --profile-case 1x64"
-    )
-    cmd = [sys.executable, "-m", "vqedge.benchmarks.compare", "--configs", *configs, *tiny.split()]
+    cmd = [sys.executable, "-m", "vqedge.benchmarks.compare", "--configs", *configs, *TINY.split()]
     proc = _run([*cmd, "--out", out])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = _strict_json(out / "latest.json")
     assert report["threads"] >= 1 and report["cases"] == [[1, 64]]
+    assert report["shipped_default"] and report["bundle_kind"] == "single-scale"
+    assert report["family"] is None and "shipped checkpoint" in report["torch_model"]
+    assert report["target_case"] == [1, 256] and report["gflop_per_image"] > 0
     mach = report["machine"]
     assert mach["cpu_model"] and mach["physical_cores"] >= 1 and mach["flags"]
     assert mach["peaks"]["gflops"] is None or mach["peaks"]["gflops"]["fp32"] > 0
@@ -123,6 +147,8 @@ def test_compare_driver_smallest_run(tmp_path):
     # targets are at batch 1 x 256, not run here: only the cold-start and RSS rows exist
     rows = {t["target"]: t for t in report["targets"]}
     assert set(rows) == {"cold start `vqedge-cpu/fp32`", "cold peak RSS `vqedge-cpu/fp32`"}
+    assert rows["cold peak RSS `vqedge-cpu/fp32`"]["set"] == "issue 14"
+    assert "0.60x" in rows["cold peak RSS `vqedge-cpu/fp32`"]["required"]
     assert all(isinstance(t["met"], bool) for t in rows.values())
     md = (out / "latest.md").read_text()
     for heading in (
@@ -139,9 +165,127 @@ def test_compare_driver_smallest_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_script_without_gpu(tmp_path):
+def test_compare_driver_on_imported_multi_scale_bundle(tmp_path, var_small_bundle):
+    """Any bundle: a small VAR at its one resolution, PyTorch on the source checkpoint."""
+    bundle, ckpt = var_small_bundle
+    out = tmp_path / "results"
+    configs = ["vqedge-cpu/fp32", "vqedge-cpu/int8", "torch-eager/fp32", "torch-eager/bf16"]
+    cmd = [sys.executable, "-m", "vqedge.benchmarks.compare", "--bundle", bundle]
+    cmd += ["--checkpoint", ckpt, "--quick", "--configs", *configs, "--out", out]
+    proc = _run(cmd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = _strict_json(out / "latest.json")
+    assert report["bundle_kind"] == "multi-scale" and report["family"] == "var"
+    assert not report["shipped_default"]
+    # the bundle's one size: patch_nums (1, 2, 3, 4) x f=4
+    assert report["cases"] == [[1, 16]] and report["target_case"] == [1, 16]
+    assert report["cold_case"] == [1, 16]
+    assert "sha256 matches" in report["torch_model"], report["torch_model"]
+    assert set(report["results"]) == set(configs)
+    for name, r in report["results"].items():
+        assert "error" not in r, (name, r.get("error"), r.get("traceback"))
+        (case,) = r["cases"]
+        assert case["size"] == 16 and case["stages"]["end_to_end"]["median_ms"] > 0
+        assert case["flops"]["end_to_end"] > 0 and r["cold"]["peak_rss_mb"] > 0
+        q = r["quality"]
+        assert q["images"] == 3 and len(q["token_agreement_per_scale"]) == 4, q
+        assert 0 <= q["token_agreement"] <= 1
+    res = report["results"]
+    assert report["quality_reference"]["reference"] == "torch-eager/fp32"
+    # the same weights: the runtime at fp32 gives PyTorch's tokens at every scale
+    assert res["vqedge-cpu/fp32"]["quality"]["token_agreement_per_scale"] == [1.0] * 4
+    assert res["torch-eager/fp32"]["details"]["same_weights_as_bundle"] is True
+    # issue 14's targets have numbers here (batch 1 at the bundle's size)
+    sets = {t["set"] for t in report["targets"]}
+    assert sets == {"issue 14"}, sets
+    names = [t["target"] for t in report["targets"]]
+    assert "vqedge fp32 (`vqedge-cpu/fp32`) vs fp32 peer `torch-eager/fp32`" in names
+    assert any(n.startswith("fastest vqedge within 0.5 dB") for n in names), names
+    assert "cold peak RSS `vqedge-cpu/int8`" in names
+    md = (out / "latest.md").read_text()
+    assert "multi-scale, var imported" in md and "| per scale |" in md
+    assert "| 1 | 16 | vqedge-cpu/int8 |" in md
+
+
+@pytest.mark.slow
+def test_compare_without_checkpoint_uses_seeded_weights_and_says_so(tmp_path, var_small_bundle):
+    bundle, _ = var_small_bundle
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "vqedge.benchmarks.compare", "--bundle", bundle, "--quick"]
+    cmd += ["--no-cold", "--no-profile", "--configs", "vqedge-cpu/fp32", "torch-eager/fp32"]
+    proc = _run([*cmd, "--out", out])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = _strict_json(out / "latest.json")
+    assert "seeded random weights" in report["torch_model"]
+    ref = report["quality_reference"]
+    # other weights than the bundle's: each side is compared with its own fp32
+    assert ref["reference"] == "vqedge-cpu/fp32"
+    assert ref["reference_other_weights"] == "torch-eager/fp32"
+    assert report["results"]["torch-eager/fp32"]["quality"]["reference"] == "torch-eager/fp32"
+    assert "seeded random weights" in (out / "latest.md").read_text()
+
+
+@pytest.mark.slow
+def test_compare_refuses_other_sizes_for_multi_scale(tmp_path, var_small_bundle, capsys):
+    from vqedge.benchmarks import compare
+
+    bundle, _ = var_small_bundle
+    with pytest.raises(SystemExit):
+        compare.main(["--bundle", str(bundle), "--sizes", "64", "--out", str(tmp_path)])
+    assert "takes 16x16 images only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_flops_of_imported_multi_scale_bundle(var_small_bundle):
+    """flops.py reads format 2 (weights in external data) and counts what the export's own
+    PyTorch count put in the manifest; a multi-scale bundle takes its one size only."""
+    bundle, _ = var_small_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["variants"]["fp32"]["weights"], "format 2: external weights"
+    counted = flops.stage_flops(bundle, 1, 16, 16)
+    g = manifest["sizes"]["gflop_per_image"]
+    assert counted["encoder"] / 1e9 == pytest.approx(g["encoder"], abs=1e-3)
+    assert counted["decoder"] / 1e9 == pytest.approx(g["scales"] + g["decoder"], abs=2e-3)
+    assert counted["end_to_end"] / 1e9 == pytest.approx(g["total"], abs=2e-3)
+    assert flops.stage_flops(bundle, 2, 16, 16)["end_to_end"] == 2 * counted["end_to_end"]
+    with pytest.raises(ValueError, match="16x16 only"):
+        flops.stage_flops(bundle, 1, 32, 32)
+
+
+@pytest.mark.slow
+def test_torch_model_of_imported_bundle(var_small_bundle):
+    """The bundle's PyTorch model: the family's loader on the source checkpoint, else the
+    same architecture with seeded random weights (reproducible, and said so)."""
+    import torch
+
+    from vqedge.benchmarks import bundles
+    from vqedge.models.var import VARVQVAE
+
+    bundle, ckpt = var_small_bundle
+    bf = bundles.facts(bundle)
+    assert bf.multi_scale and bf.family == "var" and bf.resolution == 16
+    assert bf.num_tokens == 30
+    model, weights = bundles.torch_model(bf, str(ckpt))
+    assert isinstance(model, VARVQVAE) and weights["same_as_bundle"]
+    a, w_a = bundles.torch_model(bf)
+    b, _ = bundles.torch_model(bf)
+    assert not w_a["same_as_bundle"] and "seeded random weights" in w_a["what"]
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    enc, quant, dec = bundles.torch_stages(model, bf)
+    with torch.no_grad():
+        idx = quant(enc(torch.zeros(1, 3, 16, 16)))
+        assert idx.shape == (1, 30)
+        assert dec(idx).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.slow
+def test_gpu_script_without_gpu(tmp_path, var_small_bundle):
+    """Without a GPU it refuses, says why, and lists both bundles it would have run."""
+    bundle, _ = var_small_bundle
     out = tmp_path / "gpu.json"
-    proc = _run([sys.executable, "-m", "vqedge.benchmarks.gpu", "--out", out], timeout=120)
+    cmd = [sys.executable, "-m", "vqedge.benchmarks.gpu", "--bundle", bundle, "--out", out]
+    proc = _run(cmd, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no GPU provider available" in proc.stderr, proc.stderr
     r = _strict_json(out)
@@ -149,6 +293,8 @@ def test_gpu_script_without_gpu(tmp_path):
     assert "no GPU provider available" in r["message"]
     assert r["results"] == {}
     assert "CPUExecutionProvider" in r["environment"]["ort_providers"]
+    listed = {(b["kind"], b["size"]) for b in r["bundles"]}
+    assert listed == {("single-scale", 256), ("multi-scale", 16)}, r["bundles"]
 
 
 def test_flops_match_pytorch_counter():

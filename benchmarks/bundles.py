@@ -1,0 +1,322 @@
+"""What a benchmark needs to know of a bundle, the PyTorch model it is compared with, and the
+benchmark bundle of an imported family.
+
+``facts(bundle)`` reads the manifest only (no torch: the OpenVINO worker uses it too).
+``torch_model`` builds the bundle's PyTorch model: vqedge's own bundles from their checkpoint
+(or their fp32 graphs' weights); an imported family (the manifest's ``source``) from the
+family's loader with the source checkpoint when one is given, else the same architecture with
+seeded random weights (fine for speed; their tokens are not the bundle's).
+``torch_stages`` splits any of these models into the three timed stages.
+
+The VAR benchmark bundle (random weights in VAR's own file layout, exported like a user's)::
+
+    python -m vqedge.benchmarks.bundles var --preset 256 --out .bench-bundles/var256
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+# family -> (module under vqedge.models, config class, model class, loader)
+FAMILY_MODELS: dict[str, tuple[str, str, str, str]] = {
+    "var": ("var", "VARConfig", "VARVQVAE", "load_var"),
+    "llamagen": ("llamagen", "LlamaGenConfig", "LlamaGenVQ", "load_llamagen"),
+    "taming": ("taming", "TamingConfig", "TamingVQGAN", "load_taming"),
+    "diffusers": ("vqmodel", "VQModelConfig", "DiffusersVQModel", "load_vqmodel"),
+}
+# the seed of the random weights an imported family gets without its checkpoint
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """A bundle as the benchmarks see it."""
+
+    path: Path
+    name: str
+    kind: str
+    # downsample factor, code dimension
+    f: int
+    code_dim: int
+    # multi-scale: the scales and the one image side the bundle takes; else () and None
+    patch_nums: tuple[int, ...] = ()
+    resolution: int | None = None
+    # an imported family ("var", ...) or None for vqedge's own
+    family: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def multi_scale(self) -> bool:
+        return bool(self.patch_nums)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def target_size(self) -> int:
+        """The image side of the targets' case: the bundle's resolution, else 256."""
+        return self.resolution or 256
+
+    def split(self, idx_BL: Any) -> list[Any]:
+        """Concatenated multi-scale tokens [B, L] -> one [B, pn*pn] slice per scale."""
+        out, at = [], 0
+        for pn in self.patch_nums:
+            out.append(idx_BL[:, at : at + pn * pn])
+            at += pn * pn
+        return out
+
+
+def facts(bundle: str | Path | None) -> BundleFacts:
+    """Read a bundle's manifest (a folder, a shipped name, or None for the default)."""
+    from vqedge.runtime.manifest import MULTI_SCALE, manifest_config, read_manifest
+    from vqedge.runtime.session import bundle_path
+
+    path = bundle_path(bundle).resolve()
+    manifest = read_manifest(path, verify=False)
+    cfg = manifest_config(manifest)
+    source = manifest.get("source") or {}
+    family = source.get("family")
+    multi = manifest["kind"] == MULTI_SCALE
+    return BundleFacts(
+        path=path,
+        name=manifest.get("name") or path.name,
+        kind=manifest["kind"],
+        f=cfg.downsample_factor,
+        code_dim=cfg.code_dim,
+        patch_nums=tuple(cfg.patch_nums) if multi else (),
+        resolution=cfg.resolution if multi else None,
+        family=family if family in FAMILY_MODELS else None,
+        source=source,
+        manifest=manifest,
+    )
+
+
+# -- the PyTorch side ---------------------------------------------------------------------------
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """A (possibly nested) config dataclass from its ``dataclasses.asdict`` form."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v, t = d[f.name], hints.get(f.name)
+        if isinstance(v, dict) and isinstance(t, type) and is_dataclass(t):
+            v = _from_dict(t, v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def family_config(bf: BundleFacts) -> Any:
+    """The family's config of the exported model: the manifest's ``architecture`` (VAR),
+    else ``source.config``, else the family's preset."""
+    import importlib
+
+    mod_name, cfg_name, _, _ = FAMILY_MODELS[bf.family]
+    mod = importlib.import_module(f"vqedge.models.{mod_name}")
+    cls = getattr(mod, cfg_name)
+    arch = bf.manifest.get("architecture")
+    if isinstance(arch, dict):
+        return _from_dict(cls, {k: v for k, v in arch.items() if k != "family"})
+    if isinstance(bf.source.get("config"), dict):
+        return _from_dict(cls, bf.source["config"])
+    presets = getattr(mod, "PRESETS", {})
+    if bf.source.get("preset") in presets:
+        return presets[bf.source["preset"]]
+    raise ValueError(
+        f"bundle {bf.path}: its manifest gives no architecture, source config or known preset "
+        f"of the {bf.family} model; rebuild the PyTorch model with --checkpoint"
+    )
+
+
+def random_state(model: Any, seed: int = RANDOM_SEED) -> dict[str, Any]:
+    """Seeded random weights for ``model``, scaled so activations stay O(1) through deep
+    stacks (a fresh module's default init lets them grow or vanish over 100M parameters)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            out[name] = t.clone()
+            continue
+        r = torch.randn(t.shape, generator=g)
+        if "norm" in name and name.endswith(".weight"):
+            r = 1.0 + 0.1 * r
+        elif t.dim() == 4:
+            r = r / math.sqrt(t.shape[1] * t.shape[2] * t.shape[3])
+        elif name.endswith(".bias"):
+            r = 0.02 * r
+        elif "ema" in name or "count" in name or "hit" in name:
+            r = r.abs()
+        out[name] = r.to(t.dtype)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def torch_model(bf: BundleFacts, checkpoint: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The bundle's PyTorch model in eval mode, and what its weights are.
+
+    Returns
+    -------
+    (model, weights)
+        ``weights``: {"what": a sentence, "same_as_bundle": bool}. Only a model with the
+        bundle's weights is compared token for token with the bundle's configurations.
+    """
+    import importlib
+
+    from vqedge.models.checkpoint import (
+        PRETRAINED_DIR,
+        load_pretrained,
+        model_from_bundle,
+        shipped_bundle,
+    )
+
+    if bf.family is None:
+        if checkpoint:
+            what = f"checkpoint {checkpoint}"
+            model = load_pretrained(checkpoint)
+        elif shipped_bundle(bf.path.name) == bf.path and (PRETRAINED_DIR / bf.path.name).is_dir():
+            what = f"the shipped checkpoint {bf.path.name}"
+            model = load_pretrained(bf.path.name)
+        else:
+            what = "the bundle's fp32 graph weights (vqedge.models.model_from_bundle)"
+            model = model_from_bundle(bf.path).eval()
+        return model.eval(), {"what": what, "same_as_bundle": True}
+
+    mod_name, _, cls_name, loader = FAMILY_MODELS[bf.family]
+    mod = importlib.import_module(f"vqedge.models.{mod_name}")
+    cfg = family_config(bf)
+    if checkpoint:
+        model = getattr(mod, loader)(checkpoint, config=cfg)
+        ckpt = Path(checkpoint)
+        weights_file = ckpt if ckpt.is_file() else None
+        if weights_file is None and ckpt.is_dir():  # diffusers: a save_pretrained folder
+            weights_file = next((p for p in sorted(ckpt.iterdir()) if p.suffix in (
+                ".safetensors", ".bin")), None)  # fmt: skip
+        same = weights_file is not None and _sha256(weights_file) == bf.source.get("sha256")
+        what = f"{bf.family} checkpoint {ckpt.name}" + (
+            " (the bundle's source: sha256 matches)"
+            if same
+            else " (NOT the bundle's source checkpoint: sha256 differs)"
+        )
+        return model.eval(), {"what": what, "same_as_bundle": same}
+    model = getattr(mod, cls_name)(cfg)
+    model.load_state_dict(random_state(model, RANDOM_SEED))
+    what = (
+        f"{bf.family} architecture with seeded random weights (seed {RANDOM_SEED}), not the "
+        "bundle's: speed only; give --checkpoint for token agreement with the bundle"
+    )
+    return model.eval(), {"what": what, "same_as_bundle": False}
+
+
+def torch_stages(model: Any, bf: BundleFacts) -> tuple[Any, Any, Any]:
+    """(encode, quantize, decode) torch callables of any model the benchmarks build:
+    image -> latent, latent -> tokens ([B, h, w] or multi-scale [B, L]), tokens -> image."""
+    import torch
+
+    from vqedge.models.multiscale import MultiScaleVQVAE
+    from vqedge.models.single_scale import SingleScaleVQ
+    from vqedge.models.var import VARVQVAE
+
+    if isinstance(model, VARVQVAE):
+
+        def dec(idx):
+            return model.idxBl_to_img(bf.split(idx), last_one=True)
+
+        def quant(z):
+            return torch.cat(model.quantize.f_to_idxBl(z.float()), dim=1)
+
+        return model.encode, quant, dec
+    if isinstance(model, MultiScaleVQVAE):
+
+        def quant(z):
+            return torch.cat(model.quantize.f_to_idxBl(z.float()), dim=1)
+
+        return model.encode, quant, model.decode_indices
+    if isinstance(model, SingleScaleVQ):
+        return model.encode, lambda z: model.quantize_latent(z.float()), model.decode_indices
+    q = model.quantize  # vqedge's own single-scale VQVAE
+
+    def quant(z):
+        B, C, h, w = z.shape
+        z_NC = q.project(z.float()).permute(0, 2, 3, 1).reshape(-1, C)
+        return q.nearest(z_NC).view(B, h, w)
+
+    return model.encoder, quant, model.decode_indices
+
+
+# -- the benchmark bundle of an imported family -------------------------------------------------
+
+
+def make_var_bundle(
+    out: str | Path, preset: str = "256", seed: int = RANDOM_SEED, force: bool = False, log=print
+) -> tuple[Path, Path]:
+    """Write VAR's VQVAE with seeded random weights as VAR saves its checkpoint (the raw state
+    dict, VAR's key names) beside ``out`` and export it with ``vqedge export --from var``'s
+    function. Returns (bundle folder, checkpoint file)."""
+    import torch
+
+    from vqedge.export.families import export_pretrained
+    from vqedge.models import var
+
+    out = Path(out)
+    ckpt = out.parent / f"{out.name}-random-seed{seed}.pth"
+    model = var.VARVQVAE(var.PRESETS[preset])
+    state = random_state(model, seed)
+    official = {var.to_official(k): v for k, v in state.items() if k not in var.OURS_ONLY}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(official, ckpt)
+    log(f"wrote {ckpt} ({len(official)} tensors in VAR's layout, seed {seed})")
+    export_pretrained(ckpt, "var", out, preset=preset, force=force, log=log)
+    return out, ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Make the benchmark bundle of an imported family.")
+    p.add_argument("family", choices=["var"])
+    p.add_argument("--preset", default="256", choices=["256", "512"])
+    p.add_argument("--out", default=None, help="default: .bench-bundles/var<preset>")
+    p.add_argument("--seed", type=int, default=RANDOM_SEED)
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    args = p.parse_args(argv)
+    out = Path(args.out or f".bench-bundles/var{args.preset}")
+    bundle, ckpt = make_var_bundle(out, args.preset, args.seed, args.force)
+    print(
+        "compare it with:\n  python -m vqedge.benchmarks.compare "
+        f"--bundle {bundle} --checkpoint {ckpt} --out /tmp/var-bench"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = [
+    "BundleFacts",
+    "FAMILY_MODELS",
+    "facts",
+    "family_config",
+    "make_var_bundle",
+    "random_state",
+    "torch_model",
+    "torch_stages",
+]
