@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out
 
-.PHONY: setup browser train-data demo reconstruct test lint clean
+.PHONY: setup browser train-data demo reconstruct test test-heavy lint clean
 
 setup: $(STAMP)
 
@@ -48,8 +48,13 @@ train-data:
 	@dpkg -s plasma-workspace-wallpapers mate-backgrounds >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds; }
 
+# Everything but the full-size imported models (see test-heavy): ruff, then pytest.
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not heavy"
+
+# Full-size exports of the imported families (50-110M parameters): minutes and GBs each.
+test-heavy: setup
+	$(BIN)/pytest -m heavy
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

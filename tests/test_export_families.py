@@ -329,7 +329,7 @@ def _full_size_checkpoint(family: str, folder):
     return folder / "last.ckpt", "f16-1024"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("family", ["diffusers", "llamagen", "taming"])
 def test_full_size_family_exports_and_runs(family, tmp_path):
     ckpt, preset = _full_size_checkpoint(family, tmp_path)
