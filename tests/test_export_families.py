@@ -23,7 +23,11 @@ from vqedge.models.import_checkpoint import CheckpointError
 from vqedge.runtime import load
 from vqedge.runtime.manifest import sha256_file
 
-pytestmark = pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")
+# every test here exports a bundle (tens of seconds each): not part of the development loop
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:the float32 number:UserWarning"),
+]
 
 QUIET = {"log": lambda _msg: None}
 # f = 4 everywhere: the smallest factor a bundle's config takes

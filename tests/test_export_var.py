@@ -28,6 +28,10 @@ IMAGE_ATOL = 1e-3
 FHAT_ATOL = 1e-4
 
 
+# every test here exports a bundle: not part of the development loop
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(autouse=True)
 def _inference_only():
     with torch.no_grad():
