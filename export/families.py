@@ -46,7 +46,9 @@ def _read_config_file(path: str | Path, family: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise ValueError(f"{path}: YAML needs PyYAML installed; give it as JSON") from None
+            raise ValueError(
+                f"{path}: YAML needs PyYAML (pip install 'vqedge[export]'); or give it as JSON"
+            ) from None
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
