@@ -23,7 +23,13 @@ from vqedge.export.graphs import (
     MultiScaleQuantizerGraph,
     ScalesGraph,
 )
-from vqedge.export.recipe import Calibration, Graphs, Recipe, session, training_crops
+from vqedge.export.recipe import (
+    Calibration,
+    Graphs,
+    Recipe,
+    session,
+    training_crops,
+)
 from vqedge.export.validate import (
     ExportValidationError,
     format_multiscale_report,
@@ -92,7 +98,7 @@ class MultiScaleRecipe(Recipe):
         return passed, format_multiscale_report(results), results
 
     def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
-        images = training_crops(self.model.config.resolution)
+        images = training_crops(self.model.config.resolution, self.calibration_count())
         s_enc, s_q, s_sc = (session(graphs[n]) for n in (ENCODER, QUANTIZER, SCALES))
         f_hat = []
         for x in images:

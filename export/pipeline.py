@@ -26,7 +26,7 @@ import torch
 
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.multi_scale import MultiScaleRecipe
-from vqedge.export.recipe import Graphs, Recipe, session
+from vqedge.export.recipe import GENERATOR_MIN_AGREEMENT, Graphs, Recipe, session
 from vqedge.export.single_scale import SingleScaleRecipe
 from vqedge.export.single_scale_families import FamilySingleScaleRecipe
 from vqedge.export.validate import ExportValidationError
@@ -58,9 +58,6 @@ RECIPES: dict[type, type[Recipe]] = {
 }
 # the int8 variant may lose at most this much held-out PSNR against fp32
 INT8_MAX_PSNR_DROP = 0.5
-# a variant whose tokens agree with fp32's at least this often is fit to make a generator's
-# training tokens
-FIT_FOR_TRAINING_AGREEMENT = 0.99
 # the CPU-provider decoder computes the same sums in another order: rounding only
 CPU_DECODER_ATOL = 1e-4
 # the oldest onnxruntime the runtime declares; opset and IR version must load there
@@ -210,7 +207,7 @@ def _build(
         if "cpu_graphs" in v:  # the same tokens, decoded by the CPU provider's decoder
             q["cpu"] = recipe.decoder_quality(v["graphs"], v["cpu_graphs"][DECODER], idx)
         q["fit_for_generator_training"] = (
-            q["token_agreement"] is None or q["token_agreement"] >= FIT_FOR_TRAINING_AGREEMENT
+            q["token_agreement"] is None or q["token_agreement"] >= GENERATOR_MIN_AGREEMENT
         )
         v["quality"] = q
         log(

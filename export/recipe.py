@@ -37,7 +37,14 @@ FLOP_SIDE = 256
 __all__ = ["Calibration", "GraphIO", "Graphs", "Recipe", "session", "training_crops"]
 
 
-def training_crops(side: int, n: int = 12) -> list[np.ndarray]:
+# training crops that calibrate an int8 variant
+CALIBRATION_IMAGES = 12
+# a variant whose tokens agree with fp32's on at least this share of positions may stand in
+# for fp32 when tokenizing a generator's training set (manifest: fit_for_generator_training)
+GENERATOR_MIN_AGREEMENT = 0.99
+
+
+def training_crops(side: int, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
     """Random side x side crops of training photos (never the held-out ones), float
     [1, 3, side, side] each: int8 calibration images."""
     rng = np.random.default_rng(0)
@@ -77,6 +84,10 @@ class Recipe(ABC):
     @abstractmethod
     def validate(self, graphs: Graphs) -> tuple[bool, str, list[dict[str, Any]]]:
         """The gate: every fp32 graph against PyTorch; (passed, readable report, cases)."""
+
+    def calibration_count(self) -> int:
+        """How many training crops calibrate int8 (a large model may take fewer)."""
+        return CALIBRATION_IMAGES
 
     @abstractmethod
     def calibration(self, graphs: Graphs) -> dict[str, Calibration]:

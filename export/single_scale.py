@@ -64,8 +64,11 @@ class SingleScaleRecipe(Recipe):
         f = self.model.downsample_factor
         return [torch.from_numpy(pad_to_multiple(x, f)) for x in cases]
 
+    # side of the square training crops that calibrate int8
+    calibration_side = CALIBRATION_SIDE
+
     def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
-        images = training_crops(CALIBRATION_SIDE)
+        images = training_crops(self.calibration_side, self.calibration_count())
         s_enc, s_q = session(graphs[ENCODER]), session(graphs[QUANTIZER])
         idx = [s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0] for x in images]
         return {ENCODER: ("image", images), DECODER: ("indices", idx)}

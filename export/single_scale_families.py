@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqedge.export.recipe import Calibration, Graphs, session, training_crops
+from vqedge.export.recipe import Graphs, session
 from vqedge.export.single_scale import SingleScaleRecipe
 from vqedge.export.validate import ExportValidationError, format_report, validate_fp32
 from vqedge.models.data import held_out_paths
@@ -38,7 +38,7 @@ from vqedge.runtime.metrics import psnr
 # the side these families are trained and used at: validation, calibration and quality
 MODEL_SIDE = 256
 # int8 calibration images (training photos, MODEL_SIDE squares)
-CALIBRATION_IMAGES = 8
+FAMILY_CALIBRATION_IMAGES = 8
 TILING_REFUSED = (
     "its attention sees the whole latent, so tiles would change the tokens: tiled calls are refused"
 )
@@ -172,11 +172,10 @@ class FamilySingleScaleRecipe(SingleScaleRecipe):
         passed, results = validate_fp32(gate, graphs, [torch.from_numpy(x) for x in batches])
         return passed, format_report(results), results
 
-    def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
-        images = training_crops(MODEL_SIDE, CALIBRATION_IMAGES)
-        s_enc, s_q = session(graphs[ENCODER]), session(graphs[QUANTIZER])
-        idx = [s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0] for x in images]
-        return {ENCODER: ("image", images), DECODER: ("indices", idx)}
+    calibration_side = MODEL_SIDE
+
+    def calibration_count(self) -> int:
+        return FAMILY_CALIBRATION_IMAGES
 
     def quality(
         self, graphs: Graphs, ref_idx: list[np.ndarray] | None

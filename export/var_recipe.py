@@ -23,41 +23,24 @@ import torch
 from torch import nn
 
 from vqedge.export.multi_scale import MultiScaleRecipe
-from vqedge.export.recipe import Calibration, Graphs, session, training_crops
+from vqedge.export.recipe import CALIBRATION_IMAGES, GENERATOR_MIN_AGREEMENT, Graphs, session
 from vqedge.export.validate import ExportValidationError
 from vqedge.models.var import FAMILY, VARVQVAE
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import float_to_uint8
-from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SCALES
 from vqedge.runtime.metrics import psnr
 
 __all__ = ["GENERATOR_MIN_AGREEMENT", "VARExportView", "VARRecipe", "var_config"]
 
-# a variant whose tokens agree with fp32's on at least this share of positions may stand in
-# for fp32 when tokenizing a generator's training set
-GENERATOR_MIN_AGREEMENT = 0.99
 # int8 calibration images: a full-size model's calibration keeps every activation of every
 # image in memory, so the count is bounded by pixels rather than fixed
 CALIBRATION_PIXELS = 4 * 256 * 256
-CALIBRATION_MAX_IMAGES = 12
 
 
 def var_config(model: VARVQVAE) -> VQVAEConfig:
     """The VQVAEConfig a bundle of ``model`` carries: what the runtime reads (f, K, C,
     patch_nums, resolution), in VAR's numbers. Its training fields do not apply (no EMA)."""
-    c = model.config
-    return VQVAEConfig(
-        base_channels=c.ch,
-        channel_mult=c.ch_mult,
-        num_res_blocks=c.num_res_blocks,
-        codebook_size=c.vocab_size,
-        code_dim=c.z_channels,
-        ema=False,
-        dead_code_threshold=0.0,
-        patch_nums=c.patch_nums,
-        quant_resi=c.quant_resi,
-        num_phi=c.num_phi,
-    )
+    return model.config.quantizer_config
 
 
 class VARExportView(nn.Module):
@@ -108,16 +91,9 @@ class VARRecipe(MultiScaleRecipe):
         view = model if isinstance(model, VARExportView) else VARExportView(model)
         super().__init__(view)
 
-    def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
+    def calibration_count(self) -> int:
         R = self.model.config.resolution
-        n = max(1, min(CALIBRATION_MAX_IMAGES, CALIBRATION_PIXELS // (R * R)))
-        images = training_crops(R, n)
-        s_enc, s_q, s_sc = (session(graphs[name]) for name in (ENCODER, QUANTIZER, SCALES))
-        f_hat = []
-        for x in images:
-            idx = s_q.run(None, {"latent": s_enc.run(None, {"image": x})[0]})[0]
-            f_hat.append(s_sc.run(None, {"indices": idx})[0])
-        return {ENCODER: ("image", images), DECODER: ("f_hat", f_hat)}
+        return max(1, min(CALIBRATION_IMAGES, CALIBRATION_PIXELS // (R * R)))
 
     def _prefix_psnr(self, scales: Path, decoder: Path, idx: np.ndarray) -> list[float]:
         """Held-out PSNR (dB, mean over photos) after each prefix of scales, decoding one
@@ -143,9 +119,7 @@ class VARRecipe(MultiScaleRecipe):
         else:
             split = self.model.config.split_scales
             per_scale = [float((a == b).mean()) for a, b in zip(split(idx), split(ref_idx))]
-        agreement = 1.0 if ref_idx is None else q["token_agreement"]
         q["token_agreement_per_scale"] = per_scale
-        q["fit_for_generator_training"] = bool(agreement >= GENERATOR_MIN_AGREEMENT)
         return q, idx
 
     def manifest_extra(self) -> dict[str, Any]:

@@ -86,10 +86,12 @@ class VARConfig:
 
     @property
     def quantizer_config(self) -> VQVAEConfig:
-        """What MultiScaleQuantizer reads: codebook, scales, Phis (no EMA, no restarts)."""
+        """What MultiScaleQuantizer reads (codebook, scales, Phis; no EMA, no restarts) and
+        what a bundle of the model records for the runtime (f, K, C, patch_nums, resolution)."""
         return VQVAEConfig(
             base_channels=self.ch,
             channel_mult=self.ch_mult,
+            num_res_blocks=self.num_res_blocks,
             codebook_size=self.vocab_size,
             code_dim=self.z_channels,
             ema=False,

@@ -16,8 +16,8 @@ import torch
 from official_layouts import random_tensors, var_layout
 from test_families import VAR_SMALL, var_small_tensors
 
-from vqedge.export.pipeline import recipe_for
-from vqedge.export.var_export import export_var
+from vqedge.export.families import source_facts
+from vqedge.export.pipeline import export_bundle, recipe_for
 from vqedge.export.var_recipe import GENERATOR_MIN_AGREEMENT, VARExportView, VARRecipe
 from vqedge.models import var
 from vqedge.runtime import MultiScaleTokenizer, load
@@ -50,6 +50,12 @@ def save_official(tmp_path, tensors: dict[str, torch.Tensor], name: str):
     path = tmp_path / name
     torch.save(tensors, path)
     return path
+
+
+def export_var(model, out, checkpoint=None, preset=None, **kw):
+    """Export a loaded VAR model as ``vqedge export --from var`` does, its file in ``source``."""
+    source = source_facts(checkpoint, "var", preset, model) if checkpoint else None
+    return export_bundle(model, out, source=source, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +183,6 @@ def test_reduced_precisions_run_and_agree_as_recorded(small, precision):
     assert idx.min() >= 0 and idx.max() < VAR_SMALL.vocab_size
     q = manifest["variants"][precision]["quality"]
     assert q["fit_for_generator_training"] == (q["token_agreement"] >= GENERATOR_MIN_AGREEMENT)
-
-
-def test_export_var_refuses_other_models_before_writing(tmp_path):
-    from vqedge.models.multiscale import MultiScaleVQVAE
-    from vqedge.runtime.config import VQVAEConfig
-
-    ours = MultiScaleVQVAE(VQVAEConfig(patch_nums=(1, 2)))
-    with pytest.raises(TypeError, match="VARVQVAE"):
-        export_var(ours, tmp_path / "b")
-    assert not (tmp_path / "b").exists()
 
 
 # ---------------------------------------------------------------- full size (slow)
