@@ -45,7 +45,8 @@ from vqedge.runtime.providers import (
     provider_names,
     resolve_providers,
 )
-from vqedge.runtime.tokens import TokenFile
+from vqedge.runtime.session import default_session_options
+from vqedge.runtime.tokens import TokenFile, load_tokens
 
 TOP_CODES = 20  # codes listed in the usage plot
 TOKEN_FILE_MAX_AGE_S = 3600  # .vqt files the demo wrote are removed after this
@@ -55,8 +56,6 @@ MODES = ("one code", "random codes", "codes from another image")
 # the shipped multi-scale bundle the next-scale section uses when installed
 DEFAULT_SCALES_BUNDLE = "vqvae-ms-f8"
 TOKEN_VIEW = 256  # px: each scale's token map is drawn about this large, nearest neighbour
-# bytes a token file may hold beyond its packed indices (magic, JSON header)
-TOKEN_HEADER_BYTES = 64 * 1024
 
 
 # -- uploads ------------------------------------------------------------------------------
@@ -132,20 +131,6 @@ def release_memory() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL(_LIBC).malloc_trim(0)
-
-
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """Session options of the demo's tokenizers: the runtime's defaults without a CPU memory
-    arena, so a large request's activations go back to the system when it ends instead of
-    staying as the arena's peak for the server's lifetime."""
-    opts = ort.SessionOptions()
-    opts.enable_cpu_mem_arena = False
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    # sessions run one after another: idle threads that spin would steal the next one's cores
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 def _tokens(n: int) -> str:
@@ -247,7 +232,7 @@ class Engine:
                     self.bundle,
                     providers=[provider] if provider == CPU else [provider, CPU],
                     precision=precision,
-                    session_options=session_options(self.threads),
+                    session_options=default_session_options(self.threads, arena=False),
                     max_side=self.max_side,
                 )
                 if isinstance(tok, MultiScaleTokenizer):
@@ -342,31 +327,25 @@ class Engine:
     def decode_file(self, path: str | Path | None, precision: str, provider: str) -> np.ndarray:
         """A .vqt token file of one image -> uint8 [H, W, 3] (cropped to its stored size).
 
-        The file's size is checked against the largest token map the demo decodes before it
-        is read; errors name the file as the user called it.
+        Its header is checked against the bundle and the demo's largest image before the
+        payload is read (``vqedge.runtime.tokens.load_tokens``); errors name the file as the
+        user called it.
         """
         if path is None:
             raise ValueError("no token file given: upload a .vqt file from /encode")
         name = Path(path).name
-        side = -(-self.max_side // self.f)  # tokens on a side of the largest image
-        limit = (side * side * self.bits_per_token + 7) // 8 + TOKEN_HEADER_BYTES
-        n = Path(path).stat().st_size
-        if n > limit:
-            raise ValueError(
-                f"{name!r} is {n:,} bytes, more than a token map of this demo's largest image "
-                f"({self.max_side} px on a side, {limit:,} bytes) can take"
-            )
         tok = self.tokenizer(precision, provider)
         try:
-            tf: TokenFile = tok.load_tokens(path)
-            idx = tf.indices
-            if idx.shape[0] != 1:
-                raise ValueError(f"{name!r} holds {idx.shape[0]} images; /decode takes one")
-            if max(idx.shape[1:]) * self.f > self.max_side:
-                raise ValueError(
-                    f"{name!r} holds a {tok.describe_tokens(idx)}, which decodes to more than "
-                    f"{self.max_side} pixels on a side, this demo's limit"
-                )
+            tf: TokenFile = load_tokens(
+                path,
+                bundle_sha256=tok.bundle_sha256,
+                codebook_size=tok.codebook_size,
+                max_map_side=-(-self.max_side // self.f),
+                max_image_side=self.max_side,
+                name=repr(name),
+            )
+            if tf.indices.shape[0] != 1:
+                raise ValueError(f"{name!r} holds {tf.indices.shape[0]} images; /decode takes one")
             return tok.decode_file(tf)[0]
         except ValueError as e:
             raise ValueError(user_message(e, path)) from None
@@ -491,7 +470,7 @@ class ScalesEngine:
         tok = load(
             bundle,
             providers=[provider] if provider == CPU else [provider, CPU],
-            session_options=session_options(threads),
+            session_options=default_session_options(threads, arena=False),
         )
         if not isinstance(tok, MultiScaleTokenizer):
             raise BundleError(

@@ -88,13 +88,17 @@ def bundle_path(bundle: str | Path | None) -> Path:
     )
 
 
-def default_session_options(threads: int | None = None) -> ort.SessionOptions:
+def default_session_options(threads: int | None = None, arena: bool = True) -> ort.SessionOptions:
     """The session options ``load`` uses unless given its own.
 
     Parameters
     ----------
     threads : int, optional
         Intra-op threads per session (default: onnxruntime's choice).
+    arena : bool
+        One shared CPU arena grown by request (less peak memory at the same speed). Without
+        it a large run's activations go back to the system when it ends instead of staying
+        as the arena's peak: what a long-running server wants.
     """
     opts = ort.SessionOptions()
     if threads:
@@ -103,8 +107,10 @@ def default_session_options(threads: int | None = None) -> ort.SessionOptions:
     # A tokenizer runs its sessions one after another: threads that spin after a run steal
     # the cores from the next session (benchmarks/results has the measurement).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # one shared CPU arena, grown by request: less peak memory at the same speed
-    use_shared_arena(opts)
+    if arena:
+        use_shared_arena(opts)
+    else:
+        opts.enable_cpu_mem_arena = False
     return opts
 
 

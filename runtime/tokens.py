@@ -355,7 +355,9 @@ def _read_header(fh: BinaryIO, name: str) -> tuple[dict, int]:
     magic, version, hlen, hcrc = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise TokenFileError(f"{name}: foreign file, not a vqedge token file (bad magic)")
-    if not 1 <= version <= FORMAT_VERSION:
+    if version < 1:
+        raise TokenFileError(f"{name}: corrupt token file (format version {version})")
+    if version > FORMAT_VERSION:
         raise TokenFileError(
             f"{name}: token format version {version}, this runtime reads up to "
             f"{FORMAT_VERSION}; upgrade vqedge"
