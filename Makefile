@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out
 
-.PHONY: setup browser train-data demo reconstruct test test-heavy lint clean
+.PHONY: setup browser train-data eval-data demo reconstruct test test-heavy lint clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,12 @@ browser:
 train-data:
 	@dpkg -s plasma-workspace-wallpapers mate-backgrounds >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds; }
+
+# Images in no training split, for `python -m vqedge.benchmarks.quality` (Debian packages,
+# about 40 MB; photographs and illustrations). Needs root on a machine without them.
+eval-data:
+	@dpkg -s lomiri-wallpapers-16.04 ukui-wallpapers >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq lomiri-wallpapers-16.04 ukui-wallpapers; }
 
 # Everything but the full-size imported models (see test-heavy): ruff, then pytest.
 test: lint browser

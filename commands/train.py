@@ -12,6 +12,12 @@ def run(args: argparse.Namespace) -> int:
     from vqedge.models.train import TrainConfig, train
     from vqedge.runtime.config import VQVAEConfig
 
+    if args.resume and args.init_from:
+        raise ValueError(
+            "--resume continues a run and --init-from starts a new one from other weights: "
+            "give one of them"
+        )
+
     model = VQVAEConfig(
         base_channels=args.base_channels,
         channel_mult=tuple(args.channel_mult),
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         work_side=args.work_side or None,
+        init_from=args.init_from,
         model=model,
     )
     ev = train(tc, resume=args.resume)
@@ -68,6 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/vqvae", help="run folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="start from these weights (a checkpoint, run folder or shipped model name such "
+        "as vqvae-f4; its architecture replaces the flags below) with a fresh schedule",
+    )
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=None, help="default: 16 on CPU, 64 on GPU")
     p.add_argument("--crop", type=int, default=64, help="side of the random crops")

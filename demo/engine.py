@@ -211,6 +211,8 @@ class Engine:
         self._lock = threading.Lock()
         self._tokenizers: dict[tuple[str, str], Any] = {}
         base = self.tokenizer("fp32", self.default_provider)  # a bad bundle fails at start
+        # a model with attention has its own, lower limit: its memory grows with side^4
+        self.max_side = min(self.max_side, base.max_side)
         self.f, self.K = base.f, base.codebook_size
         self.bits_per_token = base.config.bits_per_token
         self.bundle_name, self.base = base.root.name, base
@@ -233,7 +235,6 @@ class Engine:
                     providers=[provider] if provider == CPU else [provider, CPU],
                     precision=precision,
                     session_options=default_session_options(self.threads, arena=False),
-                    max_side=self.max_side,
                 )
                 if isinstance(tok, MultiScaleTokenizer):
                     raise BundleError(

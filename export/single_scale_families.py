@@ -144,7 +144,10 @@ class FamilySingleScaleRecipe(SingleScaleRecipe):
         return runtime_config(self.model).to_dict()
 
     def input_extra(self) -> dict[str, Any]:
-        return {"tiling": False, "tiling_note": TILING_REFUSED}
+        extra = {"tiling": False, "tiling_note": TILING_REFUSED}
+        stride = self.model.backbone.attention_stride
+        # the runtime's default max_side keeps this attention's score matrix bounded
+        return extra | ({"attention_stride": stride} if stride else {})
 
     def examples(self) -> dict[str, torch.Tensor]:
         cb, f = self.model.quantize, self.model.downsample_factor

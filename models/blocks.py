@@ -66,6 +66,15 @@ class Backbone:
         """f: image pixels per latent position along each side."""
         return 2 ** (len(self.channels) - 1)
 
+    @property
+    def attention_stride(self) -> int | None:
+        """Image pixels per position of the finest map self-attention runs on (None: no
+        attention). Its score matrix grows with the square of that map's positions."""
+        strides = [2**i for i in self.attn_levels]
+        if self.mid_attn:
+            strides.append(self.downsample_factor)
+        return min(strides) if strides else None
+
 
 def group_norm(ch: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, ch, eps=GN_EPS, affine=True)

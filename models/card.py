@@ -58,15 +58,44 @@ scikit-image and scikit-learn, the data's documentation) states them.
 """
 
 
+def _curve(history: list[dict]) -> str:
+    return "\n".join(
+        f"| {h['step']} | {h['psnr']:.2f} | {h['codes_used']} | {h['perplexity']:.0f} |"
+        for h in history
+    )
+
+
+def _warm_start(state: dict) -> tuple[str, str]:
+    """The card's warm-start row and section for a run started with ``init_from``."""
+    init = state.get("init")
+    if not init:
+        return "", ""
+    prev = init.get("state")
+    if not prev:
+        return f"\n| warm start | the weights of `{init['from']}` (no training record) |", ""
+    tc, last = prev["train_config"], prev["history"][-1]
+    row = (
+        f"\n| warm start | the weights of `{init['from']}`: {prev['step']} steps of batch "
+        f"{tc['batch_size']} on {_data_summary(tc).split(';')[0]}, "
+        f"{prev['wall_seconds'] / 60:.0f} minutes, held-out {last['psnr']:.2f} dB |"
+    )
+    section = f"""
+## Curve of the run it started from (`{init["from"]}`)
+
+| step | PSNR (dB) | codes used | perplexity |
+| --- | --- | --- | --- |
+{_curve(prev["history"])}
+"""
+    return row, section
+
+
 def model_card(cfg: VQVAEConfig, state: dict) -> str:
     tc = state["train_config"]
     last = state["history"][-1]
     K, f = cfg.codebook_size, cfg.downsample_factor
     params = "; ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-    curve = "\n".join(
-        f"| {h['step']} | {h['psnr']:.2f} | {h['codes_used']} | {h['perplexity']:.0f} |"
-        for h in state["history"]
-    )
+    curve = _curve(state["history"])
+    warm_row, warm_section = _warm_start(state)
     each = ", ".join(f"{p:.2f}" for p in last["psnr_each"])
     if "illustrations" in last:
         ill = last["illustrations"]
@@ -126,7 +155,7 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | config | {params} |
 | data | {_data_summary(tc)} |
 | training | {state["step"]} steps of batch {tc["batch_size"]}, {crops}; AdamW lr {tc["lr"]} (warm-up {tc["warmup"]}, cosine to {tc["min_lr_ratio"]}x), weight decay {tc["weight_decay"]}, MSE + VQ loss; seed {tc["seed"]} |
-| wall time | {state["wall_seconds"] / 60:.0f} minutes {compute} |
+| wall time | {state["wall_seconds"] / 60:.0f} minutes {compute} |{warm_row}
 | held-out PSNR | {last["psnr"]:.2f} dB (mean of {each}; {where}) |{illus_row}
 | codes used on held-out | {last["codes_used"]} of {K} ({100 * last["usage"]:.1f}%) |
 | perplexity on held-out | {last["perplexity"]:.0f} |
@@ -137,7 +166,7 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | step | PSNR (dB) | codes used | perplexity |
 | --- | --- | --- | --- |
 {curve}
-{extra}{sources}"""
+{warm_section}{extra}{sources}"""
 
 
 def publish(run_dir: str | Path, dest: str | Path) -> Path:

@@ -146,6 +146,28 @@ def load_training(ckpt: Path, optimizer: torch.optim.Optimizer) -> tuple[dict, d
     return state, rng
 
 
+def _pretrained_path(path: str | Path | None) -> Path:
+    p = DEFAULT_PRETRAINED if path is None else Path(path)
+    if not p.exists() and (PRETRAINED_DIR / str(path)).is_dir():
+        p = PRETRAINED_DIR / str(path)
+    return p
+
+
+def training_record(path: str | Path | None = None) -> dict | None:
+    """The training state a checkpoint (or shipped model, as ``load_pretrained`` finds it)
+    was saved with, without the optimizer's bookkeeping; None when it has none."""
+    p = _pretrained_path(path)
+    try:
+        p = resolve_checkpoint(p)
+    except FileNotFoundError:
+        return None
+    if not (p / STATE).is_file():
+        return None
+    state = json.loads((p / STATE).read_text())
+    state.pop("optimizer", None)
+    return state
+
+
 def load_pretrained(path: str | Path | None = None) -> VQVAE:
     """A trained VQVAE in eval mode.
 
@@ -160,9 +182,7 @@ def load_pretrained(path: str | Path | None = None) -> VQVAE:
         with ``config.json`` beside it, or a shipped model's name ("vqvae-ms-f8"). None loads
         the shipped default (f=4).
     """
-    p = DEFAULT_PRETRAINED if path is None else Path(path)
-    if not p.exists() and (PRETRAINED_DIR / str(path)).is_dir():
-        p = PRETRAINED_DIR / str(path)
+    p = _pretrained_path(path)
     bundle = shipped_bundle(p.name)
     if p.is_dir() and not (p / WEIGHTS).is_file() and not (p / "latest").is_file() and bundle:
         return model_from_bundle(bundle).eval()

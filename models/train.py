@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vqedge.models.checkpoint import load_model, load_training, resolve_checkpoint, save_checkpoint
+from vqedge.models.checkpoint import (
+    load_model,
+    load_pretrained,
+    load_training,
+    resolve_checkpoint,
+    save_checkpoint,
+    training_record,
+)
 from vqedge.models.data import (
     HELD_OUT_ILLUSTRATIONS,
     WORK_SIDE,
@@ -75,6 +82,9 @@ class TrainConfig:
     workers: int | None = None
     # training images are shrunk once to this longer side (None: used at full size)
     work_side: int | None = WORK_SIDE
+    # warm start: weights and architecture (``model`` is then ignored) from this checkpoint,
+    # run folder or shipped model name; optimizer, schedule and step start afresh
+    init_from: str | None = None
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
 
 
@@ -229,7 +239,13 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
         tc.model = model.config
     else:
         torch.manual_seed(tc.seed)
-        model = build_model(tc.model)
+        if tc.init_from:
+            model = load_pretrained(tc.init_from)
+            tc.model = model.config
+            # the earlier training travels with the run: the source may be replaced later
+            state["init"] = {"from": tc.init_from, "state": training_record(tc.init_from)}
+        else:
+            model = build_model(tc.model)
     device = _device(tc.device)
     if tc.batch_size is None:
         tc.batch_size = DEFAULT_BATCH[device.type]

@@ -34,6 +34,10 @@ class ImageError(ValueError):
     """An image that cannot be read (corrupt, truncated, unsupported) or is over the limits."""
 
 
+class ImageTooLarge(ImageError):
+    """An image whose longer side is over ``max_side`` (the message says both)."""
+
+
 def _is_pil_image(item: Any) -> bool:
     # PIL is imported only to read files (it weighs on cold start): a PIL image can only
     # exist once its module is loaded.
@@ -159,7 +163,7 @@ def _decode(
 
 def _check_side(name: str, w: int, h: int, max_side: int | None) -> None:
     if max_side is not None and max(w, h) > max_side:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name}: image is {w}x{h}, its longer side {max(w, h)} is over the limit of "
             f"{max_side} pixels (max_side)"
         )
@@ -258,15 +262,16 @@ def to_uint8_image(
     return _one_uint8(image, max_side, max_pixels)
 
 
-def to_batch(images: Any, max_side: int) -> np.ndarray:
+def to_batch(images: Any, max_side: int, advice: str | None = None) -> np.ndarray:
     """Images in any accepted form -> float32 [N, 3, H, W] in [-1, 1], checked.
 
     Raises
     ------
     ValueError
         Wrong rank or channel count, unsupported dtype, non-finite values, floats outside
-        [-1, 1], an empty batch, a side above ``max_side``, or images of different sizes;
-        an :class:`ImageError` for a file or PIL image that cannot be read or is too large.
+        [-1, 1], an empty batch, a side above ``max_side`` (``advice`` ends the message),
+        or images of different sizes; an :class:`ImageError` for a file or PIL image that
+        cannot be read or is too large.
     """
     if isinstance(images, (str, Path)) or _is_pil_image(images):
         images = [images]
@@ -293,7 +298,7 @@ def to_batch(images: Any, max_side: int) -> np.ndarray:
             raise ValueError(
                 f"uint8 images must be RGB [H, W, 3] or [N, H, W, 3], got shape {images.shape}"
             )
-        _check_size(x.shape[0], x.shape[1], x.shape[2], max_side)
+        _check_size(x.shape[0], x.shape[1], x.shape[2], max_side, advice)
         return uint8_to_float(x)
     if x.dtype not in (np.float32, np.float64, np.float16):
         raise ValueError(
@@ -303,7 +308,7 @@ def to_batch(images: Any, max_side: int) -> np.ndarray:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"float images must be [N, 3, H, W] (RGB, NCHW), got shape {images.shape}")
-    _check_size(x.shape[0], x.shape[2], x.shape[3], max_side)
+    _check_size(x.shape[0], x.shape[2], x.shape[3], max_side, advice)
     if not np.isfinite(x).all():
         raise ValueError("images contain NaN or Inf values")
     lo, hi = float(x.min()), float(x.max())
@@ -315,16 +320,14 @@ def to_batch(images: Any, max_side: int) -> np.ndarray:
     return np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
 
 
-def _check_size(n: int, h: int, w: int, max_side: int) -> None:
+def _check_size(n: int, h: int, w: int, max_side: int, advice: str | None) -> None:
     if n == 0:
         raise ValueError("empty batch: pass at least one image")
     if h == 0 or w == 0:
         raise ValueError(f"images must have non-zero height and width, got {h}x{w}")
     if max(h, w) > max_side:
-        raise ValueError(
-            f"image side {max(h, w)} exceeds the limit of {max_side} pixels: use the tiled "
-            "methods (encode_tiled/decode_tiled) or raise max_side"
-        )
+        advice = advice or "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
+        raise ValueError(f"image side {max(h, w)} exceeds the limit of {max_side} pixels: {advice}")
 
 
 def check_indices(indices: Any, codebook_size: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import to_batch, to_uint8_image
 from vqedge.runtime.session import (
     DECODER,
-    DEFAULT_MAX_SIDE,
     ENCODER,
     MULTI_SCALE,
     QUANTIZER,
@@ -44,7 +43,7 @@ class MultiScaleTokenizer(TokenizerBase):
 
     KIND = MULTI_SCALE
 
-    def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
+    def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
         super().__init__(sessions, max_side)
         cfg = sessions.config
         self.patch_nums: tuple[int, ...] = cfg.patch_nums

@@ -10,6 +10,7 @@ their tokens mean.
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import warnings
 from pathlib import Path
@@ -362,20 +363,67 @@ class BundleSessions:
         }
 
 
+# An untiled call of a model with self-attention holds a float32 [N, N] score matrix, N the
+# positions of the map it attends over; the default max_side keeps that matrix within this.
+ATTENTION_MAX_BYTES = 1 << 30
+
+
+def attention_stride(manifest: dict[str, Any]) -> int | None:
+    """Image pixels per position of the finest map a bundle's model attends over (the
+    manifest's ``input.attention_stride``); None for models without attention."""
+    stride = manifest.get("input", {}).get("attention_stride")
+    if stride is None:
+        return None
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise BundleError(
+            f"{MANIFEST}: input.attention_stride must be a positive whole number of pixels, "
+            f"got {stride!r}"
+        )
+    return stride
+
+
+def default_max_side(manifest: dict[str, Any]) -> int:
+    """The largest image side a bundle's untiled calls take unless told otherwise:
+    DEFAULT_MAX_SIDE, or less where attention's score matrix would pass ATTENTION_MAX_BYTES
+    (128 positions a side: 2048 pixels for attention at f=16, 512 at f=4)."""
+    stride = attention_stride(manifest)
+    if stride is None:
+        return DEFAULT_MAX_SIDE
+    positions_per_side = math.isqrt(math.isqrt(ATTENTION_MAX_BYTES // 4))
+    return min(DEFAULT_MAX_SIDE, positions_per_side * stride)
+
+
 class TokenizerBase:
     """What every tokenizer kind shares: the session core's facts under their public names,
     token-file reading, and the float -> image conversion. Not used on its own."""
 
     KIND: str  # the manifest kind a subclass runs
 
-    def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
+    def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
         if sessions.kind != self.KIND:
             raise BundleError(
                 f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
                 "with vqedge.runtime.load()"
             )
         self.sessions = sessions
-        self.max_side = max_side
+        self.max_side = default_max_side(sessions.manifest) if max_side is None else max_side
+
+    @property
+    def size_advice(self) -> str:
+        """What to do with an image or token map above ``max_side`` (ends error messages)."""
+        stride = attention_stride(self.manifest)
+        if stride is None:
+            return "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
+        if self.max_side == default_max_side(self.manifest):
+            why = f"keeps its scores within {ATTENTION_MAX_BYTES >> 30} GiB"
+        else:
+            why = "was asked for"
+        return (
+            "resize it: this model's attention compares every pair of positions of its "
+            f"1/{stride} map, so memory grows with the fourth power of the side, and tiles "
+            f"would change its tokens; max_side={self.max_side} {why} (load with a larger "
+            "max_side to accept more memory)"
+        )
 
     @property
     def root(self) -> Path:

@@ -38,9 +38,15 @@ TILE_ABOVE = 1024
 TILED_MAX_SIDE = 16384
 
 
+def may_tile(tok: Tokenizer) -> bool:
+    """False for a bundle whose manifest says ``"tiling": false``."""
+    return tok.manifest.get("input", {}).get("tiling", True) is not False
+
+
 def tiled_max_side(tok: Tokenizer) -> int:
-    """Largest image side, in pixels, the tiled methods of ``tok`` take or make."""
-    return max(tok.max_side, TILED_MAX_SIDE)
+    """Largest image side, in pixels, the tiled methods of ``tok`` take or make (its
+    ``max_side`` where it may not be tiled: the per-file methods then run it whole)."""
+    return max(tok.max_side, TILED_MAX_SIDE) if may_tile(tok) else tok.max_side
 
 
 def untiled_tokens(tok: Tokenizer) -> int:
@@ -67,13 +73,13 @@ def check_tiling(tok: Tokenizer, what: str = "tiled calls") -> None:
     ValueError
         Naming the bundle, ``what`` was asked and why it is refused.
     """
-    if tok.manifest.get("input", {}).get("tiling", True) is not False:
+    if may_tile(tok):
         return
     raise ValueError(
         f"bundle {tok.root.name}: {what} is refused: its model's attention sees the whole latent, "
         "so tokens computed tile by tile would differ from the whole image's; give images "
-        f"up to {TILE_ABOVE} pixels per side (resize larger ones) and use encode / decode / "
-        "reconstruct"
+        f"up to {tok.max_side} pixels per side (max_side; resize larger ones) and use encode / "
+        "decode / reconstruct, or encode_image / reconstruct_image for files"
     )
 
 

@@ -16,7 +16,13 @@ import onnxruntime as ort
 
 from vqedge.runtime import tiling
 from vqedge.runtime.images import pad_to_multiple
-from vqedge.runtime.inputs import check_indices, to_batch, to_uint8_image, token_map_hw
+from vqedge.runtime.inputs import (
+    ImageTooLarge,
+    check_indices,
+    to_batch,
+    to_uint8_image,
+    token_map_hw,
+)
 from vqedge.runtime.manifest import BundleError
 from vqedge.runtime.multiscale import MultiScaleTokenizer
 from vqedge.runtime.providers import DEVICE_MEMORY, ProviderList, provider_names
@@ -24,7 +30,6 @@ from vqedge.runtime.session import (
     BUNDLES_DIR,
     DECODER,
     DEFAULT_BUNDLE,
-    DEFAULT_MAX_SIDE,
     ENCODER,
     MULTI_SCALE,
     QUANTIZER,
@@ -57,7 +62,7 @@ class Tokenizer(TokenizerBase):
 
     KIND = SINGLE_SCALE
 
-    def __init__(self, sessions: BundleSessions, max_side: int = DEFAULT_MAX_SIDE) -> None:
+    def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
         super().__init__(sessions, max_side)
         # on a GPU, keep the latent on the device between encoder and quantizer
         self.io_binding = sessions.on_device
@@ -75,7 +80,7 @@ class Tokenizer(TokenizerBase):
     # -- the stages -----------------------------------------------------------------------
 
     def _prepare(self, images: Any) -> tuple[np.ndarray, tuple[int, int]]:
-        x = to_batch(images, self.max_side)
+        x = to_batch(images, self.max_side, self.size_advice)
         size = (x.shape[2], x.shape[3])
         return pad_to_multiple(x, self.f), size
 
@@ -160,8 +165,7 @@ class Tokenizer(TokenizerBase):
             raise ValueError(
                 f"a {idx.shape[1]}x{idx.shape[2]} token map decodes to a "
                 f"{idx.shape[1] * self.f}x{idx.shape[2] * self.f} image (f={self.f}), above "
-                f"max_side={self.max_side} (at most {limit} tokens a side): use decode_tiled "
-                "or load with a larger max_side"
+                f"max_side={self.max_side} (at most {limit} tokens a side): {self.size_advice}"
             )
         return self._decode_checked(idx, output, size)
 
@@ -184,7 +188,12 @@ class Tokenizer(TokenizerBase):
     def _read(self, image: Any) -> np.ndarray:
         """One image as uint8 [H, W, 3], a file's size checked from its header against the
         largest side the tiled methods take."""
-        return to_uint8_image(image, max_side=tiling.tiled_max_side(self))
+        try:
+            return to_uint8_image(image, max_side=tiling.tiled_max_side(self))
+        except ImageTooLarge as e:
+            if tiling.may_tile(self):
+                raise
+            raise ImageTooLarge(f"{e}: {self.size_advice}") from None
 
     def _token_file_limits(self) -> dict[str, Any]:
         side = tiling.tiled_max_side(self)
@@ -219,8 +228,7 @@ class Tokenizer(TokenizerBase):
         """One image of any size -> (token map [1, h, w], the uint8 image tokenized), tile by
         tile when a side is above TILE_ABOVE pixels."""
         img = self._read(image)
-        if max(img.shape[:2]) > TILE_ABOVE:
-            tiling.check_tiling(self, self._above(img.shape[:2]))
+        if self._goes_tiled(img.shape[:2]):
             return self.encode_tiled(img), img
         return self.encode(img), img
 
@@ -228,8 +236,7 @@ class Tokenizer(TokenizerBase):
         """One image of any size -> (uint8 reconstruction [1, H, W, 3], token map [1, h, w],
         the uint8 image tokenized), tile by tile above TILE_ABOVE pixels."""
         img = self._read(image)
-        if max(img.shape[:2]) > TILE_ABOVE:
-            tiling.check_tiling(self, self._above(img.shape[:2]))
+        if self._goes_tiled(img.shape[:2]):
             recon, idx = self.reconstruct_tiled(img)
         else:
             recon, idx = self.reconstruct(img)
@@ -240,16 +247,16 @@ class Tokenizer(TokenizerBase):
         tile by tile when a side is above TILE_ABOVE pixels."""
         idx = token_file.indices
         size = tuple(token_file.image_size) if token_file.image_size else None
-        if max(idx.shape[1:]) * self.f <= TILE_ABOVE:
+        if not self._goes_tiled((idx.shape[1] * self.f, idx.shape[2] * self.f)):
             return self.decode(idx, size=size)
-        tiling.check_tiling(self, self._above((idx.shape[1] * self.f, idx.shape[2] * self.f)))
         return np.concatenate(
             [self.decode_tiled(idx[b : b + 1], size=size) for b in range(len(idx))]
         )
 
-    @staticmethod
-    def _above(hw: tuple[int, int]) -> str:
-        return f"a {hw[0]}x{hw[1]} image (sides above {TILE_ABOVE} pixels go tile by tile)"
+    def _goes_tiled(self, hw: tuple[int, int]) -> bool:
+        """Whether a per-file call on an image of ``hw`` pixels goes tile by tile: above
+        TILE_ABOVE, for a model that can be tiled (the others run whole up to max_side)."""
+        return max(hw) > TILE_ABOVE and tiling.may_tile(self)
 
     def describe_tokens(self, tokens: Any) -> str:
         """A token map in words, e.g. "64x48 token map" (h x w; "3 x 64x48" for a batch)."""
@@ -318,7 +325,7 @@ def load(
     threads: int | None = None,
     strict: bool = True,
     session_options: ort.SessionOptions | None = None,
-    max_side: int = DEFAULT_MAX_SIDE,
+    max_side: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> Tokenizer | MultiScaleTokenizer:
     """Load a bundle as the tokenizer of its kind.
@@ -343,8 +350,10 @@ def load(
         loudly, and ``info`` reports what runs).
     session_options : onnxruntime.SessionOptions, optional
         Used as given (``threads`` then does not apply).
-    max_side : int
-        Largest image side, in pixels, the untiled methods take in and give out.
+    max_side : int, optional
+        Largest image side, in pixels, the untiled methods take in and give out. Default:
+        ``DEFAULT_MAX_SIDE``, or less for a model with self-attention, whose memory grows
+        with the fourth power of the side (``vqedge.runtime.session.default_max_side``).
     cache_dir : str or Path, optional
         Keep onnxruntime's optimized graphs here and load them on later runs (faster
         start). Entries are keyed by bundle, graph, provider, onnxruntime version and CPU,
@@ -363,7 +372,9 @@ def load(
     ProviderError
         With ``strict``, a provider or precision that was asked for does not run.
     """
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
+    ):
         raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
     sessions = BundleSessions.open(
         bundle, providers, precision, threads, strict, session_options, cache_dir

@@ -337,3 +337,48 @@ def test_peaks_from_flags(vendor, family, flags, per_cycle):
     assert p["per_cycle_per_core"] == per_cycle
     assert p["gflops"]["fp32"] == pytest.approx(2 * 2.5 * per_cycle["fp32"])
     assert all(p["derivation"].values())
+
+
+# -- quality of the shipped bundles per set (benchmarks/quality.py) ---------------------------
+
+
+def test_quality_measures_single_and_multi_scale_bundles(bundle):
+    from vqedge.benchmarks import quality
+    from vqedge.models.data import held_out_paths
+    from vqedge.runtime import load
+    from vqedge.runtime.inputs import read_image
+
+    photo = read_image(held_out_paths()[2])
+    sets = {
+        s: [(f"crop{i}", photo[i * 40 : i * 40 + 72, :88]) for i in range(2)] for s in quality.SETS
+    }
+    single = quality.measure(load("vqvae-f4"), sets)
+    multi = quality.measure(load(bundle), sets)
+    for got in (single, multi):
+        for s in quality.SETS:
+            assert set(got[s]["psnr_each"]) == {"crop0", "crop1"}
+            assert 10 < got[s]["psnr"] < 60 and got[s]["codes_used"] >= 1
+    prefixes = multi[quality.SETS[0]]["psnr_per_prefix"]
+    assert len(prefixes) == 5 and prefixes[-1] == pytest.approx(multi[quality.SETS[0]]["psnr"])
+    assert "psnr_per_prefix" not in single[quality.SETS[0]]
+    assert multi[quality.ALL]["images"] == 8 and multi[quality.ALL]["tokens"] == 8 * 103
+    assert multi[quality.ALL]["codes_used"] >= multi[quality.SETS[0]]["codes_used"]
+    results = {"sizes": {s: "any" for s in quality.SETS}, "out_of_set": [], "bundles": {}}
+    results["bundles"] = {"f4": {"fp32": single}, "ms": {"fp32": multi}}
+    md = quality.report(results)
+    assert "## ms" in md and "| set | 1 | 2 | 3 | 4 | 5 |" in md
+    assert "| held-out photos | crop0 |" in md and "over all 8 images (824 tokens" in md
+
+
+def test_out_of_set_images_are_in_no_set_and_missing_ones_say_what_to_install(monkeypatch):
+    from vqedge.benchmarks import quality
+    from vqedge.models.data import COLLECTION
+
+    names = {Path(c.path.split(":")[-1]).name for c in COLLECTION}
+    for o in quality.OUT_OF_SET:
+        assert Path(o.path).name not in names and o.kind in ("photo", "illustration")
+    assert sum(o.kind == "photo" for o in quality.OUT_OF_SET) >= 10
+    gone = quality.OutOfSet("/nonexistent/x.jpg", "photo", "p", "l", "a")
+    monkeypatch.setattr(quality, "OUT_OF_SET", (gone,))
+    with pytest.raises(FileNotFoundError, match="make eval-data"):
+        quality.image_sets()

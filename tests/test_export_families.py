@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from official_layouts import llamagen_layout, random_tensors, taming_layout
+from PIL import Image
 
 from vqedge.commands.main import main
 from vqedge.export import export_pretrained
@@ -21,6 +22,7 @@ from vqedge.export.validate import count_ties
 from vqedge.models import blocks, llamagen, taming
 from vqedge.models.import_checkpoint import CheckpointError
 from vqedge.runtime import load
+from vqedge.runtime.inputs import ImageTooLarge
 from vqedge.runtime.manifest import sha256_file
 
 # every test here exports a bundle (tens of seconds each): not part of the development loop
@@ -247,7 +249,6 @@ def test_taming_cli_export_runs_and_matches_pytorch(taming_file, tmp_path, capsy
 
 def test_tiled_calls_are_refused_saying_why(llamagen_bundle):
     tok = load(llamagen_bundle)
-    big = np.zeros((1100, 40, 3), np.uint8)
     why = "attention sees the whole latent"
     with pytest.raises(ValueError, match=f"tiled encode is refused: .*{why}"):
         tok.encode_tiled(np.zeros((64, 64, 3), np.uint8))
@@ -255,11 +256,32 @@ def test_tiled_calls_are_refused_saying_why(llamagen_bundle):
         tok.decode_tiled(np.zeros((1, 8, 8), np.int64))
     with pytest.raises(ValueError, match=why):
         tok.reconstruct_tiled(np.zeros((64, 64, 3), np.uint8))
-    with pytest.raises(ValueError, match=f"a 1100x40 image .* is refused: .*{why}"):
-        tok.encode_image(big)
-    with pytest.raises(ValueError, match=why):
-        tok.reconstruct_image(big)
-    # at or below TILE_ABOVE the per-file methods run whole
+
+
+def test_attention_bounds_the_default_max_side(llamagen_bundle, tmp_path):
+    """Attention's scores grow with side^4: the default max_side keeps them within 1 GiB
+    (128 positions a side of the map attention runs on), and larger images are refused
+    before anything runs, saying why; the per-file methods run whole up to it."""
+    tok = load(llamagen_bundle)
+    stride = tok.manifest["input"]["attention_stride"]
+    assert stride == tok.f == 4  # this small LlamaGen attends only at its latent
+    assert tok.max_side == 128 * stride == 512
+    advice = "attention compares every pair of positions of its 1/4 map"
+    with pytest.raises(ValueError, match=f"exceeds the limit of 512 pixels: resize it: .*{advice}"):
+        tok.encode(np.zeros((520, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match=f"above max_side=512 .*{advice}"):
+        tok.decode(np.zeros((1, 8, 130), np.int64))
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 1100)).save(path)
+    for call in (tok.encode_image, tok.reconstruct_image):
+        with pytest.raises(ImageTooLarge, match=f"40x1100.*512 pixels.*{advice}"):
+            call(path)
+    # above TILE_ABOVE but within max_side, the per-file methods run the image whole
+    wide = load(llamagen_bundle, max_side=1100)
+    assert "was asked for" in wide.size_advice
+    idx, _ = wide.encode_image(np.zeros((8, 1100, 3), np.uint8))
+    assert idx.shape == (1, 2, 275)
+    assert np.array_equal(idx, wide.encode(np.zeros((8, 1100, 3), np.uint8)))
     idx, _ = tok.encode_image(np.zeros((64, 48, 3), np.uint8))
     assert idx.shape == (1, 16, 12)
 

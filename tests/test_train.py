@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +183,30 @@ def test_cli_ctrl_c_writes_checkpoint(photo_folder, tmp_path):
     model, _ = load_model(out)
     assert int(latest.split("-")[1]) >= 1
     assert model.config.codebook_size == 32
+
+
+def test_init_from_starts_a_new_run_from_other_weights(tiny_config, photo_folder, tmp_path):
+    train(_tc(tiny_config, photo_folder, tmp_path / "a", steps=3), progress=False)
+    a, _ = load_model(tmp_path / "a")
+    other = dataclasses.replace(tiny_config, codebook_size=16)  # replaced by the source's
+    # lr 0: AdamW leaves the weights alone, so they must be the source's exactly
+    tc = _tc(other, photo_folder, tmp_path / "b", steps=2, lr=0.0, init_from=str(tmp_path / "a"))
+    train(tc, progress=False)
+    b, ckpt = load_model(tmp_path / "b")
+    assert ckpt.name == "ckpt-0000002" and b.config == tiny_config
+    for k, v in a.encoder.state_dict().items():
+        assert torch.equal(v, b.encoder.state_dict()[k]), k
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert state["init"]["from"] == str(tmp_path / "a")
+    assert state["init"]["state"]["step"] == 3 and "optimizer" not in state["init"]["state"]
+
+
+def test_cli_init_from_with_resume_is_refused(tmp_path):
+    cmd = [sys.executable, "-m", "vqedge.commands.main", "train", "--resume"]
+    r = subprocess.run(
+        [*cmd, "--init-from", "vqvae-f4", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "give one of them" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -170,3 +170,15 @@ def test_model_card_lists_the_collection(tiny_config):
         assert f"`{c.path}`" in card
     old = model_card(tiny_config, _state(tiny_config))  # a run from before the collection
     assert "scikit-image" in old and "## Data sources" not in old
+
+
+def test_model_card_shows_the_warm_start(tiny_config):
+    from vqedge.models.card import model_card
+
+    earlier = _state(tiny_config) | {"step": 4500, "wall_seconds": 3240.0}
+    state = _state(tiny_config, work_side=1024) | {"init": {"from": "vqvae-f4", "state": earlier}}
+    card = model_card(tiny_config, state)
+    assert "| warm start | the weights of `vqvae-f4`: 4500 steps of batch 16" in card
+    assert "54 minutes, held-out 20.00 dB" in card
+    assert "## Curve of the run it started from (`vqvae-f4`)" in card
+    assert "warm start" not in model_card(tiny_config, _state(tiny_config, work_side=1024))
