@@ -1,19 +1,20 @@
 """Publish a trained run as a shipped checkpoint: weights, config and a model card.
 
-``python -m vqedge.models.card RUN_DIR DEST_DIR`` copies the latest checkpoint's weights and
-config (not the optimizer) and writes MODEL_CARD.md from the run's recorded history, so the
-card's numbers are the ones training measured.
+``python -m vqedge.models.card RUN_DIR DEST_DIR [QUALITY_JSON]`` copies the latest
+checkpoint's weights and config (not the optimizer) and writes MODEL_CARD.md from the run's
+recorded history, so the card's numbers are the ones training measured; QUALITY_JSON
+(``python -m vqedge.benchmarks.quality``) adds the exported bundle's figures per set.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from vqedge.models.checkpoint import CONFIG, STATE, WEIGHTS, resolve_checkpoint
 from vqedge.models.data import COLLECTION, DEFAULT_TRAIN, HELD_OUT, TRAIN
+from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.config import VQVAEConfig
 
 
@@ -89,7 +90,49 @@ def _warm_start(state: dict) -> tuple[str, str]:
     return row, section
 
 
-def model_card(cfg: VQVAEConfig, state: dict) -> str:
+def _quality_section(quality: dict | None) -> str:
+    """The bundle's figures from ``python -m vqedge.benchmarks.quality`` (its JSON entry for
+    this model): per set and precision, then per image at fp32."""
+    if not quality:
+        return ""
+    precs = list(quality)
+    fp32 = quality[precs[0]]
+    sets = [s for s in fp32 if "psnr_each" in fp32[s]]
+    rows = "\n".join(
+        f"| {s} | {len(fp32[s]['psnr_each'])} | "
+        + " | ".join(f"{quality[p][s]['psnr']:.2f}" for p in precs)
+        + " |"
+        for s in sets
+    )
+    each = "\n".join(
+        f"| {s} | {name} | {v:.2f} |" for s in sets for name, v in fp32[s]["psnr_each"].items()
+    )
+    usage = ""
+    every = next((v for v in fp32.values() if "psnr_each" not in v), None)
+    if every:
+        usage = (
+            f"\nCodes used over all {every['images']} images ({every['tokens']} tokens): "
+            f"{every['codes_used']} ({100 * every['usage']:.1f}%), perplexity "
+            f"{every['perplexity']:.0f}.\n"
+        )
+    return f"""
+## The exported bundle on four sets
+
+Through the runtime (onnxruntime, CPU provider), `python -m vqedge.benchmarks.quality`; the
+out-of-set images come from Debian packages in none of the training splits (sources, sizes and
+licences in `benchmarks/results/quality.md`). PSNR in dB:
+
+| set | images | {" | ".join(precs)} |
+| --- | ---: |{" ---: |" * len(precs)}
+{rows}
+{usage}
+| set | image | PSNR (fp32) |
+| --- | --- | ---: |
+{each}
+"""
+
+
+def model_card(cfg: VQVAEConfig, state: dict, quality: dict | None = None) -> str:
     tc = state["train_config"]
     last = state["history"][-1]
     K, f = cfg.codebook_size, cfg.downsample_factor
@@ -166,19 +209,26 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | step | PSNR (dB) | codes used | perplexity |
 | --- | --- | --- | --- |
 {curve}
-{warm_section}{extra}{sources}"""
+{warm_section}{extra}{_quality_section(quality)}{sources}"""
 
 
-def publish(run_dir: str | Path, dest: str | Path) -> Path:
+def publish(run_dir: str | Path, dest: str | Path, quality_json: str | Path | None = None) -> Path:
+    """Copy a run's latest weights, config and state to ``dest`` and write its model card;
+    with ``quality_json`` (``vqedge.benchmarks.quality``'s output), the card also shows the
+    entry of the bundle named like ``dest``."""
     ckpt = resolve_checkpoint(run_dir)
     state = json.loads((ckpt / STATE).read_text())
     dest = Path(dest)
+    quality = None
+    if quality_json:
+        quality = json.loads(Path(quality_json).read_text())["bundles"].get(dest.name)
     dest.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS, CONFIG, STATE):
-        shutil.copyfile(ckpt / name, dest / name)
-    (dest / "MODEL_CARD.md").write_text(model_card(VQVAEConfig.load(ckpt / CONFIG), state))
+        write_bytes_atomic(dest / name, (ckpt / name).read_bytes())
+    card = model_card(VQVAEConfig.load(ckpt / CONFIG), state, quality)
+    write_bytes_atomic(dest / "MODEL_CARD.md", card.encode())
     return dest
 
 
 if __name__ == "__main__":
-    print(publish(sys.argv[1], sys.argv[2]))
+    print(publish(*sys.argv[1:4]))

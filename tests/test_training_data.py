@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -182,3 +183,23 @@ def test_model_card_shows_the_warm_start(tiny_config):
     assert "54 minutes, held-out 20.00 dB" in card
     assert "## Curve of the run it started from (`vqvae-f4`)" in card
     assert "warm start" not in model_card(tiny_config, _state(tiny_config, work_side=1024))
+
+
+def test_publish_writes_the_bundle_quality_into_the_card(tiny_config, tmp_path):
+    from vqedge.models.card import publish
+    from vqedge.models.checkpoint import save_checkpoint
+    from vqedge.models.vqvae import VQVAE
+
+    model = VQVAE(tiny_config)
+    save_checkpoint(tmp_path / "run", 2, model, train_state=_state(tiny_config, work_side=1024))
+    entry = {"psnr": 27.5, "psnr_each": {"china.jpg": 25.0, "chelsea.png": 30.0}}
+    every = {"images": 2, "tokens": 99, "codes_used": 30, "usage": 0.9375, "perplexity": 20.0}
+    sets = {"held-out photos": entry, "all sets": every}
+    quality = {"bundles": {"tiny": {"fp32": sets, "int8": sets}}}
+    (tmp_path / "q.json").write_text(json.dumps(quality))
+    dest = publish(tmp_path / "run", tmp_path / "tiny", tmp_path / "q.json")
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "| held-out photos | 2 | 27.50 | 27.50 |" in card
+    assert "| held-out photos | chelsea.png | 30.00 |" in card
+    assert "Codes used over all 2 images (99 tokens): 30 (93.8%)" in card
+    assert (dest / "model.safetensors").is_file() and not list(dest.glob(".tmp*"))
