@@ -320,13 +320,17 @@ def to_batch(images: Any, max_side: int, advice: str | None = None) -> np.ndarra
     return np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
 
 
+# what to do with an image above max_side, for a model that may be tiled
+TILED_ADVICE = "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
+
+
 def _check_size(n: int, h: int, w: int, max_side: int, advice: str | None) -> None:
     if n == 0:
         raise ValueError("empty batch: pass at least one image")
     if h == 0 or w == 0:
         raise ValueError(f"images must have non-zero height and width, got {h}x{w}")
     if max(h, w) > max_side:
-        advice = advice or "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
+        advice = advice or TILED_ADVICE
         raise ValueError(f"image side {max(h, w)} exceeds the limit of {max_side} pixels: {advice}")
 
 

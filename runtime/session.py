@@ -22,7 +22,7 @@ import onnxruntime as ort
 from vqedge.runtime.arena import use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import float_to_uint8
-from vqedge.runtime.inputs import DEFAULT_MAX_SIDE
+from vqedge.runtime.inputs import DEFAULT_MAX_SIDE, TILED_ADVICE
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -413,7 +413,7 @@ class TokenizerBase:
         """What to do with an image or token map above ``max_side`` (ends error messages)."""
         stride = attention_stride(self.manifest)
         if stride is None:
-            return "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
+            return TILED_ADVICE
         if self.max_side == default_max_side(self.manifest):
             why = f"keeps its scores within {ATTENTION_MAX_BYTES >> 30} GiB"
         else:
