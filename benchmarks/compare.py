@@ -223,6 +223,17 @@ def add_flops(results: dict[str, Any], bundle: Path, peaks: dict[str, Any]) -> N
                 s["fraction_of_peak"] = g / peak if peak else None
 
 
+def model_files_mb(bundle: Path, manifest: dict[str, Any], precision: str) -> float | None:
+    """MiB of the graphs and weights files a configuration at ``precision`` reads: the
+    variant it runs (bf16 runs the fp32 graphs; PyTorch holds the same weights at fp32)."""
+    variant = precision if precision in ("fp16", "int8") else "fp32"
+    v = manifest.get("variants", {}).get(variant)
+    if v is None:
+        return None
+    files = {g["file"] for g in v["graphs"].values()} | set(v.get("weights", []))
+    return sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file()) / 2**20
+
+
 def _same_weights(r: dict[str, Any]) -> bool:
     """Whether a configuration runs the bundle's weights (a PyTorch model may not)."""
     return r.get("details", {}).get("same_weights_as_bundle", True)
@@ -432,12 +443,67 @@ def misses(report: dict[str, Any]) -> list[str]:
         names = [n for n in res if f"`{n}`" in t["target"] and n.startswith("vqedge")]
         why = ""
         prof = res.get(names[0], {}).get("profile") if names else None
-        if prof:
+        steps = _memory_steps(res.get(names[0], {})) if names else []
+        if t["target"].startswith("cold peak RSS") and steps:
+            grew = ", ".join(
+                f"{step} {rss:.0f}" if step == "import" else f"{step} {delta:+.0f}"
+                for step, rss, delta in steps
+            )
+            files = res[names[0]].get("model_files_mb")
+            why = f"; RSS after each step: {grew} MiB" + (
+                f" (model files {files:.0f} MiB)" if files else ""
+            )
+        elif prof:
             top = ", ".join(
                 f"{o['graph']} {o['op_type']} {o['share']:.0%}" for o in prof["op_types"][:3]
             )
             why = f"; `{names[0]}` spends its node time in {top}"
         lines.append(f"- {t['target']}: {t['measured']} (required {t['required']}){why}")
+    return lines
+
+
+def _memory_steps(r: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(step, RSS MiB after it, growth over the step before) of a configuration's cold start."""
+    out, last = [], 0.0
+    for m in r.get("cold", {}).get("memory", []):
+        if "rss" in m:
+            out.append((m["step"], m["rss"], m["rss"] - last))
+            last = m["rss"]
+    return out
+
+
+def _memory(report: dict[str, Any]) -> list[str]:
+    rows = {n: r for n, r in report["results"].items() if _memory_steps(r)}
+    if not rows:
+        return []
+    steps = [s for s, _, _ in _memory_steps(next(iter(rows.values())))]
+    lines = [
+        "",
+        "## Where the memory goes",
+        "",
+        "Resident memory (MiB) of the cold start's process after each step, with its growth: "
+        "import (interpreter and libraries), load (weights, sessions or compilation), then "
+        "each stage of the first run; peak is the high-water mark the RSS target reads. At "
+        "the end, anon (heap, arenas, weights copied or repacked) and file (mapped files: "
+        "libraries, and weights a runtime maps instead of copying; they count in RSS once "
+        "touched). Model files: the graphs and weights the configuration reads (PyTorch: "
+        "the fp32 variant's, the same weights).",
+        "",
+        "| configuration | model files | " + " | ".join(steps) + " | peak | anon | file |",
+        "| --- |" + " ---: |" * (len(steps) + 4),
+    ]
+    for name, r in rows.items():
+        ms = _memory_steps(r)
+        end = r["cold"]["memory"][-1]
+        cells = [
+            f"{rss:.0f}" if step == "import" else f"{rss:.0f} ({delta:+.0f})"
+            for step, rss, delta in ms
+        ]
+        lines.append(
+            f"| {name} | {_f(r.get('model_files_mb'), '.0f')} | " + " | ".join(cells) + " | "
+            f"{_f(r['cold'].get('peak_rss_mb'), '.0f')} | {_f(end.get('anon'), '.0f')} | "
+            f"{_f(end.get('file'), '.0f')} |"
+        )
     return lines
 
 
@@ -582,6 +648,7 @@ def markdown(report: dict[str, Any]) -> str:
                 else ""
             )
         )
+    lines += _memory(report)
     lines += _profiles(report)
     skipped = report["skipped_configs"]
     errors = {n: r["error"] for n, r in report["results"].items() if "error" in r}
@@ -803,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget_s - (time.time() - t_begin) if args.budget_s else None
         spec["deadline"] = time.time() + left / (len(configs) - k) if left is not None else None
         r: dict[str, Any] = {**asdict(cfg), "python": python}
+        r["model_files_mb"] = model_files_mb(bundle, bf.manifest, cfg.precision)
         if not args.no_cold:
             n = 1 if cfg.compile else args.cold_runs  # torch.compile: half a minute each
             out = workdir / f"{tag}-cold.json"

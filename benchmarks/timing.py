@@ -96,6 +96,26 @@ def peak_rss_mb() -> float | None:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, else KiB
 
 
+MEMORY_FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now, in MiB: ``rss``, split into ``anon`` (heap,
+    arenas, weights copied or repacked) and ``file`` (mapped files: libraries, and weights
+    read through a memory map), and ``peak`` (VmHWM). Empty where /proc/self/status is
+    missing (not Linux)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in MEMORY_FIELDS:
+                    out[MEMORY_FIELDS[key]] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
 def synthetic_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     """Deterministic photo-like uint8 images [batch, size, size, 3]: smooth shapes + noise."""
     rng = np.random.default_rng(seed)

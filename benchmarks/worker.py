@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from vqedge.benchmarks.timing import (  # noqa: E402
     E2E,
+    memory_mb,
     peak_rss_mb,
     reset_peak_rss,
     summarize,
@@ -37,9 +38,12 @@ from vqedge.benchmarks.timing import (  # noqa: E402
 from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float  # noqa: E402
 
 
-def _variant_file(bundle: Path, variant: str, graph: str) -> Path:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    return bundle / manifest["variants"][variant]["graphs"][graph]["file"]
+def _variant_file(bundle: Path, variant: str, graph: str, form: str | None = None) -> Path:
+    """A variant's graph file; in the provider form ``form`` (e.g. "openvino_graphs") where
+    the variant has one."""
+    v = json.loads((bundle / "manifest.json").read_text())["variants"][variant]
+    entry = v.get(form, {}).get(graph) if form else None
+    return bundle / (entry or v["graphs"][graph])["file"]
 
 
 # -- the families: load, then three stages numpy -> ... -> numpy ------------------------------
@@ -154,7 +158,8 @@ class VqedgeRunner:
 
 
 class OpenvinoRunner:
-    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ);
+    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ;
+    the forms the runtime gives its OpenVINO provider, where the bundle has them);
     a multi-scale bundle's decode is its scales graph (tokens -> f_hat), then its decoder."""
 
     # the lookups run at full precision, from the fp32 graphs
@@ -182,7 +187,8 @@ class OpenvinoRunner:
                 "PERFORMANCE_HINT": "LATENCY",
                 "PERF_COUNT": perf_count,
             }
-            path = _variant_file(bundle, "fp32" if exact else variant, graph)
+            # the graphs vqedge gives its OpenVINO provider: OpenVINO on the same graphs
+            path = _variant_file(bundle, "fp32" if exact else variant, graph, "openvino_graphs")
             return core.compile_model(core.read_model(str(path)), "CPU", cfg)
 
         self._compile = compile_graph
@@ -259,10 +265,13 @@ def _batch(inputs: Any, batch: int, size: int) -> np.ndarray:
     return uint8_to_float(imgs[np.arange(batch) % len(imgs)])
 
 
-def _run_once(stages: list[tuple[str, Any]], x: np.ndarray) -> Any:
+def _run_once(stages: list[tuple[str, Any]], x: np.ndarray, after: Any | None = None) -> Any:
+    """One pass through the stages; ``after(name)`` is called as each one ends."""
     y = x
-    for _, fn in stages:
+    for name, fn in stages:
         y = fn(y)
+        if after is not None:
+            after(name)
     return y
 
 
@@ -361,12 +370,15 @@ def cold(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         import openvino  # noqa: F401
     t_imported = time.time()
+    # where the peak comes from: resident memory after each step of the cold start
+    memory = [{"step": "import", **memory_mb()}]
     runner = RUNNERS[family](spec)
     t_loaded = time.time()
+    memory.append({"step": "load", **memory_mb()})
     batch, size = spec["cold_case"]
     x = _batch(np.load(spec["inputs"]), batch, size)
     t_input = time.time()
-    _run_once(runner.stages(), x)
+    _run_once(runner.stages(), x, after=lambda name: memory.append({"step": name, **memory_mb()}))
     t_first = time.time()
     return {
         "t_start": T_START,
@@ -377,6 +389,7 @@ def cold(spec: dict[str, Any]) -> dict[str, Any]:
         "t_first": t_first,
         "input_prep_s": t_input - t_loaded,
         "peak_rss_mb": peak_rss_mb(),
+        "memory": memory,
         "case": [batch, size],
     }
 

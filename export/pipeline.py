@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
+from vqedge.export.group_norm import group_norm_from_channel_stats
 from vqedge.export.multi_scale import MultiScaleRecipe
 from vqedge.export.recipe import GENERATOR_MIN_AGREEMENT, Graphs, Recipe, session
 from vqedge.export.single_scale import SingleScaleRecipe
@@ -48,6 +49,7 @@ from vqedge.runtime.manifest import (
     PRECISIONS,
     sha256_file,
 )
+from vqedge.runtime.providers import FORM_KEYS
 
 # model class -> its recipe; the most specific class of a model wins (its MRO order)
 RECIPES: dict[type, type[Recipe]] = {
@@ -65,6 +67,8 @@ MIN_ONNXRUNTIME = "1.19"
 MAX_IR_VERSION = 10
 MAX_OPSET = 21
 CPU_DECODER = "decoder_cpu"
+# graph name suffix of the OpenVINO provider's forms (encoder_openvino, decoder_openvino)
+OPENVINO_FORM = "openvino"
 # the graphs that get reduced-precision forms; every other graph is fp32 in every variant
 REDUCED = (ENCODER, DECODER)
 
@@ -151,9 +155,9 @@ def export_bundle(
     try:
         work = tmp / "work"
         work.mkdir()
-        variants, results = _build(recipe, work, precisions, log)
+        variants, results, forms_cases = _build(recipe, work, precisions, log)
         log("writing the bundle: each weight once per precision")
-        manifest = _write_bundle(recipe, config, source, tmp, work, variants, results)
+        manifest = _write_bundle(recipe, config, source, tmp, work, variants, results, forms_cases)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
@@ -170,8 +174,9 @@ def export_bundle(
 
 def _build(
     recipe: Recipe, work: Path, precisions: tuple[str, ...], log
-) -> tuple[dict[str, dict[str, Any]], list[dict]]:
-    """Every graph of every variant in ``work`` (weights inline), gated and measured."""
+) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, list[dict]]]:
+    """Every graph of every variant in ``work`` (weights inline), gated and measured ->
+    (variants, the gate's cases, the gate's cases of each provider form)."""
     paths = _trace(recipe, work, log)
     log("validating against PyTorch")
     passed, report, results = recipe.validate(paths)
@@ -197,6 +202,7 @@ def _build(
             to_int8(paths[name], graphs[name], *calib[name])
         variants["int8"] = {"graphs": graphs}
     _cpu_decoders(work, variants, calib[DECODER], log)
+    forms_cases = _openvino_graphs(recipe, work, variants, log)
 
     log("measuring held-out quality of each variant")
     fp32_idx = None
@@ -220,7 +226,7 @@ def _build(
             log(line)
     else:
         int8_gate(variants)
-    return variants, results
+    return variants, results, forms_cases
 
 
 def _trace(recipe: Recipe, work: Path, log) -> Graphs:
@@ -275,6 +281,33 @@ def _cpu_decoders(
         variants["int8"]["cpu_graphs"] = {DECODER: int8_dec}
 
 
+def _openvino_graphs(
+    recipe: Recipe, work: Path, variants: dict[str, dict[str, Any]], log
+) -> dict[str, list[dict]]:
+    """Give the fp32 variant (which bf16 also runs) its OpenVINO-provider encoder and
+    decoder, GroupNorm computed from per-channel statistics (``group_norm``), gated against
+    PyTorch like the plain graphs: its ``openvino_graphs``. -> {"openvino_graphs": the gate's
+    cases}, or {} for a model without GroupNorm."""
+    plain = variants["fp32"]["graphs"]
+    forms, counts = {}, []
+    for name in REDUCED:
+        model, count = group_norm_from_channel_stats(onnx.load(str(plain[name])))
+        if count:
+            forms[name] = work / graph_file(f"{name}_{OPENVINO_FORM}", "fp32")
+            onnx.save(model, str(forms[name]))
+            onnx.checker.check_model(str(forms[name]), full_check=True)
+            _check_compat(model, name)
+            counts.append(f"{count} in the {name}")
+    if not forms:
+        return {}
+    log(f"OpenVINO-provider graphs: GroupNorm from per-channel statistics ({', '.join(counts)})")
+    passed, report, cases = recipe.validate({**plain, **forms})
+    if not passed:
+        raise ExportValidationError(f"OpenVINO-provider graphs:\n{report}")
+    variants["fp32"]["openvino_graphs"] = forms
+    return {"openvino_graphs": cases}
+
+
 def int8_report(variants: dict[str, dict[str, Any]]) -> list[str]:
     """For imported models: the int8 variant is kept and its losses stated, not refused
     (their owners decide; the manifest says which precisions are fit for training)."""
@@ -317,6 +350,7 @@ def _write_bundle(
     work: Path,
     variants: dict[str, dict[str, Any]],
     results: list[dict],
+    forms_cases: dict[str, list[dict]],
 ) -> dict[str, Any]:
     """Move the graphs from ``work`` into the flat bundle with shared external weights,
     check each one as written, and return the manifest (every file listed)."""
@@ -334,7 +368,8 @@ def _write_bundle(
     }
     # each work file once, fp32 first so that other precisions find its tensors
     files = {p for v in variants.values() for p in v["graphs"].values()}
-    files |= {p for v in variants.values() for p in v.get("cpu_graphs", {}).values()}
+    for key in FORM_KEYS:
+        files |= {p for v in variants.values() for p in v.get(key, {}).values()}
     files = sorted(files, key=lambda p: (_weights_order(p.name), p.name))
     stores = {prec: WeightStore(tmp, prec) for prec in PRECISIONS}
     io, reads = {}, {}
@@ -363,7 +398,7 @@ def _write_bundle(
     for prec, v in variants.items():
         entry: dict[str, Any] = {}
         used: set[str] = set()
-        for key in ("graphs", "cpu_graphs"):
+        for key in ("graphs", *FORM_KEYS):
             if key in v:
                 entry[key] = {n: {"file": p.name, **io[p.name]} for n, p in v[key].items()}
                 used.update(p.name for p in v[key].values())
@@ -412,6 +447,8 @@ def _write_bundle(
             "passed": True,
             "tolerances": {"latent_atol": 1e-4, "image_atol": 1e-3, "indices": "identical"},
             "cases": results,
+            # each provider form's own pass through the gate
+            **{key: {"passed": True, "cases": cases} for key, cases in forms_cases.items()},
         },
         **recipe.manifest_extra(),
         "files": {name: sha256_file(tmp / name) for name in file_sizes},

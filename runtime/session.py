@@ -13,6 +13,7 @@ import hashlib
 import math
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ from vqedge.runtime.manifest import (
     verified_file,
 )
 from vqedge.runtime.providers import (
-    CPU,
     DEVICE_MEMORY,
+    FORM_KEYS,
     OPENVINO,
+    PROVIDER_FORMS,
     RUN_PRECISIONS,
     ProviderList,
     lookup_providers,
@@ -177,6 +179,7 @@ class BundleSessions:
         self._files: dict[str, str] = {}  # graph -> the bundle file its session runs
         self._weights_checked = False
         self._codebook: np.ndarray | None = None
+        self._fresh_options: Callable[[], ort.SessionOptions] | None = None
 
     @classmethod
     def open(
@@ -214,17 +217,23 @@ class BundleSessions:
                 f"{sorted(manifest['variants'])}); export it with --precisions {variant}"
             )
         v = manifest["variants"][variant]
-        graphs = [*v["graphs"].values(), *v.get("cpu_graphs", {}).values()]
+        graphs = [*v["graphs"].values(), *(g for k in FORM_KEYS for g in v.get(k, {}).values())]
         rels = [manifest["codebook"]["file"], *(g["file"] for g in graphs), *v.get("weights", [])]
         for rel in rels:
             if not (root / rel).is_file():
                 raise BundleError(f"bundle file {rel} is missing from {root}")
+        own_options = session_options is None
         if session_options is None:
             session_options = default_session_options(threads)
         cache = Path(cache_dir) if cache_dir is not None else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         core = cls(root, manifest, providers, precision, session_options, strict, cache)
+        if own_options:
+            # each cached graph names its own weights file in its options: fresh options per
+            # graph, or onnxruntime warns on every overwrite (options the user gave are used
+            # as given)
+            core._fresh_options = lambda: default_session_options(threads)
         core.session(ENCODER)
         return core
 
@@ -233,14 +242,16 @@ class BundleSessions:
     def graph_file(self, graph: str, providers: ProviderList | None = None) -> str:
         """The bundle file that runs ``graph`` on ``providers`` (default: the core's).
 
-        Where onnxruntime's CPU provider comes first and the variant has ``cpu_graphs``, its
-        form for that provider (the decoder's ConvTransposes as phase convolutions: int8
-        kernels and no column buffer there; OpenVINO and GPUs run the plain form).
+        Where the first provider has a form of its own in the variant (``PROVIDER_FORMS``),
+        that form: for onnxruntime's CPU provider the decoder's ConvTransposes as phase
+        convolutions (int8 kernels and no column buffer there), for OpenVINO GroupNorm from
+        per-channel statistics (no layout reorders around it); GPUs run the plain form.
         """
         if providers is None:
             providers = self.lookup_providers if graph == QUANTIZER else self.providers
-        alt = self.variant.get("cpu_graphs", {}).get(graph)
-        if alt is not None and provider_names(providers)[0] == CPU:
+        form = PROVIDER_FORMS.get(provider_names(providers)[0])
+        alt = self.variant.get(form, {}).get(graph) if form else None
+        if alt is not None:
             return alt["file"]
         graphs = self.variant["graphs"]
         if graph not in graphs:
@@ -310,7 +321,7 @@ class BundleSessions:
         stem = Path(rel).name.split(".")[0]  # encoder, decoder_cpu, ...
         key = f"{self.bundle_sha256[:12]}-{variant}-{stem}-{first}-ort{ort.__version__}"
         cached = self.cache_dir / f"{key}-{machine}.onnx"
-        opts = self.options
+        opts = self._fresh_options() if self._fresh_options else self.options
         saved = opts.optimized_model_filepath, opts.graph_optimization_level
         saved_log = opts.log_severity_level
         # the key above already holds what onnxruntime warns about when it saves one

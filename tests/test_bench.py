@@ -20,7 +20,8 @@ from vqedge.commands import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 
-STAGE_KEYS = {"encoder", "quantizer", "decoder", "end_to_end"}
+STAGES = ["encoder", "quantizer", "decoder"]
+STAGE_KEYS = {*STAGES, "end_to_end"}
 STAT_KEYS = {"n", "median_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"}
 
 
@@ -120,6 +121,13 @@ def test_compare_driver_smallest_run(tmp_path):
         assert r["cold"]["total_s"] > 0 and r["cold"]["peak_rss_mb"] > 0, r["cold"]
         # the median of two fresh processes: the slower one
         assert r["cold"]["total_s"] == max(r["cold"]["runs_total_s"]), r["cold"]
+        # where the peak comes from: RSS after import, load and each stage of the first run
+        memory = r["cold"]["memory"]
+        assert [m["step"] for m in memory] == ["import", "load", *STAGES], memory
+        assert all(m["rss"] > 0 and m["anon"] + m["file"] <= m["rss"] + 1 for m in memory)
+        assert max(m["rss"] for m in memory) <= memory[-1]["peak"] + 1
+        assert memory[-1]["peak"] == pytest.approx(r["cold"]["peak_rss_mb"], abs=1)
+        assert r["model_files_mb"] > 0
         (case,) = r["cases"]
         assert set(case["stages"]) == STAGE_KEYS, case
         e2e = case["stages"]["end_to_end"]
@@ -157,11 +165,28 @@ def test_compare_driver_smallest_run(tmp_path):
         "## End to end",
         "## Per stage",
         "## Cold start and quality",
+        "## Where the memory goes",
         "## Where the time goes",
     ):
         assert heading in md, heading
     for name in configs:
         assert f"| 1 | 64 | {name} |" in md, name
+
+
+def test_rss_miss_says_where_the_memory_went():
+    from vqedge.benchmarks.compare import misses
+
+    steps = [("import", 50), ("load", 350), ("encoder", 550), ("quantizer", 551), ("decoder", 800)]
+    memory = [{"step": s, "rss": rss, "anon": rss - 40, "file": 40} for s, rss in steps]
+    name = "vqedge-cpu/fp32"
+    report = {
+        "results": {name: {"cold": {"memory": memory, "peak_rss_mb": 800}, "model_files_mb": 416}},
+        "targets": [{"target": f"cold peak RSS `{name}`", "measured": "800 MiB = 0.74x",
+                     "required": "<= 0.60x", "met": False}],
+    }  # fmt: skip
+    (line,) = misses(report)
+    assert "import 50, load +300, encoder +200, quantizer +1, decoder +249 MiB" in line, line
+    assert "(model files 416 MiB)" in line, line
 
 
 @pytest.mark.slow
