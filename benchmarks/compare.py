@@ -224,14 +224,18 @@ def add_flops(results: dict[str, Any], bundle: Path, peaks: dict[str, Any]) -> N
 
 
 def model_files_mb(bundle: Path, manifest: dict[str, Any], precision: str) -> float | None:
-    """MiB of the graphs and weights files a configuration at ``precision`` reads: the
-    variant it runs (bf16 runs the fp32 graphs; PyTorch holds the same weights at fp32)."""
+    """MiB a configuration at ``precision`` reads from the bundle: its variant's graphs, the
+    stored tensors they name and the codebook (the manifest's ``size_bytes``; bf16 runs the
+    fp32 variant, and PyTorch holds the same weights at fp32)."""
     variant = precision if precision in ("fp16", "int8") else "fp32"
     v = manifest.get("variants", {}).get(variant)
     if v is None:
         return None
-    files = {g["file"] for g in v["graphs"].values()} | set(v.get("weights", []))
-    return sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file()) / 2**20
+    size = v.get("quality", {}).get("size_bytes")
+    if size is None:  # an older manifest: the files, whole
+        files = {g["file"] for g in v["graphs"].values()} | set(v.get("weights", []))
+        size = sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file())
+    return size / 2**20
 
 
 def _same_weights(r: dict[str, Any]) -> bool:
@@ -451,7 +455,7 @@ def misses(report: dict[str, Any]) -> list[str]:
             )
             files = res[names[0]].get("model_files_mb")
             why = f"; RSS after each step: {grew} MiB" + (
-                f" (model files {files:.0f} MiB)" if files else ""
+                f" (model {files:.0f} MiB)" if files else ""
             )
         elif prof:
             top = ", ".join(
@@ -486,10 +490,10 @@ def _memory(report: dict[str, Any]) -> list[str]:
         "each stage of the first run; peak is the high-water mark the RSS target reads. At "
         "the end, anon (heap, arenas, weights copied or repacked) and file (mapped files: "
         "libraries, and weights a runtime maps instead of copying; they count in RSS once "
-        "touched). Model files: the graphs and weights the configuration reads (PyTorch: "
-        "the fp32 variant's, the same weights).",
+        "touched). Model: the MiB the configuration reads from the bundle (graphs, the "
+        "weights they name, the codebook; PyTorch: the fp32 variant's, the same weights).",
         "",
-        "| configuration | model files | " + " | ".join(steps) + " | peak | anon | file |",
+        "| configuration | model | " + " | ".join(steps) + " | peak | anon | file |",
         "| --- |" + " ---: |" * (len(steps) + 4),
     ]
     for name, r in rows.items():

@@ -1,14 +1,14 @@
-"""A bundle's provider forms against its plain graphs, interleaved in one process.
+"""A bundle's provider form against its plain graphs, interleaved in one process.
 
-``python -m vqedge.benchmarks.forms --bundle DIR [--form openvino_graphs] [--providers
-openvino] [--precision bf16] [--out DIR]``
+``python -m vqedge.benchmarks.forms --bundle DIR [--providers cpu] [--precision fp32]
+[--out DIR]``
 
-A form (``openvino_graphs``, ``cpu_graphs``) is the same function as the plain graph, written
-for one provider. Whether it pays is a difference of a few percent, less than what separate
-runs on a shared machine differ by, so both graphs run here in one process with the same
-provider, options and input, alternating call by call; the report gives each graph's median
-and the ratio. Memory is not measured here (two sessions share one process and its mapped
-weights): ``compare`` measures each configuration's in a fresh process.
+A form (``cpu_graphs``: the decoder with phase convolutions) is the same function as the plain
+graph, written for one provider. Whether it pays is a difference of a few percent, less than
+what separate runs on a shared machine differ by, so both graphs run here in one process with
+the same provider, options and input, alternating call by call; the report gives each graph's
+median and the ratio. Memory is not measured here (two sessions share one process and its
+mapped weights): ``compare`` measures each configuration's in a fresh process.
 """
 
 from __future__ import annotations
@@ -24,14 +24,7 @@ import numpy as np
 
 from vqedge.benchmarks import machine
 from vqedge.runtime.manifest import BundleError
-from vqedge.runtime.providers import (
-    FORM_KEYS,
-    OPENVINO,
-    PROVIDER_FORMS,
-    ProviderError,
-    make_session,
-    resolve_providers,
-)
+from vqedge.runtime.providers import OPENVINO, ProviderError, make_session, resolve_providers
 from vqedge.runtime.session import bundle_path, default_session_options, variant_name
 
 
@@ -126,8 +119,8 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqedge.benchmarks.forms", description=__doc__)
     p.add_argument("--bundle", required=True, help="a bundle folder or shipped bundle name")
-    p.add_argument("--form", default=PROVIDER_FORMS[OPENVINO], choices=FORM_KEYS)
-    p.add_argument("--providers", default="openvino", help="as load() takes (default openvino)")
+    p.add_argument("--form", default="cpu_graphs", help="the variant's key of the form")
+    p.add_argument("--providers", default="cpu", help="as load() takes (default cpu)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16 (the fp32 graphs)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8, help="timed runs of each graph")

@@ -38,12 +38,9 @@ from vqedge.benchmarks.timing import (  # noqa: E402
 from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float  # noqa: E402
 
 
-def _variant_file(bundle: Path, variant: str, graph: str, form: str | None = None) -> Path:
-    """A variant's graph file; in the provider form ``form`` (e.g. "openvino_graphs") where
-    the variant has one."""
-    v = json.loads((bundle / "manifest.json").read_text())["variants"][variant]
-    entry = v.get(form, {}).get(graph) if form else None
-    return bundle / (entry or v["graphs"][graph])["file"]
+def _variant_file(bundle: Path, variant: str, graph: str) -> Path:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return bundle / manifest["variants"][variant]["graphs"][graph]["file"]
 
 
 # -- the families: load, then three stages numpy -> ... -> numpy ------------------------------
@@ -158,8 +155,7 @@ class VqedgeRunner:
 
 
 class OpenvinoRunner:
-    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ;
-    the forms the runtime gives its OpenVINO provider, where the bundle has them);
+    """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ);
     a multi-scale bundle's decode is its scales graph (tokens -> f_hat), then its decoder."""
 
     # the lookups run at full precision, from the fp32 graphs
@@ -187,8 +183,7 @@ class OpenvinoRunner:
                 "PERFORMANCE_HINT": "LATENCY",
                 "PERF_COUNT": perf_count,
             }
-            # the graphs vqedge gives its OpenVINO provider: OpenVINO on the same graphs
-            path = _variant_file(bundle, "fp32" if exact else variant, graph, "openvino_graphs")
+            path = _variant_file(bundle, "fp32" if exact else variant, graph)
             return core.compile_model(core.read_model(str(path)), "CPU", cfg)
 
         self._compile = compile_graph

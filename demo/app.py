@@ -35,9 +35,9 @@ from vqedge.demo.engine import (
     Engine,
     ScalesEngine,
     default_scales_bundle,
-    release_memory,
 )
 from vqedge.demo.metrics import HEATMAP_MAX
+from vqedge.runtime.arena import release_memory
 
 log = logging.getLogger(__name__)
 

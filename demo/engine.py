@@ -9,9 +9,6 @@ the server's temporary path). ``vqedge.demo.app`` lays these out as a page.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import shutil
 import tempfile
 import threading
@@ -120,17 +117,6 @@ def user_message(e: Exception, path: str | Path) -> str:
     msg = str(e).replace(str(path), repr(Path(path).name))
     cut = msg.find("; pass force=True")
     return msg[:cut] if cut >= 0 else msg
-
-
-_LIBC = ctypes.util.find_library("c")
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it otherwise; a no-op elsewhere)."""
-    if _LIBC is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL(_LIBC).malloc_trim(0)
 
 
 def _tokens(n: int) -> str:

@@ -35,11 +35,6 @@ ORT_DISTRIBUTIONS = (
 )
 # what load(precision=) takes: a bundle's variants, and bf16 (fp32 graphs on OpenVINO)
 RUN_PRECISIONS = (*PRECISIONS, "bf16")
-# a variant's graphs in the form one provider runs best, where the bundle has one (else its
-# ``graphs``): the CPU provider's decoder with phase convolutions, OpenVINO's GroupNorm from
-# per-channel statistics (vqedge.export.variants, vqedge.export.group_norm)
-PROVIDER_FORMS = {CPU: "cpu_graphs", OPENVINO: "openvino_graphs"}
-FORM_KEYS = tuple(PROVIDER_FORMS.values())
 ProviderList = list[str | tuple[str, dict[str, Any]]]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from vqedge.runtime.arena import use_shared_arena
+from vqedge.runtime.arena import release_memory, use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.inputs import DEFAULT_MAX_SIDE, TILED_ADVICE
@@ -39,10 +39,9 @@ from vqedge.runtime.manifest import (
     verified_file,
 )
 from vqedge.runtime.providers import (
+    CPU,
     DEVICE_MEMORY,
-    FORM_KEYS,
     OPENVINO,
-    PROVIDER_FORMS,
     RUN_PRECISIONS,
     ProviderList,
     lookup_providers,
@@ -217,7 +216,7 @@ class BundleSessions:
                 f"{sorted(manifest['variants'])}); export it with --precisions {variant}"
             )
         v = manifest["variants"][variant]
-        graphs = [*v["graphs"].values(), *(g for k in FORM_KEYS for g in v.get(k, {}).values())]
+        graphs = [*v["graphs"].values(), *v.get("cpu_graphs", {}).values()]
         rels = [manifest["codebook"]["file"], *(g["file"] for g in graphs), *v.get("weights", [])]
         for rel in rels:
             if not (root / rel).is_file():
@@ -242,16 +241,14 @@ class BundleSessions:
     def graph_file(self, graph: str, providers: ProviderList | None = None) -> str:
         """The bundle file that runs ``graph`` on ``providers`` (default: the core's).
 
-        Where the first provider has a form of its own in the variant (``PROVIDER_FORMS``),
-        that form: for onnxruntime's CPU provider the decoder's ConvTransposes as phase
-        convolutions (int8 kernels and no column buffer there), for OpenVINO GroupNorm from
-        per-channel statistics (no layout reorders around it); GPUs run the plain form.
+        Where onnxruntime's CPU provider comes first and the variant has ``cpu_graphs``, its
+        form for that provider (the decoder's ConvTransposes as phase convolutions: int8
+        kernels and no column buffer there; OpenVINO and GPUs run the plain form).
         """
         if providers is None:
             providers = self.lookup_providers if graph == QUANTIZER else self.providers
-        form = PROVIDER_FORMS.get(provider_names(providers)[0])
-        alt = self.variant.get(form, {}).get(graph) if form else None
-        if alt is not None:
+        alt = self.variant.get("cpu_graphs", {}).get(graph)
+        if alt is not None and provider_names(providers)[0] == CPU:
             return alt["file"]
         graphs = self.variant["graphs"]
         if graph not in graphs:
@@ -278,6 +275,9 @@ class BundleSessions:
                     sess = self._cached_session(rel, providers)
             finally:
                 self.options.profile_file_prefix = prefix
+            # what creating it freed (weights read, then repacked) would otherwise stay
+            # resident and add to every later peak
+            release_memory()
             if graph != QUANTIZER:
                 self._check_precision_ran(graph, sess)
             self._files[graph] = rel

@@ -173,6 +173,32 @@ def test_compare_driver_smallest_run(tmp_path):
         assert f"| 1 | 64 | {name} |" in md, name
 
 
+def test_forms_benchmark_times_a_form_against_its_plain_graph(tmp_path):
+    from vqedge.benchmarks import forms
+
+    out = tmp_path / "forms"
+    assert (
+        forms.main(["--bundle", "vqvae-f4", "--rounds", "2", "--side", "64", "--out", str(out)])
+        == 0
+    )
+    r = json.loads((out / "forms.json").read_text())
+    assert r["form"] == "cpu_graphs" and r["precision"] == "fp32"
+    (g,) = r["graphs"]  # the shipped model's CPU form: its decoder
+    assert g["graph"] == "decoder" and g["form_file"] == "decoder_cpu.fp32.onnx"
+    assert g["plain_ms"] > 0 and g["form_ms"] > 0 and g["runs"] == 2
+    assert g["input_shape"] == [1, 16, 16] and g["providers"] == ["CPUExecutionProvider"]
+    md = (out / "forms.md").read_text()
+    assert "| decoder |" in md and "python -m vqedge.benchmarks.forms --bundle" in md
+
+
+def test_forms_benchmark_refuses_a_variant_without_the_form(capsys):
+    from vqedge.benchmarks import forms
+
+    assert forms.main(["--bundle", "vqvae-f4", "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "fp16 variant has no cpu_graphs" in err, err
+
+
 def test_rss_miss_says_where_the_memory_went():
     from vqedge.benchmarks.compare import misses
 
@@ -186,7 +212,7 @@ def test_rss_miss_says_where_the_memory_went():
     }  # fmt: skip
     (line,) = misses(report)
     assert "import 50, load +300, encoder +200, quantizer +1, decoder +249 MiB" in line, line
-    assert "(model files 416 MiB)" in line, line
+    assert "(model 416 MiB)" in line, line
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""GroupNorm from per-channel statistics (the OpenVINO provider's graph form): the same
-function as the exporter's GroupNorm, with no reshape of a full-size activation."""
+"""GroupNorm from per-channel statistics (the fp32 graphs' form): the same function as the
+exporter's GroupNorm, with no reshape of a full-size activation."""
 
 from __future__ import annotations
 
