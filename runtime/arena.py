@@ -1,4 +1,6 @@
-"""One process-wide CPU memory arena that grows by what is asked, shared by every session.
+"""The process's CPU memory: one arena shared by every session, and freed heap handed back.
+
+One process-wide CPU memory arena grows by what is asked and is shared by every session.
 
 onnxruntime gives each session its own CPU arena, grown in powers of two by default. A
 tokenizer holds several sessions (encoder, quantizer, decoder, scales), so their arenas would
