@@ -172,6 +172,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def runtime_providers(providers: Any, threads: int) -> Any:
+    """``providers`` as the benchmarks give them to the runtime: "openvino" gets the same
+    thread count as the sessions (the provider keeps its own thread pool); others as they are."""
+    if providers == "openvino":
+        return [
+            ("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": str(threads)})
+        ]
+    return providers
+
+
 def torch_model(bf: BundleFacts, checkpoint: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The bundle's PyTorch model in eval mode, and what its weights are.
 

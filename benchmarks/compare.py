@@ -223,19 +223,13 @@ def add_flops(results: dict[str, Any], bundle: Path, peaks: dict[str, Any]) -> N
                 s["fraction_of_peak"] = g / peak if peak else None
 
 
-def model_files_mb(bundle: Path, manifest: dict[str, Any], precision: str) -> float | None:
+def model_files_mb(manifest: dict[str, Any], precision: str) -> float | None:
     """MiB a configuration at ``precision`` reads from the bundle: its variant's graphs, the
     stored tensors they name and the codebook (the manifest's ``size_bytes``; bf16 runs the
     fp32 variant, and PyTorch holds the same weights at fp32)."""
     variant = precision if precision in ("fp16", "int8") else "fp32"
-    v = manifest.get("variants", {}).get(variant)
-    if v is None:
-        return None
-    size = v.get("quality", {}).get("size_bytes")
-    if size is None:  # an older manifest: the files, whole
-        files = {g["file"] for g in v["graphs"].values()} | set(v.get("weights", []))
-        size = sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file())
-    return size / 2**20
+    v = manifest["variants"].get(variant)
+    return v["quality"]["size_bytes"] / 2**20 if v is not None else None
 
 
 def _same_weights(r: dict[str, Any]) -> bool:
@@ -874,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget_s - (time.time() - t_begin) if args.budget_s else None
         spec["deadline"] = time.time() + left / (len(configs) - k) if left is not None else None
         r: dict[str, Any] = {**asdict(cfg), "python": python}
-        r["model_files_mb"] = model_files_mb(bundle, bf.manifest, cfg.precision)
+        r["model_files_mb"] = model_files_mb(bf.manifest, cfg.precision)
         if not args.no_cold:
             n = 1 if cfg.compile else args.cold_runs  # torch.compile: half a minute each
             out = workdir / f"{tag}-cold.json"

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from vqedge.benchmarks import machine
-from vqedge.runtime.manifest import BundleError
-from vqedge.runtime.providers import OPENVINO, ProviderError, make_session, resolve_providers
+from vqedge.benchmarks.bundles import runtime_providers
+from vqedge.runtime.manifest import BundleError, read_manifest
+from vqedge.runtime.providers import ProviderError, make_session, resolve_providers
 from vqedge.runtime.session import bundle_path, default_session_options, variant_name
 
 
@@ -44,21 +45,19 @@ def compare_forms(
     bundle: Path, form: str, providers: Any, precision: str, threads: int, rounds: int, side: int
 ) -> dict[str, Any]:
     """Median time of each graph that has a ``form`` against its plain graph."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle, verify=False)
     variant = manifest["variants"][variant_name(precision)]
     if form not in variant:
         raise ValueError(
             f"bundle {bundle.name}'s {variant_name(precision)} variant has no {form} (it has "
             f"{sorted(k for k in variant if k.endswith('graphs'))}): nothing to compare"
         )
-    if providers == "openvino":  # its own thread pool: the same thread count
-        providers = [(OPENVINO, {"device_type": "CPU", "num_of_threads": str(threads)})]
-    resolved = resolve_providers(providers, precision)
+    resolved = resolve_providers(runtime_providers(providers, threads), precision)
+    f, codes = manifest["input"]["downsample_factor"], manifest["input"]["codebook_size"]
     rows = []
     for graph, alt in variant[form].items():
         plain = variant["graphs"][graph]
-        cfg = manifest["input"]
-        x = _input(plain, side, cfg["downsample_factor"], cfg["codebook_size"])
+        x = _input(plain, side, f, codes)
         sessions = {}
         for label, entry in (("plain", plain), ("form", alt)):
             opts = default_session_options(threads)

@@ -81,13 +81,9 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float | None:
     """Peak resident set size of this process in MiB since start or the last reset."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = memory_mb().get("peak")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # Windows

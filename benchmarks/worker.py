@@ -110,13 +110,10 @@ class VqedgeRunner:
     def __init__(self, spec: dict[str, Any]) -> None:
         import onnxruntime as ort
 
+        from vqedge.benchmarks.bundles import runtime_providers
         from vqedge.runtime import load
 
-        providers: Any = spec["providers"]
-        if providers == "openvino":
-            # the provider keeps its own thread pool: tell it the same thread count
-            opts = {"device_type": "CPU", "num_of_threads": str(spec["threads"])}
-            providers = [("OpenVINOExecutionProvider", opts)]
+        providers = runtime_providers(spec["providers"], spec["threads"])
         self.tok = load(
             spec["bundle"],
             providers=providers,

@@ -26,27 +26,30 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def _constant(g: onnx.GraphProto, name: str) -> np.ndarray | None:
-    for t in g.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
+def _constants(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Every constant tensor of the graph by name (initializers and Constant nodes)."""
+    out = {t.name: t for t in g.initializer}
+    out.update({n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant"})
+    return out
 
 
-def _match(g: onnx.GraphProto, norm: onnx.NodeProto, producer, consumers) -> dict | None:
+def _match(
+    norm: onnx.NodeProto, consts: dict[str, onnx.TensorProto], producer, consumers, outputs
+) -> dict | None:
     """The exporter's GroupNorm around one InstanceNormalization, or None if it is not one:
     x -> Reshape([0, G, -1]) -> InstanceNormalization(1, 0) -> Reshape -> Mul -> Add, each
     step's output read by the next step only."""
+
+    def value(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(consts[name]) if name in consts else None
+
     r1 = producer.get(norm.input[0])
     if r1 is None or r1.op_type != "Reshape" or len(consumers.get(r1.output[0], [])) != 1:
         return None
-    shape = _constant(g, r1.input[1])
+    shape = value(r1.input[1])
     if shape is None or shape.shape != (3,) or shape[0] != 0 or shape[2] != -1:
         return None
-    scale, bias = _constant(g, norm.input[1]), _constant(g, norm.input[2])
+    scale, bias = value(norm.input[1]), value(norm.input[2])
     if scale is None or bias is None or not (np.all(scale == 1) and np.all(bias == 0)):
         return None
     chain = [norm]
@@ -56,11 +59,11 @@ def _match(g: onnx.GraphProto, norm: onnx.NodeProto, producer, consumers) -> dic
             return None
         chain.append(after[0])
     _, r2, mul, add = chain
-    outputs = {o.name for o in g.output}
     if any(n.output[0] in outputs for n in (r1, norm, r2, mul)):
         return None
-    gamma = next((_constant(g, i) for i in mul.input if i != r2.output[0]), None)
-    beta = next((_constant(g, i) for i in add.input if i != mul.output[0]), None)
+    gamma_name = next((i for i in mul.input if i != r2.output[0]), "")
+    beta_name = next((i for i in add.input if i != mul.output[0]), "")
+    gamma, beta = value(gamma_name), value(beta_name)
     groups = int(shape[1])
     if gamma is None or beta is None or gamma.ndim != 3 or gamma.shape[1:] != (1, 1):
         return None
@@ -70,8 +73,7 @@ def _match(g: onnx.GraphProto, norm: onnx.NodeProto, producer, consumers) -> dic
     eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
     return {
         "x": r1.input[0], "y": add.output[0], "groups": groups, "channels": channels,
-        "eps": eps, "gamma": next(i for i in mul.input if i != r2.output[0]),
-        "beta": next(i for i in add.input if i != mul.output[0]), "nodes": [r1, *chain],
+        "eps": eps, "gamma": gamma_name, "beta": beta_name, "nodes": [r1, *chain],
     }  # fmt: skip
 
 
@@ -104,8 +106,10 @@ def group_norm_from_channel_stats(model: onnx.ModelProto) -> tuple[onnx.ModelPro
     hw = "chstats_axes_hw"
     consts: dict[str, np.ndarray] = {hw: np.array([2, 3], np.int64)}
     make = helper.make_node
+    known = _constants(g)
+    outputs = {o.name for o in g.output}
     for k, norm in enumerate(n for n in g.node if n.op_type == "InstanceNormalization"):
-        m = _match(g, norm, producer, consumers)
+        m = _match(norm, known, producer, consumers, outputs)
         if m is None:
             continue
         C, G = m["channels"], m["groups"]
