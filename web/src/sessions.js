@@ -1,0 +1,108 @@
+// One bundle's onnxruntime-web sessions: every graph of one precision, created from checked
+// bytes with the precision's weights files passed as external data. Runs wherever it is
+// imported: in the package's Web Worker in a browser, in-process under Node.
+
+import { BundleError, fetchManifest, fetchVariant } from "./bundle.js";
+
+export const BACKENDS = ["wasm", "webgpu"];
+
+/**
+ * Whether this context has a WebGPU adapter, and whether it has shader-f16.
+ * @returns {Promise<{adapter: boolean, f16: boolean, reason?: string}>}
+ */
+export async function webgpuSupport() {
+  const gpu = globalThis.navigator?.gpu;
+  if (!gpu) return { adapter: false, f16: false, reason: "navigator.gpu is absent" };
+  let adapter = null;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch (e) {
+    return { adapter: false, f16: false, reason: `requestAdapter failed: ${e.message}` };
+  }
+  if (!adapter) return { adapter: false, f16: false, reason: "navigator.gpu.requestAdapter() gave no adapter" };
+  return { adapter: true, f16: adapter.features.has("shader-f16") };
+}
+
+/** The WASM threads this context can use: 1 unless cross-origin isolated. */
+export function maxThreads() {
+  if (!globalThis.crossOriginIsolated) return 1;
+  const cores = globalThis.navigator?.hardwareConcurrency ?? 1;
+  return Math.max(1, Math.min(4, Math.floor(cores / 2) || 1));
+}
+
+/**
+ * Resolve the backend and precision asked for into what will run, or say why not.
+ * "auto" picks WebGPU where an adapter exists and WASM otherwise; fp16 runs on WebGPU only
+ * with shader-f16.
+ */
+export async function chooseBackend(backend, precision, manifest) {
+  if (backend !== "auto" && !BACKENDS.includes(backend)) {
+    throw new Error(`backend must be "auto", "wasm" or "webgpu", got ${JSON.stringify(backend)}`);
+  }
+  if (precision !== undefined && !(precision in manifest.variants)) {
+    throw new BundleError(`bundle ${manifest.name} has no ${precision} variant (it has ${Object.keys(manifest.variants).sort().join(", ")}); export it with --precisions ${precision}`);
+  }
+  const gpu = backend === "wasm" ? { adapter: false, f16: false } : await webgpuSupport();
+  if (backend === "webgpu" && !gpu.adapter) throw new Error(`WebGPU was asked for, but ${gpu.reason}`);
+  const chosen = backend === "auto" ? (gpu.adapter ? "webgpu" : "wasm") : backend;
+  if (chosen === "webgpu" && precision === "fp16" && !gpu.f16) {
+    throw new Error("fp16 on WebGPU needs the adapter feature shader-f16, which this adapter lacks: use fp32");
+  }
+  return { backend: chosen, precision: precision ?? "fp32" };
+}
+
+/**
+ * Download, check and open a bundle's sessions for one precision.
+ *
+ * @param {object} ort  the onnxruntime-web module
+ * @param {string} url  the bundle folder
+ * @param {{backend?: string, precision?: string, threads?: number}} options
+ * @returns {Promise<object>} {manifest, manifestSha256, backend, precision, threads,
+ *   bytesDownloaded, loadMs, run(graph, feeds) -> outputs}
+ */
+export async function openBundle(ort, url, { backend = "auto", precision, threads } = {}) {
+  const t0 = performance.now();
+  const { root, manifest, manifestSha256, bytes } = await fetchManifest(url);
+  const chosen = await chooseBackend(backend, precision, manifest);
+  const variant = await fetchVariant(root, manifest, chosen.precision, chosen.backend);
+  const n = chosen.backend === "wasm" ? Math.max(1, Math.min(threads ?? maxThreads(), maxThreads())) : 1;
+  ort.env.wasm.numThreads = n;
+  const options = {
+    executionProviders: [chosen.backend],
+    graphOptimizationLevel: "all",
+    externalData: variant.weights,
+  };
+  const sessions = {};
+  for (const [graph, bytesOfGraph] of Object.entries(variant.graphs)) {
+    try {
+      sessions[graph] = await ort.InferenceSession.create(bytesOfGraph, options);
+    } catch (e) {
+      throw new Error(`${graph} graph of bundle ${manifest.name} (${chosen.precision}) did not load on ${chosen.backend}: ${e.message}`);
+    }
+  }
+  const run = async (graph, feeds) => {
+    const sess = sessions[graph];
+    if (!sess) throw new BundleError(`bundle ${manifest.name} has no ${graph} graph (it has ${Object.keys(sessions).sort().join(", ")})`);
+    const inputs = {};
+    for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type, t.data, t.dims);
+    const out = await sess.run(inputs);
+    const result = {};
+    for (const [name, t] of Object.entries(out)) {
+      result[name] = { type: t.type, data: t.data.slice(), dims: [...t.dims] };
+      t.dispose?.();
+    }
+    return result;
+  };
+  return {
+    root,
+    manifest,
+    manifestSha256,
+    backend: chosen.backend,
+    precision: chosen.precision,
+    threads: n,
+    crossOriginIsolated: Boolean(globalThis.crossOriginIsolated),
+    bytesDownloaded: bytes + variant.bytes,
+    loadMs: performance.now() - t0,
+    run,
+  };
+}
