@@ -34,6 +34,7 @@ COMMANDS = (
     "bench",
     "tokenize",
     "demo",
+    "web",
 )
 
 

@@ -23,11 +23,12 @@ export async function webgpuSupport() {
   return { adapter: true, f16: adapter.features.has("shader-f16") };
 }
 
-/** The WASM threads this context can use: 1 unless cross-origin isolated. */
-export function maxThreads() {
-  if (!globalThis.crossOriginIsolated) return 1;
+/** The WASM threads this context can use (cores; 1 unless cross-origin isolated), and the
+ * default (onnxruntime-web's: half the cores, at most 4). */
+export function threadLimits() {
   const cores = globalThis.navigator?.hardwareConcurrency ?? 1;
-  return Math.max(1, Math.min(4, Math.floor(cores / 2) || 1));
+  if (!globalThis.crossOriginIsolated) return { max: 1, default: 1 };
+  return { max: cores, default: Math.max(1, Math.min(4, Math.ceil(cores / 2))) };
 }
 
 /**
@@ -65,7 +66,8 @@ export async function openBundle(ort, url, { backend = "auto", precision, thread
   const { root, manifest, manifestSha256, bytes } = await fetchManifest(url);
   const chosen = await chooseBackend(backend, precision, manifest);
   const variant = await fetchVariant(root, manifest, chosen.precision, chosen.backend);
-  const n = chosen.backend === "wasm" ? Math.max(1, Math.min(threads ?? maxThreads(), maxThreads())) : 1;
+  const limits = threadLimits();
+  const n = chosen.backend === "wasm" ? Math.max(1, Math.min(threads ?? limits.default, limits.max)) : 1;
   ort.env.wasm.numThreads = n;
   const options = {
     executionProviders: [chosen.backend],

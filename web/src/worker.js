@@ -12,7 +12,6 @@ async function load({ url, backend, precision, threads }) {
   const gpu = backend !== "wasm" && globalThis.navigator?.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
   const build = backend === "webgpu" || (backend === "auto" && gpu) ? "webgpu" : "wasm";
   const ort = await import(new URL(ORT_BUILDS[build], import.meta.url).href);
-  ort.env.wasm.wasmPaths = new URL("./", import.meta.url).href;
   core = await openBundle(ort, url, { backend, precision, threads });
   const { run, ...facts } = core;
   return facts;
