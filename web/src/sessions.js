@@ -72,6 +72,8 @@ export async function openBundle(ort, url, { backend = "auto", precision, thread
   const options = {
     executionProviders: [chosen.backend],
     graphOptimizationLevel: "all",
+    // node placement notes (shape ops kept on the CPU under WebGPU) are not the user's concern
+    logSeverityLevel: 3,
     externalData: variant.weights,
   };
   const sessions = {};
