@@ -293,6 +293,10 @@ async function start() {
   const wanted = params.get("bundle");
   if (wanted) $("bundle").value = bundles.find((b) => b.name === wanted)?.url ?? wanted;
   for (const key of ["backend", "precision"]) if (params.get(key)) $(key).value = params.get(key);
+  if (params.get("autoload") === "0") {
+    setState("idle", "Choose a bundle and press Load.");
+    return;
+  }
   await loadModel();
 }
 
