@@ -1,6 +1,6 @@
 """``vqedge web``: the in-browser page, which runs bundles on the visitor's own device.
 
-Parsing imports nothing heavy; the server (vqedge.demo.webpage) is the standard library's.
+Parsing imports nothing heavy: the server (vqedge.demo.webpage) is the standard library's.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import time
 
 from vqedge.commands.common import EXIT_OK, CommandError
+from vqedge.demo.webpage import DEFAULT_HOST, DEFAULT_PORT
 
 # bundles served when none is named: the shipped single-scale and multi-scale ones
 DEFAULT_WEB_BUNDLES = ("vqvae-f4", "vqvae-ms-f8")
@@ -55,6 +56,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="bundle folder or shipped name; repeat for several (default: "
         f"{', '.join(DEFAULT_WEB_BUNDLES)})",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to serve on")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.set_defaults(func=run)

@@ -18,6 +18,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+# where `vqedge web` serves unless told otherwise
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+WEB_PAGE_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/"
 # web/ in a source checkout or an editable install; the wheel does not carry it
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 # the headers of a cross-origin isolated page (SharedArrayBuffer, so WASM threads)
@@ -107,7 +110,10 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 def serve(
-    bundles: dict[str, Path], host: str = "127.0.0.1", port: int = 8080, web_dir: Path = WEB_DIR
+    bundles: dict[str, Path],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    web_dir: Path = WEB_DIR,
 ) -> ThreadingHTTPServer:
     """Start serving the page and ``bundles`` (name -> folder) in a background thread.
 

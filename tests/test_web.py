@@ -470,3 +470,26 @@ def test_browser_webgpu(playwright, server):
     mismatches, ties = _mismatches(tok, img, py, js)
     # a GPU sums in another order: a few near-ties may go the other way, nothing more
     assert mismatches - ties <= py.size // 100, f"{mismatches} differ, {ties} ties"
+
+
+def test_cli_serves_the_page_and_refuses_a_bad_bundle(built, tmp_path):
+    import sys
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "vqedge.commands.main", "web", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "vqedge web: serving the page and vqvae-f4, vqvae-ms-f8 at http://127.0.0.1:" in line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "bundles/vqvae-f4/manifest.json", timeout=10) as r:
+            assert json.loads(r.read())["name"] == "vqvae-f4"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = subprocess.run(
+        [*cmd, "--bundle", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1
+    assert "no bundle at" in bad.stderr
