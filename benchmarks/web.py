@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             reps = args.repeats if backend == "wasm" else args.webgpu_repeats
             print(f"browser {backend} {precision} threads={threads} ...", flush=True)
             res = browser_run(browser, url, page_url, opts, img, reps)
+            if backend == "webgpu":  # WASM threads do not apply
+                res.pop("threads", None)
             rows.append({"where": "browser", "backend": backend, "precision": precision,
                          "threads": threads, **res})  # fmt: skip
         browser.close()
