@@ -45,7 +45,9 @@ export async function chooseBackend(backend, precision, manifest) {
   }
   const gpu = backend === "wasm" ? { adapter: false, f16: false } : await webgpuSupport();
   if (backend === "webgpu" && !gpu.adapter) throw new Error(`WebGPU was asked for, but ${gpu.reason}`);
-  const chosen = backend === "auto" ? (gpu.adapter ? "webgpu" : "wasm") : backend;
+  // auto: WebGPU where there is an adapter, and for fp16 only with shader-f16
+  const gpuFits = gpu.adapter && (precision !== "fp16" || gpu.f16);
+  const chosen = backend === "auto" ? (gpuFits ? "webgpu" : "wasm") : backend;
   if (chosen === "webgpu" && precision === "fp16" && !gpu.f16) {
     throw new Error("fp16 on WebGPU needs the adapter feature shader-f16, which this adapter lacks: use fp32");
   }
@@ -55,17 +57,18 @@ export async function chooseBackend(backend, precision, manifest) {
 /**
  * Download, check and open a bundle's sessions for one precision.
  *
- * @param {object} ort  the onnxruntime-web module
+ * @param {(backend: string) => Promise<object>} ortFor  the onnxruntime-web module to use for
+ *   a backend (the worker imports the WASM or the WebGPU build)
  * @param {string} url  the bundle folder
  * @param {{backend?: string, precision?: string, threads?: number}} options
  * @returns {Promise<object>} {manifest, manifestSha256, backend, precision, threads,
  *   bytesDownloaded, loadMs, run(graph, feeds) -> outputs}
  */
-export async function openBundle(ort, url, { backend = "auto", precision, threads } = {}) {
+export async function openBundle(ortFor, url, { backend = "auto", precision, threads } = {}) {
   const t0 = performance.now();
   const { root, manifest, manifestSha256, bytes } = await fetchManifest(url);
   const chosen = await chooseBackend(backend, precision, manifest);
-  const variant = await fetchVariant(root, manifest, chosen.precision, chosen.backend);
+  const [variant, ort] = await Promise.all([fetchVariant(root, manifest, chosen.precision, chosen.backend), ortFor(chosen.backend)]);
   const limits = threadLimits();
   const n = chosen.backend === "wasm" ? Math.max(1, Math.min(threads ?? limits.default, limits.max)) : 1;
   ort.env.wasm.numThreads = n;

@@ -49,9 +49,12 @@ function inProcessRunner() {
     load: async (args) => {
       // a bare specifier: resolved by Node (or a page's import map), never bundled
       const ortName = "onnxruntime-web";
-      const ort = await import(/* @vite-ignore */ ortName);
+      const ortFor = async () => {
+        const ort = await import(/* @vite-ignore */ ortName);
+        return ort.default ?? ort;
+      };
       const { openBundle } = await import("./sessions.js");
-      core = await openBundle(ort.default ?? ort, args.url, args);
+      core = await openBundle(ortFor, args.url, args);
       const { run, ...facts } = core;
       return facts;
     },

@@ -9,10 +9,8 @@ const ORT_BUILDS = { wasm: "./ort.wasm.bundle.min.mjs", webgpu: "./ort.webgpu.bu
 let core = null;
 
 async function load({ url, backend, precision, threads }) {
-  const gpu = backend !== "wasm" && globalThis.navigator?.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  const build = backend === "webgpu" || (backend === "auto" && gpu) ? "webgpu" : "wasm";
-  const ort = await import(new URL(ORT_BUILDS[build], import.meta.url).href);
-  core = await openBundle(ort, url, { backend, precision, threads });
+  const ortFor = (chosen) => import(new URL(ORT_BUILDS[chosen], import.meta.url).href);
+  core = await openBundle(ortFor, url, { backend, precision, threads });
   const { run, ...facts } = core;
   return facts;
 }
