@@ -124,6 +124,8 @@ async function tokenize(image, name) {
     const recon = tok.kind === "multi-scale" ? await tok.decode(enc.indices) : await tok.decode(enc.indices, enc.height, enc.width, { size: [image.height, image.width] });
     const t2 = performance.now();
     state.enc = { ...enc, imageHeight: shown.height, imageWidth: shown.width, shown, recon };
+    state.edited = undefined;
+    $("edited").width = 0; // an edit belongs to the tokens it was made on
     draw($("original"), shown);
     draw($("reconstruction"), recon);
     drawTokenMap();
