@@ -1,5 +1,5 @@
 # Every target sets itself up: a fresh clone needs only python3 (3.10+), make and, for the
-# demo's browser test, apt-get (Debian).
+# demo's browser test and the web package's Node.js, apt-get (Debian).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out
+# the built vqedge-web package (web/): what `vqedge web` serves and the browser tests load
+WEB_BUILD := web/dist/vqedge.js
 
 .PHONY: setup browser train-data eval-data demo reconstruct test test-heavy lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(WEB_BUILD)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
+
+# vqedge-web: its npm packages exactly as the lockfile pins them, then its own build into
+# web/dist. Debian's nodejs and npm where npm is missing (needs root on a machine without).
+$(WEB_BUILD): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*.js)
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent
 
 # The main job: the web demo on the shipped default (http://127.0.0.1:7860, offline).
 demo: setup
@@ -63,4 +71,4 @@ test-heavy: setup
 	$(BIN)/pytest -m heavy
 
 clean:
-	rm -rf $(VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(OUT) build *.egg-info web/node_modules web/dist

@@ -35,6 +35,7 @@ COMMANDS = (
     "bench",
     "tokenize",
     "demo",
+    "web",
 )
 
 

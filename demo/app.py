@@ -37,6 +37,7 @@ from vqedge.demo.engine import (
     default_scales_bundle,
 )
 from vqedge.demo.metrics import HEATMAP_MAX
+from vqedge.demo.webpage import WEB_PAGE_URL
 from vqedge.runtime.arena import release_memory
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,9 @@ def _intro(eng: Engine) -> None:
         f"Bundle `{eng.bundle_name}`: every {eng.f}x{eng.f} pixel block becomes one of "
         f"{eng.K} codes ({eng.bits_per_token} bits), decoded back to pixels, on onnxruntime "
         f"without PyTorch. Larger sides than {eng.max_side} px are "
-        f"{'downscaled' if eng.oversize == 'downscale' else 'refused'}."
+        f"{'downscaled' if eng.oversize == 'downscale' else 'refused'}. The same bundles "
+        f"also run in the browser, on your own device: `vqedge web` serves that page at "
+        f"[{WEB_PAGE_URL}]({WEB_PAGE_URL})."
     )
 
 

@@ -1,0 +1,32 @@
+// Builds dist/: the package (vqedge.js), its worker (vqedge.worker.js), and beside them the
+// two onnxruntime-web builds the worker imports by backend, with their WASM binaries.
+import { build } from "esbuild";
+import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const dist = join(here, "dist");
+const ortDist = join(here, "node_modules", "onnxruntime-web", "dist");
+// WASM: the plain threaded build; WebGPU: the WebGPU build (its own, larger binary)
+const ORT_FILES = [
+  "ort.wasm.bundle.min.mjs",
+  "ort-wasm-simd-threaded.wasm",
+  "ort.webgpu.bundle.min.mjs",
+  "ort-wasm-simd-threaded.asyncify.wasm",
+];
+
+rmSync(dist, { recursive: true, force: true });
+mkdirSync(dist, { recursive: true });
+await build({
+  entryPoints: { vqedge: join(here, "src/index.js"), "vqedge.worker": join(here, "src/worker.js") },
+  outdir: dist,
+  bundle: true,
+  format: "esm",
+  platform: "browser",
+  target: "es2022",
+  external: ["onnxruntime-web"],
+  logLevel: "warning",
+});
+for (const f of ORT_FILES) copyFileSync(join(ortDist, f), join(dist, f));
+console.log(`built ${dist}`);
