@@ -4,7 +4,8 @@ with the cached verdict, each in fresh processes, interleaved in rounds.
     python -m vqedge.benchmarks.verify_cost [--rounds 7] [--out benchmarks/results/verify_cost.md]
 
 A cold start is a fresh Python process importing the runtime, loading the bundle and
-reconstructing one 256x256 photo (the first call creates the decoder's session too).
+reconstructing one 256x256 image (a multi-scale bundle's: its own size; the first call
+creates the decoder's session too).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _child(bundle: str, precision: str, mode: str, cache: str) -> dict[str, floa
     t1 = time.perf_counter()
     tok = load(bundle, providers="cpu", precision=precision, verify=mode != "no check")
     t2 = time.perf_counter()
-    img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    side = tok.config.resolution or 256  # a multi-scale bundle takes its one size
+    img = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     tok.reconstruct(img)
     t3 = time.perf_counter()
     v = tok.info["verification"] or {}
@@ -96,7 +98,7 @@ def markdown(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         "",
         f"Command: `{command}`; {rounds} rounds, every configuration once per round in a fresh",
         "process (the three modes in turn). Cold start: import the runtime, `load()` on the CPU",
-        "provider, reconstruct one 256x256 image. Median and interquartile range in ms.",
+        "provider, reconstruct one 256x256 image (vqvae-ms-f8: 128x128). Median and IQR in ms.",
         "",
         f"Machine: {json.dumps(m, default=str)}",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
