@@ -39,7 +39,15 @@ def _child(bundle: str, precision: str, mode: str, cache: str) -> dict[str, floa
     tok.reconstruct(img)
     t3 = time.perf_counter()
     v = tok.info["verification"] or {}
+    # the check's own arithmetic, its sessions already open (the first check also creates
+    # the sessions a first call would)
+    from vqedge.runtime.verify import measure, read_check_set
+
+    t4 = time.perf_counter()
+    measure(tok, read_check_set(tok.root, tok.manifest))
+    warm = time.perf_counter() - t4
     return {
+        "check_warm_s": warm,
         "import_s": t1 - t0,
         "load_s": t2 - t1,
         "first_call_s": t3 - t2,
@@ -76,6 +84,7 @@ def measure(bundles: list[str], precisions: list[str], rounds: int) -> list[dict
     for (bundle, precision, mode), runs in rows.items():
         cold = np.array([r["cold_start_s"] for r in runs]) * 1e3
         check = np.array([r["check_s"] for r in runs]) * 1e3
+        warm = np.array([r["check_warm_s"] for r in runs]) * 1e3
         out.append(
             {
                 "bundle": bundle,
@@ -84,6 +93,7 @@ def measure(bundles: list[str], precisions: list[str], rounds: int) -> list[dict
                 "cold_start_ms": float(np.median(cold)),
                 "cold_start_iqr_ms": float(np.subtract(*np.percentile(cold, [75, 25]))),
                 "check_ms": float(np.median(check)),
+                "check_warm_ms": float(np.median(warm)),
             }
         )
     return out
@@ -103,18 +113,23 @@ def markdown(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
         f"Machine: {json.dumps(m, default=str)}",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| bundle | precision | mode | cold start ms (IQR) | check ms | check / cold start |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "Check ms: what the first check took inside `load()` (it creates the quantizer's and",
+        "decoder's sessions, which a first call would otherwise create); warm: the same check",
+        "again with those sessions open (its own arithmetic).",
+        "",
+        "| bundle | precision | mode | cold start ms (IQR) | check ms | warm check ms "
+        "| cold start vs no check |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     base = {
         (r["bundle"], r["precision"]): r["cold_start_ms"] for r in rows if r["mode"] == MODES[0]
     }
     for r in rows:
         b = base[(r["bundle"], r["precision"])]
-        share = f"{r['check_ms'] / b:.1%}" if r["mode"] == "first check" else "-"
         lines.append(
             f"| {r['bundle']} | {r['precision']} | {r['mode']} | {r['cold_start_ms']:.0f} "
-            f"({r['cold_start_iqr_ms']:.0f}) | {r['check_ms']:.1f} | {share} |"
+            f"({r['cold_start_iqr_ms']:.0f}) | {r['check_ms']:.1f} | {r['check_warm_ms']:.1f} "
+            f"| {r['cold_start_ms'] / b - 1:+.1%} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -406,8 +406,8 @@ def describe_verification(v: dict[str, Any] | None) -> str:
     if v.get("checked") is False:
         return f"not checked: {v['reason']}"
     figures = (
-        f"tokens agree {v['agreement']:.1%} with fp32, {v['psnr_drop_db']:+.2f} dB "
-        f"vs fp32 on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
+        f"tokens agree {v['agreement']:.1%} with fp32, PSNR {v['psnr_drop_db']:.2f} dB below "
+        f"fp32's, on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
     )
     if v.get("fell_back_to"):
         return f"{v['precision']} does NOT hold here ({v['reason']}): running {v['fell_back_to']}"
