@@ -68,6 +68,8 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
     np.savez_compressed(root / CHECK_FILE, **arrays)
     manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
+    if "sizes" in manifest:
+        manifest["sizes"]["bundle_bytes"] += (root / CHECK_FILE).stat().st_size
     _write(root, manifest)
     expected = {}
     for precision in manifest["variants"]:

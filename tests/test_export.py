@@ -274,6 +274,7 @@ def test_bundle_is_one_flat_folder_of_named_files(bundle, manifest):
     assert all(p.is_file() for p in bundle.iterdir())  # no subfolders
     assert on_disk == {
         MANIFEST,
+        "check.npz",
         "codebook.npy",
         "weights.fp32.bin",
         "weights.int8.bin",

@@ -73,6 +73,7 @@ def test_bundle_declares_scales_and_size(manifest, ms_config):
 def test_bundle_is_flat_and_shares_the_exact_graphs(bundle, manifest):
     assert {p.name for p in bundle.iterdir()} == {
         MANIFEST,
+        "check.npz",
         "codebook.npy",
         "weights.fp32.bin",
         "encoder.fp32.onnx",
