@@ -25,6 +25,7 @@ from vqedge.models.blocks import Backbone, Decoder, Encoder
 from vqedge.models.import_checkpoint import (
     Source,
     load_official,
+    preset_config,
     read_checkpoint,
     source_name,
 )
@@ -273,7 +274,9 @@ def to_official(name: str) -> str:
     return re.sub(r"^quantize\.phis\.", "quantize.quant_resi.qresi_ls.", name)
 
 
-def load_var(source: Source, preset: str = "256", config: VARConfig | None = None) -> VARVQVAE:
+def load_var(
+    source: Source, preset: str | None = "256", config: VARConfig | None = None
+) -> VARVQVAE:
     """A VARVQVAE with the weights of VAR's raw state dict (``vae_ch160v4096z32.pth``).
 
     Parameters
@@ -281,17 +284,15 @@ def load_var(source: Source, preset: str = "256", config: VARConfig | None = Non
     source : path or mapping
         The ``.pth`` file (``torch.save(state_dict)``) or the state dict.
     preset : str
-        ``256`` (patch nums 1..16) or ``512`` (1..32); the same weights serve both. Ignored
-        when ``config`` is given.
+        ``256`` (patch nums 1..16, also None) or ``512`` (1..32); the same weights serve
+        both. Ignored when ``config`` is given.
 
     Raises
     ------
     CheckpointError
         A file of another family, truncated, or with a missing, unexpected or reshaped key.
     """
-    if config is None and preset not in PRESETS:
-        raise ValueError(f"{FAMILY} preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = config or PRESETS[preset]
+    cfg = preset_config(FAMILY, PRESETS, preset, config, default="256")
     tensors = read_checkpoint(source, FAMILY)
     model = VARVQVAE(cfg)
     load_official(model, tensors, FAMILY, to_official, source_name(source), ours_only=OURS_ONLY)
