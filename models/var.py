@@ -155,6 +155,18 @@ class VARVQVAE(nn.Module):
     def codebook_size(self) -> int:
         return self.V
 
+    @property
+    def runtime_config(self) -> VQVAEConfig:
+        """What a bundle of this model tells the runtime (f, K, C, patch_nums, resolution), in
+        VAR's numbers; its training fields do not apply (no EMA)."""
+        cfg = self.config.quantizer_config
+        if cfg.resolution != self.resolution:
+            raise ValueError(
+                f"{FAMILY}: resolution {self.resolution} does not match patch_nums "
+                f"{list(self.patch_nums)} x f={cfg.downsample_factor}"
+            )
+        return cfg
+
     # ---- the three graphs an export needs: image -> f, f -> idx_Bl, f_hat -> image ----
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, R, R] -> f [B, Cvae, pn[-1], pn[-1]] (quant_conv applied)."""
