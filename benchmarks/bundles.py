@@ -16,20 +16,14 @@ The VAR benchmark bundle (random weights in VAR's own file layout, exported like
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-# family -> (module under vqedge.models, config class, model class, loader)
-FAMILY_MODELS: dict[str, tuple[str, str, str, str]] = {
-    "var": ("var", "VARConfig", "VARVQVAE", "load_var"),
-    "llamagen": ("llamagen", "LlamaGenConfig", "LlamaGenVQ", "load_llamagen"),
-    "taming": ("taming", "TamingConfig", "TamingVQGAN", "load_taming"),
-    "diffusers": ("vqmodel", "VQModelConfig", "DiffusersVQModel", "load_vqmodel"),
-}
+from vqedge.models import registry
+
 # the seed of the random weights an imported family gets without its checkpoint
 RANDOM_SEED = 0
 
@@ -93,7 +87,7 @@ def facts(bundle: str | Path | None) -> BundleFacts:
         code_dim=cfg.code_dim,
         patch_nums=tuple(cfg.patch_nums) if multi else (),
         resolution=cfg.resolution if multi else None,
-        family=family if family in FAMILY_MODELS else None,
+        family=family if family in registry.FAMILIES else None,
         source=source,
         manifest=manifest,
     )
@@ -102,36 +96,17 @@ def facts(bundle: str | Path | None) -> BundleFacts:
 # -- the PyTorch side ---------------------------------------------------------------------------
 
 
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """A (possibly nested) config dataclass from its ``dataclasses.asdict`` form."""
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in d:
-            continue
-        v, t = d[f.name], hints.get(f.name)
-        if isinstance(v, dict) and isinstance(t, type) and is_dataclass(t):
-            v = _from_dict(t, v)
-        elif isinstance(v, list):
-            v = tuple(v)
-        kwargs[f.name] = v
-    return cls(**kwargs)
-
-
 def family_config(bf: BundleFacts) -> Any:
     """The family's config of the exported model: the manifest's ``architecture`` (VAR),
     else ``source.config``, else the family's preset."""
-    import importlib
-
-    mod_name, cfg_name, _, _ = FAMILY_MODELS[bf.family]
-    mod = importlib.import_module(f"vqedge.models.{mod_name}")
-    cls = getattr(mod, cfg_name)
+    fam = registry.get(bf.family)
     arch = bf.manifest.get("architecture")
+    where = f"bundle {bf.path}"
     if isinstance(arch, dict):
-        return _from_dict(cls, {k: v for k, v in arch.items() if k != "family"})
+        return fam.config_from_dict({k: v for k, v in arch.items() if k != "family"}, where)
     if isinstance(bf.source.get("config"), dict):
-        return _from_dict(cls, bf.source["config"])
-    presets = getattr(mod, "PRESETS", {})
+        return fam.config_from_dict(bf.source["config"], where)
+    presets = fam.preset_configs()
     if bf.source.get("preset") in presets:
         return presets[bf.source["preset"]]
     raise ValueError(
@@ -164,14 +139,6 @@ def random_state(model: Any, seed: int = RANDOM_SEED) -> dict[str, Any]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def runtime_providers(providers: Any, threads: int) -> Any:
     """``providers`` as the benchmarks give them to the runtime: "openvino" gets the same
     thread count as the sessions (the provider keeps its own thread pool); others as they are."""
@@ -191,8 +158,6 @@ def torch_model(bf: BundleFacts, checkpoint: str | None = None) -> tuple[Any, di
         ``weights``: {"what": a sentence, "same_as_bundle": bool}. Only a model with the
         bundle's weights is compared token for token with the bundle's configurations.
     """
-    import importlib
-
     from vqedge.models.checkpoint import (
         PRETRAINED_DIR,
         load_pretrained,
@@ -212,24 +177,21 @@ def torch_model(bf: BundleFacts, checkpoint: str | None = None) -> tuple[Any, di
             model = model_from_bundle(bf.path).eval()
         return model.eval(), {"what": what, "same_as_bundle": True}
 
-    mod_name, _, cls_name, loader = FAMILY_MODELS[bf.family]
-    mod = importlib.import_module(f"vqedge.models.{mod_name}")
+    from vqedge.runtime.manifest import sha256_file
+
+    fam = registry.get(bf.family)
     cfg = family_config(bf)
     if checkpoint:
-        model = getattr(mod, loader)(checkpoint, config=cfg)
+        model = fam.load(checkpoint, config=cfg)
         ckpt = Path(checkpoint)
-        weights_file = ckpt if ckpt.is_file() else None
-        if weights_file is None and ckpt.is_dir():  # diffusers: a save_pretrained folder
-            weights_file = next((p for p in sorted(ckpt.iterdir()) if p.suffix in (
-                ".safetensors", ".bin")), None)  # fmt: skip
-        same = weights_file is not None and _sha256(weights_file) == bf.source.get("sha256")
+        same = sha256_file(fam.checkpoint_weights(ckpt)) == bf.source.get("sha256")
         what = f"{bf.family} checkpoint {ckpt.name}" + (
             " (the bundle's source: sha256 matches)"
             if same
             else " (NOT the bundle's source checkpoint: sha256 differs)"
         )
         return model.eval(), {"what": what, "same_as_bundle": same}
-    model = getattr(mod, cls_name)(cfg)
+    model = fam.model_type()(cfg)
     model.load_state_dict(random_state(model, RANDOM_SEED))
     what = (
         f"{bf.family} architecture with seeded random weights (seed {RANDOM_SEED}), not the "
@@ -322,7 +284,6 @@ if __name__ == "__main__":
 
 __all__ = [
     "BundleFacts",
-    "FAMILY_MODELS",
     "facts",
     "family_config",
     "make_var_bundle",

@@ -293,7 +293,7 @@ def add_quality(results: dict[str, Any], originals: np.ndarray) -> str | None:
     return bundle_ref
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     d = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=d)
     p.add_argument(
@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="full fp32 convolutions on both sides (TF32 is the CUDA default of both)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
 
     t_begin = time.time()

@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 
 from vqedge.commands.common import EXIT_OK, CommandError, require
-
-# the families `--from` takes (vqedge.export.families.FAMILIES, named here so that
-# `vqedge --help` needs no torch)
-FAMILIES = ("var", "llamagen", "taming", "diffusers")
+from vqedge.models import registry
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
             if args.preset or args.config:
                 raise CommandError(
                     "--preset and --config describe another project's checkpoint: "
-                    f"give its family with --from ({', '.join(FAMILIES)})"
+                    f"give its family with --from ({', '.join(registry.names())})"
                 )
             export_bundle(args.checkpoint, args.out, force=args.force, **options)
         else:
@@ -39,6 +36,15 @@ def run(args: argparse.Namespace) -> int:
     except ExportValidationError as e:
         raise CommandError(f"validation failed, no bundle written to {args.out}: {e}") from e
     return EXIT_OK
+
+
+def _presets_help() -> str:
+    fams = registry.FAMILIES.values()
+    return ", ".join(f"{f.name} {'|'.join(f.presets)}" for f in fams if f.presets)
+
+
+def _checkpoints_help() -> str:
+    return "; ".join(f"{f.name}: {f.checkpoint}" for f in registry.FAMILIES.values())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,15 +63,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from",
         dest="family",
-        choices=FAMILIES,
+        choices=registry.names(),
         default=None,
-        help="the project the checkpoint comes from (default: vqedge's own)",
+        help=f"the project the checkpoint comes from ({_checkpoints_help()}) (default: "
+        "vqedge's own)",
     )
     p.add_argument(
         "--preset",
         default=None,
-        help="the family's shape: var 256|512, llamagen vq16|vq8, taming f16-1024|f16-16384, "
-        "diffusers vq-f4|vq-f8 (default: the first; diffusers: the folder's config.json)",
+        help=f"the family's shape: {_presets_help()} (default: the first; a folder with its "
+        "own config file: that file)",
     )
     p.add_argument(
         "--config",

@@ -5,6 +5,7 @@ out as a page and serves it. Importing this package imports neither gradio nor o
 """
 
 import os
+from pathlib import Path
 
 # Set here, before vqedge.demo.app imports gradio: no analytics, no version check calling home.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -20,3 +21,5 @@ DEFAULT_QUEUE_SIZE = 64
 DEFAULT_MAX_FILE_SIZE = "20mb"
 # what happens to an upload with a side above the max side
 OVERSIZE_CHOICES = ("downscale", "refuse")
+# the held-out photos (see examples/SOURCES.md); none when the package data is missing
+EXAMPLES = sorted(p for p in (Path(__file__).parent / "examples").glob("*.[jp][pn]g"))

@@ -8,11 +8,7 @@ endpoints are declared once, in ``ENDPOINTS``. What the page computes is in
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +17,13 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
+from starlette.middleware import Middleware
 
 from vqedge.demo import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_FILE_SIZE,
     DEFAULT_QUEUE_SIZE,
+    EXAMPLES,
     UPLOAD_MAX_SIDE,
 )
 from vqedge.demo.engine import (
@@ -36,14 +34,10 @@ from vqedge.demo.engine import (
     ScalesEngine,
     default_scales_bundle,
 )
+from vqedge.demo.handlers import Uploads, UploadWatcher, readable, request
 from vqedge.demo.metrics import HEATMAP_MAX
 from vqedge.demo.webpage import WEB_PAGE_URL
-from vqedge.runtime.arena import release_memory
 
-log = logging.getLogger(__name__)
-
-# the held-out photos (see examples/SOURCES.md); none when the package data is missing
-EXAMPLES = sorted(p for p in (Path(__file__).parent / "examples").glob("*.[jp][pn]g"))
 CSS = "#token-map img { cursor: crosshair; image-rendering: pixelated; }"
 # gradio's cache sweep: every 15 minutes, files older than an hour (the page's own uploads
 # and every output file; the API's uploads are deleted when their request ends)
@@ -152,124 +146,6 @@ image = client.predict(handle_file(vqt), api_name="/decode")
 scales = client.predict(handle_file("photo.jpg"), api_name="/scales")
 ```
 """
-
-
-# -- requests: readable errors, uploads deleted, memory handed back --------------------------
-
-
-class Uploads:
-    """Upload files in use by requests; a file is deleted when the last request that needs
-    it ends.
-
-    Gradio names an upload by its content's hash, so two requests with the same file share
-    one path, and a request runs after its upload, once the queue reaches it: a file is
-    deleted only when no running request holds it and no upload of it awaits its request.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._in_use: Counter[str] = Counter()
-        self._waiting: Counter[str] = Counter()  # uploaded, their requests not started yet
-
-    def uploaded(self, paths: list[str]) -> None:
-        with self._lock:
-            self._waiting.update(str(p) for p in paths)
-
-    def hold(self, paths: list[str]) -> None:
-        with self._lock:
-            for p in paths:
-                if self._waiting[p] > 0:
-                    self._waiting[p] -= 1
-                self._in_use[p] += 1
-
-    def release(self, paths: list[str], delete: bool = True) -> None:
-        """Requests done with ``paths``; delete the files nothing else needs."""
-        with self._lock:
-            self._in_use.subtract(paths)
-            for p in set(paths):
-                if self._in_use[p] <= 0:
-                    del self._in_use[p]
-                    if delete and self._waiting[p] <= 0:
-                        self._waiting.pop(p, None)
-                        _delete_upload(Path(p))
-
-
-class _UploadSet(set):
-    """Gradio's set of uploaded files, which also tells ``Uploads`` of each upload."""
-
-    def __init__(self, files: set, uploads: Uploads) -> None:
-        super().__init__(files)
-        self.uploads = uploads
-
-    def update(self, *paths) -> None:
-        for group in paths:
-            group = list(group)
-            self.uploads.uploaded(group)
-            super().update(group)
-
-
-def _watch_uploads(demo: gr.Blocks, uploads: Uploads) -> None:
-    """Count every upload as it arrives (gradio adds it to ``demo.upload_file_set``, the set
-    it also deletes at shutdown); without that set, uploads are deleted when a request ends."""
-    old = getattr(demo, "upload_file_set", None)
-    if not isinstance(old, set) or not isinstance(getattr(demo, "temp_file_sets", None), list):
-        return
-    demo.upload_file_set = _UploadSet(old, uploads)
-    demo.temp_file_sets = [demo.upload_file_set if s is old else s for s in demo.temp_file_sets]
-
-
-def _delete_upload(path: Path) -> None:
-    """Delete an uploaded file and the folder gradio made for it (when left empty); the
-    shipped examples are never touched."""
-    if any(path.name == e.name and path.parent == e.parent for e in EXAMPLES):
-        return
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty, or already gone
-        path.parent.rmdir()
-
-
-def _readable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show every failure as a short message in the UI (and to API clients), never a trace;
-    after every request, hand freed memory back to the system."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ValueError, OSError, RuntimeError) as e:
-            raise gr.Error(str(e)) from None
-        except Exception as e:
-            log.exception("vqedge demo: unexpected error")
-            raise gr.Error(f"unexpected error ({type(e).__name__}); see the server log") from None
-        finally:
-            release_memory()
-
-    return wrapper
-
-
-def _request(
-    fn: Callable[..., Any], upload_args: tuple[int, ...], uploads: Uploads, keep_on_success: bool
-) -> Callable[..., Any]:
-    """``fn`` as a request handler: readable errors, and its uploaded files (the positional
-    arguments ``upload_args``) deleted when it ends; with ``keep_on_success`` only when it
-    fails (the page shows its upload and may run it again)."""
-
-    @_readable
-    @functools.wraps(fn)
-    def handler(*args):
-        paths = [args[i] for i in upload_args if isinstance(args[i], str)]
-        uploads.hold(paths)
-        ok = False
-        try:
-            out = fn(*args)
-            ok = True
-            return out
-        finally:
-            uploads.release(paths, delete=not (ok and keep_on_success))
-
-    return handler
 
 
 # -- page helpers ---------------------------------------------------------------------------
@@ -505,7 +381,7 @@ def _api_section(eng: Engine, ms: ScalesEngine, uploads: Uploads, model: dict) -
     comps = _api_components(eng)
     out_names = {"tokens": "tokens json"}  # an output named like an input
     for name, e in ENDPOINTS.items():
-        fn = _request(
+        fn = request(
             functools.partial(e.fn, eng, ms),
             tuple(i for i, n in enumerate(e.inputs) if n in UPLOADS),
             uploads,
@@ -526,7 +402,7 @@ def _api_section(eng: Engine, ms: ScalesEngine, uploads: Uploads, model: dict) -
 
 def _analysis_events(eng, a, e, state, uploads, ui) -> None:
     for choice in (a["precision"], a["provider"]):
-        choice.change(_readable(eng.verdict), [a["precision"], a["provider"]], a["verdict"], **ui)
+        choice.change(readable(eng.verdict), [a["precision"], a["provider"]], a["verdict"], **ui)
 
     def on_run(path, prec, prov):
         img, note = eng.read(path)
@@ -551,7 +427,7 @@ def _analysis_events(eng, a, e, state, uploads, ui) -> None:
         ]
 
     a["run"].click(
-        _request(on_run, (0,), uploads, keep_on_success=True),
+        request(on_run, (0,), uploads, keep_on_success=True),
         [a["input"], a["precision"], a["provider"]],
         [a["original"], a["recon"], a["heatmap"], a["metrics"], a["usage"], e["tokmap"]]
         + [e["edited"], a["vqt"], state, e["message"], *e["region"]],
@@ -570,7 +446,7 @@ def _editing_events(eng, a, e, state, uploads, ui) -> None:
             raise ValueError("tokenize an image first")
         return st
 
-    @_readable
+    @readable
     def on_select(st, evt: gr.SelectData):
         st = need(st)
         x, y = evt.index
@@ -585,7 +461,7 @@ def _editing_events(eng, a, e, state, uploads, ui) -> None:
         queue=False,
     )
 
-    @_readable
+    @readable
     def on_region(st, *box):
         return None if st is None else draw(st, tuple(int(v) for v in box))
 
@@ -601,13 +477,13 @@ def _editing_events(eng, a, e, state, uploads, ui) -> None:
         return [draw(st, box), out, st, msg]
 
     e["apply"].click(
-        _request(on_apply, (8,), uploads, keep_on_success=True),
+        request(on_apply, (8,), uploads, keep_on_success=True),
         [state, *region, e["mode"], e["code"], e["seed"], e["other"], *opts],
         [e["tokmap"], e["edited"], state, e["message"]],
         **ui,
     )
 
-    @_readable
+    @readable
     def on_reset(st, t, b, le, ri, prec, prov):
         st = need(st)
         st.edited = st.idx.copy()
@@ -627,7 +503,7 @@ def _scales_events(eng, ms, s, uploads, ui) -> None:
         return r["fitted"], maps, recons, ms.summary(r, img.shape[:2], note)
 
     s["run"].click(
-        _request(on_scales, (0,), uploads, keep_on_success=True),
+        request(on_scales, (0,), uploads, keep_on_success=True),
         [s["input"]],
         [s["fitted"], s["maps"], s["recons"], s["summary"]],
         **ui,
@@ -685,9 +561,9 @@ def build_app(
         _editing_events(eng, a, e, state, uploads, ui)
         if s is not None:
             _scales_events(eng, ms, s, uploads, ui)
-    _watch_uploads(demo, uploads)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     demo.engine, demo.scales_engine = eng, ms  # for `vqedge demo`'s banner and embedding
+    demo.uploads = uploads  # counted as they arrive by the UploadWatcher launch() installs
     return demo
 
 
@@ -704,7 +580,10 @@ def launch(
     Returns what ``gr.Blocks.launch`` returns (app, local URL, share URL); with
     ``prevent_thread_lock`` it returns at once and ``demo.close()`` stops the server.
     """
+    uploads = getattr(demo, "uploads", None)
+    middleware = [Middleware(UploadWatcher, uploads=uploads)] if uploads is not None else []
     return demo.launch(
+        app_kwargs={"middleware": middleware},
         server_name=host,
         server_port=port,
         share=False,

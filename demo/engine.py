@@ -42,8 +42,9 @@ from vqedge.runtime.providers import (
     provider_names,
     resolve_providers,
 )
-from vqedge.runtime.session import default_session_options, describe_verification
+from vqedge.runtime.session import default_session_options
 from vqedge.runtime.tokens import TokenFile, load_tokens
+from vqedge.runtime.verify import describe_verification
 
 TOP_CODES = 20  # codes listed in the usage plot
 TOKEN_FILE_MAX_AGE_S = 3600  # .vqt files the demo wrote are removed after this

@@ -5,35 +5,34 @@ loader (``vqedge.models``: every tensor used, every shape checked) and exports t
 through the one pipeline (``export_bundle``), the manifest recording where it came from:
 the family, the checkpoint's file name and sha256, and the preset.
 
-Families: ``var`` (VAR's VQVAE, a raw state dict), ``llamagen`` (VQ-16 / VQ-8, the dict with
-its ``model`` key), ``taming`` (a VQGAN Lightning checkpoint) and ``diffusers`` (a VQModel
-``save_pretrained`` folder).
+The families, their presets, loaders and checkpoint rules are the one table
+``vqedge.models.registry`` (``var``, ``llamagen``, ``taming``, ``diffusers``, and any
+registered at run time).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vqedge.export.pipeline import export_bundle
-from vqedge.models import llamagen, taming, var, vqmodel
-from vqedge.models.blocks import Backbone
+from vqedge.models import registry
 from vqedge.models.import_checkpoint import CheckpointError
+from vqedge.models.taming import config_from_dict as taming_config
 from vqedge.runtime.manifest import PRECISIONS, sha256_file
 
-FAMILIES = ("var", "llamagen", "taming", "diffusers")
-# each family's presets, the first one its default
-PRESETS: dict[str, tuple[str, ...]] = {
-    "var": tuple(var.PRESETS),
-    "llamagen": tuple(llamagen.PRESETS),
-    "taming": tuple(taming.PRESETS),
-    "diffusers": (),  # the folder's config.json says the shape
-}
+
+def __getattr__(name: str) -> Any:
+    # the family table's names and presets, as they stand now (families register at run time)
+    if name == "FAMILIES":
+        return registry.names()
+    if name == "PRESETS":
+        return {f.name: f.presets for f in registry.FAMILIES.values()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_config_file(path: str | Path, family: str) -> dict[str, Any]:
@@ -63,102 +62,6 @@ def _read_config_file(path: str | Path, family: str) -> dict[str, Any]:
     return d
 
 
-def _dataclass_from(cls: type, d: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown fields {unknown}; expected some of {sorted(known)}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
-def taming_config(d: dict[str, Any], where: str = "config") -> taming.TamingConfig:
-    """A TamingConfig from taming's own config: its YAML's ``model.params`` (``ddconfig``,
-    ``n_embed``, ``embed_dim``), whole or from ``model`` / ``params`` down."""
-    for key in ("model", "params"):
-        if key in d and isinstance(d[key], dict):
-            d = d[key]
-    if "ddconfig" not in d:
-        raise ValueError(f"{where}: a taming config needs 'ddconfig' (model.params.ddconfig)")
-    dd = d["ddconfig"]
-    try:
-        ch, mult, res = int(dd["ch"]), tuple(dd["ch_mult"]), int(dd["resolution"])
-        attn = {int(r) for r in dd.get("attn_resolutions", [])}
-        backbone = Backbone(
-            ch=ch,
-            channels=tuple(ch * m for m in mult),
-            num_res_blocks=int(dd["num_res_blocks"]),
-            z_channels=int(dd["z_channels"]),
-            attn_levels=tuple(i for i in range(len(mult)) if res // 2**i in attn),
-            in_channels=int(dd.get("in_channels", 3)),
-            out_channels=int(dd.get("out_ch", 3)),
-        )
-        return taming.TamingConfig(
-            backbone=backbone, n_embed=int(d["n_embed"]), embed_dim=int(d["embed_dim"])
-        )
-    except KeyError as e:
-        raise ValueError(f"{where}: taming config lacks {e.args[0]!r}") from None
-
-
-def _load_var(ckpt: Path, preset: str | None, cfg: dict | None, where: str) -> nn.Module:
-    config = _dataclass_from(var.VARConfig, cfg, where) if cfg is not None else None
-    return var.load_var(ckpt, preset=preset or "256", config=config)
-
-
-def _load_llamagen(ckpt: Path, preset: str | None, cfg: dict | None, where: str) -> nn.Module:
-    config = _dataclass_from(llamagen.LlamaGenConfig, cfg, where) if cfg is not None else None
-    return llamagen.load_llamagen(ckpt, preset=preset or "vq16", config=config)
-
-
-def _load_taming(ckpt: Path, preset: str | None, cfg: dict | None, where: str) -> nn.Module:
-    config = taming_config(cfg, where) if cfg is not None else None
-    return taming.load_taming(ckpt, preset=preset or "f16-1024", config=config)
-
-
-def _load_diffusers(ckpt: Path, preset: str | None, cfg: dict | None, where: str) -> nn.Module:
-    if preset is not None and preset not in vqmodel.PRESETS:
-        raise ValueError(
-            f"{vqmodel.FAMILY} preset must be one of {sorted(vqmodel.PRESETS)}, got {preset!r}"
-        )
-    config = None
-    if cfg is not None:
-        config = vqmodel.VQModelConfig.from_dict(cfg, where)
-    elif preset is not None:
-        config = vqmodel.PRESETS[preset]
-    return vqmodel.load_vqmodel(ckpt, config=config)
-
-
-LOADERS: dict[str, Callable[..., nn.Module]] = {
-    "var": _load_var,
-    "llamagen": _load_llamagen,
-    "taming": _load_taming,
-    "diffusers": _load_diffusers,
-}
-
-
-def weights_file(checkpoint: str | Path, family: str) -> Path:
-    """The file a family's checkpoint keeps its weights in (diffusers: inside the folder)."""
-    path = Path(checkpoint)
-    if family == "diffusers":
-        if not path.is_dir():
-            raise NotADirectoryError(
-                f"{vqmodel.FAMILY}: {path} must be a save_pretrained folder "
-                f"({vqmodel.CONFIG_FILE} and {vqmodel.WEIGHT_FILES[0]})"
-            )
-        found = [path / w for w in vqmodel.WEIGHT_FILES if (path / w).is_file()]
-        if not found:
-            raise FileNotFoundError(
-                f"{vqmodel.FAMILY} folder {path} has none of {list(vqmodel.WEIGHT_FILES)}"
-            )
-        return found[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"{family} checkpoint {path} does not exist (a file expected)")
-    return path
-
-
 def load_family(
     checkpoint: str | Path,
     family: str,
@@ -173,9 +76,9 @@ def load_family(
         The checkpoint as its authors save it (for ``diffusers``, a ``save_pretrained``
         folder).
     family : str
-        One of FAMILIES.
+        A registered family (``vqedge.models.registry.FAMILIES``).
     preset : str, optional
-        A shape the family ships (``PRESETS[family]``); None: the family's default (for
+        A shape the family ships (its ``presets``); None: the family's default (for
         diffusers, the folder's config.json).
     config : path or dict, optional
         The family's config fields (JSON; taming also takes its YAML), overriding ``preset``.
@@ -186,14 +89,14 @@ def load_family(
         Unknown family, preset or config fields; CheckpointError (a ValueError) for a
         checkpoint of another family or a damaged one.
     """
-    if family not in LOADERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    fam = registry.get(family)
     where = "the given config"
     if isinstance(config, (str, Path)):
         where = str(config)
         config = _read_config_file(config, family)
-    weights_file(checkpoint, family)  # a clear error for a missing file, before any loading
-    return LOADERS[family](Path(checkpoint), preset, config, where)
+    fam.checkpoint_weights(checkpoint)  # a clear error for a missing file, before any loading
+    cfg = fam.config_from_dict(config, where) if config is not None else None
+    return fam.load(checkpoint, preset, cfg)
 
 
 def source_facts(
@@ -201,19 +104,20 @@ def source_facts(
 ) -> dict[str, Any]:
     """The manifest's ``source``: family, checkpoint file name, its sha256, preset, and the
     family's own config of the model exported."""
-    weights = weights_file(checkpoint, family)
+    fam = registry.get(family)
+    weights = fam.checkpoint_weights(checkpoint)
     cfg = getattr(model, "config", None)
     facts: dict[str, Any] = {
         "family": family,
         "checkpoint": weights.name,
         "sha256": sha256_file(weights),
-        "preset": preset or (PRESETS[family][0] if PRESETS[family] else None),
+        "preset": preset or fam.default_preset,
     }
-    if family == "diffusers":
+    if fam.folder_weights:
         folder = Path(checkpoint)
         facts["checkpoint"] = f"{folder.resolve().name}/{weights.name}"
-        facts["config_sha256"] = sha256_file(folder / vqmodel.CONFIG_FILE)
-        facts["preset"] = preset
+    if fam.config_file:
+        facts["config_sha256"] = sha256_file(Path(checkpoint) / fam.config_file)
     if dataclasses.is_dataclass(cfg):
         facts["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
     return facts
@@ -262,8 +166,6 @@ def export_pretrained(
 
 
 __all__ = [
-    "FAMILIES",
-    "PRESETS",
     "CheckpointError",
     "export_pretrained",
     "load_family",

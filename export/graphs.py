@@ -1,6 +1,9 @@
 """The exported graphs: thin inference-only wrappers around a trained model, and the export.
 
-Straight-through, losses and usage statistics are training-only and stay out of the graphs.
+Every exportable model offers the same surface (``encoder``, ``quant_conv``, ``quantize``,
+``post_quant_conv``, ``decoder``, ``runtime_config``; vqedge's own have identity convolutions),
+so one wrapper per graph serves them all. Straight-through, losses and usage statistics are
+training-only and stay out of the graphs.
 """
 
 from __future__ import annotations
@@ -13,51 +16,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.quantizer import nearest_index
-from vqedge.models.vqvae import VQTokenizerBase
 
 EXPORTER = "dynamo"  # torch.onnx.export(dynamo=True): torch.export-based, maintained
 OPSET = 18
 
 
 class EncoderGraph(nn.Module):
-    """image [B, 3, H, W] (H, W multiples of f) -> latent [B, C, H/f, W/f]."""
+    """image [B, 3, H, W] -> latent [B, C, H/f, W/f] (the encoder, then quant_conv)."""
 
-    def __init__(self, model: VQTokenizerBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.encoder = model.encoder
+        self.quant_conv = model.quant_conv
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.encoder(image)
+        return self.quant_conv(self.encoder(image))
 
 
 class QuantizerGraph(nn.Module):
-    """latent [B, C, h, w] -> indices [B, h, w] int64, by VectorQuantizer's own lookup."""
+    """latent [B, C, h, w] -> indices [B, h, w] int64, by the model's own lookup (the same
+    projection and ``nearest_index`` as its quantizer)."""
 
-    def __init__(self, model: VQTokenizerBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
         self.l2_normalize = model.quantize.l2_normalize
+        self.unit = model.quantize.unit_lookup
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        if self.l2_normalize:  # the same projection as VectorQuantizer.project
+        if self.l2_normalize:  # the quantizer's projection
             latent = F.normalize(latent, dim=1)
         z = latent.permute(0, 2, 3, 1)  # [B, h, w, C]
-        return nearest_index(z, self.codebook_KC, unit=self.l2_normalize)
+        return nearest_index(z, self.codebook_KC, unit=self.unit)
 
 
 class DecoderGraph(nn.Module):
-    """indices [B, h, w] int64 -> image [B, 3, h*f, w*f] in [-1, 1] (codebook lookup inside)."""
+    """indices [B, h, w] int64 -> image [B, 3, h*f, w*f] in [-1, 1] (codebook lookup,
+    post_quant_conv, decoder)."""
 
-    def __init__(self, model: VQTokenizerBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
+        self.post_quant_conv = model.post_quant_conv
         self.decoder = model.decoder
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         q = F.embedding(indices, self.codebook_KC).permute(0, 3, 1, 2)  # [B, C, h, w]
-        return self.decoder(q).clamp(-1.0, 1.0)
+        return self.decoder(self.post_quant_conv(q)).clamp(-1.0, 1.0)
 
 
 class MultiScaleQuantizerGraph(nn.Module):
@@ -67,7 +73,7 @@ class MultiScaleQuantizerGraph(nn.Module):
     exact at the one latent side s.
     """
 
-    def __init__(self, model: MultiScaleVQVAE) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.quantize = model.quantize
 
@@ -79,10 +85,10 @@ class ScalesGraph(nn.Module):
     """indices [B, L] -> f_hat [B, C, s, s], f_hat after each scale [B, SN, C, s, s] and
     VAR's teacher-forcing input [B, L - pn_1^2, C]."""
 
-    def __init__(self, model: MultiScaleVQVAE) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.quantize = model.quantize
-        self.config = model.config
+        self.config = model.runtime_config
 
     def forward(self, indices: torch.Tensor):
         q = self.quantize
@@ -92,14 +98,15 @@ class ScalesGraph(nn.Module):
 
 
 class FhatDecoderGraph(nn.Module):
-    """f_hat [B, C, s, s] -> image [B, 3, s*f, s*f] in [-1, 1]."""
+    """f_hat [B, C, s, s] -> image [B, 3, s*f, s*f] in [-1, 1] (post_quant_conv, decoder)."""
 
-    def __init__(self, model: VQTokenizerBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        self.post_quant_conv = model.post_quant_conv
         self.decoder = model.decoder
 
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(f_hat).clamp(-1.0, 1.0)
+        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1.0, 1.0)
 
 
 def export_graph(

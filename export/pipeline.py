@@ -15,6 +15,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,13 @@ import onnxruntime as ort
 import torch
 
 from vqedge.export.check_set import add_check_set
+from vqedge.export.family_recipe import FamilySingleScaleRecipe
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
-from vqedge.export.multi_scale import MultiScaleRecipe
+from vqedge.export.multi_scale_recipe import MultiScaleRecipe
 from vqedge.export.recipe import GENERATOR_MIN_AGREEMENT, Graphs, Recipe, session
-from vqedge.export.single_scale import SingleScaleRecipe
-from vqedge.export.single_scale_families import FamilySingleScaleRecipe
-from vqedge.export.validate import ExportValidationError
+from vqedge.export.single_scale_recipe import SingleScaleRecipe
+from vqedge.export.validate import TOLERANCES, ExportValidationError
 from vqedge.export.var_recipe import VARRecipe
 from vqedge.export.variants import INT8_RECIPE, phase_convolutions, to_fp16, to_int8
 from vqedge.export.weights import WeightStore, externalize, read_external
@@ -62,6 +63,8 @@ RECIPES: dict[type, type[Recipe]] = {
 INT8_MAX_PSNR_DROP = 0.5
 # the CPU-provider decoder computes the same sums in another order: rounding only
 CPU_DECODER_ATOL = 1e-4
+# bytes per weight of each precision: what the manifest's sizes compare a bundle with
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
 # the oldest onnxruntime the runtime declares; opset and IR version must load there
 MIN_ONNXRUNTIME = "1.19"
 MAX_IR_VERSION = 10
@@ -86,7 +89,7 @@ def recipe_for(model: torch.nn.Module) -> Recipe:
     raise ValueError(f"no export recipe for {type(model).__name__}; known: {known}")
 
 
-def graph_file(graph: str, precision: str) -> str:
+def graph_file_name(graph: str, precision: str) -> str:
     """A graph's file name in the bundle, e.g. ``encoder.fp32.onnx``."""
     return f"{graph}.{precision}.onnx"
 
@@ -155,7 +158,8 @@ def export_bundle(
         work.mkdir()
         variants, results = _build(recipe, work, precisions, log)
         log("writing the bundle: each weight once per precision")
-        manifest = _write_bundle(recipe, config, source, tmp, work, variants, results)
+        written = _write_graphs(recipe, config, tmp, work, variants)
+        manifest = build_manifest(recipe, config, source, tmp, variants, results, written)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         manifest = add_check_set(tmp, manifest, log)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -191,14 +195,14 @@ def _build(
         log("converting fp16 (fp32 weights cast at load)")
         graphs = dict(kept)
         for name in REDUCED:
-            graphs[name] = work / graph_file(name, "fp16")
+            graphs[name] = work / graph_file_name(name, "fp16")
             onnx.save(to_fp16(onnx.load(str(exporters[name]))), str(graphs[name]))
         variants["fp16"] = {"graphs": graphs}
     if "int8" in precisions:
         log("quantizing int8 (static QDQ, calibrated on training photos)")
         graphs = dict(kept)
         for name in REDUCED:
-            graphs[name] = work / graph_file(name, "int8")
+            graphs[name] = work / graph_file_name(name, "int8")
             to_int8(exporters[name], graphs[name], *calib[name])
         variants["int8"] = {"graphs": graphs, "recipe": INT8_RECIPE}
     _cpu_decoders(work, variants, calib[DECODER], log)
@@ -235,7 +239,7 @@ def _trace(recipe: Recipe, work: Path, log) -> Graphs:
     paths = {}
     for name, wrapper in recipe.wrappers.items():
         log(f"exporting {name}")
-        paths[name] = work / graph_file(name, "fp32")
+        paths[name] = work / graph_file_name(name, "fp32")
         export_graph(
             wrapper(recipe.model), examples[name], name, paths[name], recipe.io[name],
             recipe.dim_names,
@@ -278,7 +282,7 @@ def _cpu_decoders(
     if not any(n.op_type == "ConvTranspose" for n in plain.graph.node):
         return  # nothing to rewrite: the plain decoder is the CPU provider's too
     log("CPU-provider decoders (each ConvTranspose as four phase convolutions)")
-    fp32_dec = work / graph_file(CPU_DECODER, "fp32")
+    fp32_dec = work / graph_file_name(CPU_DECODER, "fp32")
     # fp32: kernels computed from the decoder's own weights, so none is stored twice
     onnx.save(phase_convolutions(plain, derived=True), str(fp32_dec))
     s_plain, s_cpu = session(variants["fp32"]["graphs"][DECODER]), session(fp32_dec)
@@ -295,7 +299,7 @@ def _cpu_decoders(
         # int8 quantizes the kernels, so they must be initializers here
         materialized = work / "decoder_cpu.materialized.onnx"
         onnx.save(phase_convolutions(plain, derived=False), str(materialized))
-        int8_dec = work / graph_file(CPU_DECODER, "int8")
+        int8_dec = work / graph_file_name(CPU_DECODER, "int8")
         to_int8(materialized, int8_dec, name, arrays)
         materialized.unlink()
         variants["int8"]["cpu_graphs"] = {DECODER: int8_dec}
@@ -335,18 +339,25 @@ def int8_gate(variants: dict[str, dict[str, Any]]) -> None:
 # -- writing ----------------------------------------------------------------------------------
 
 
-def _write_bundle(
+@dataclass
+class Written:
+    """What ``_write_graphs`` wrote: per graph file its inputs and outputs and the weights
+    files it reads, and every bundle file's size."""
+
+    io: dict[str, dict[str, Any]]
+    reads: dict[str, list[str]]
+    file_sizes: dict[str, int]
+
+
+def _write_graphs(
     recipe: Recipe,
     cfg: VQVAEConfig,
-    source: dict[str, Any],
     tmp: Path,
     work: Path,
     variants: dict[str, dict[str, Any]],
-    results: list[dict],
-) -> dict[str, Any]:
-    """Move the graphs from ``work`` into the flat bundle with shared external weights,
-    check each one as written, and return the manifest (every file listed)."""
-    model = recipe.model
+) -> Written:
+    """Move the graphs from ``work`` into the flat bundle ``tmp`` with shared external
+    weights and the codebook, and check each one as written."""
     versions = _versions()
     facts = {
         "vqedge.format_version": str(FORMAT_VERSION),
@@ -382,31 +393,52 @@ def _write_bundle(
     for name in io:  # as written: external data resolved from the bundle folder
         onnx.checker.check_model(str(tmp / name), full_check=True)
         session(tmp / name)
-    np.save(tmp / "codebook.npy", model.quantize.get_codebook().numpy().astype(np.float32))
-
+    codebook = recipe.model.quantize.get_codebook().numpy().astype(np.float32)
+    np.save(tmp / "codebook.npy", codebook)
     file_sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    out_variants = {}
+    return Written(io, reads, file_sizes)
+
+
+def _variant_entries(
+    tmp: Path, variants: dict[str, dict[str, Any]], written: Written
+) -> dict[str, dict[str, Any]]:
+    """The manifest's ``variants``: each one's graph files, weights files and quality."""
+    out = {}
     for prec, v in variants.items():
         entry: dict[str, Any] = {}
         used: set[str] = set()
         for key in ("graphs", "cpu_graphs"):
             if key in v:
-                entry[key] = {n: {"file": p.name, **io[p.name]} for n, p in v[key].items()}
+                entry[key] = {n: {"file": p.name, **written.io[p.name]} for n, p in v[key].items()}
                 used.update(p.name for p in v[key].values())
-        entry["weights"] = sorted({w for f in used for w in reads[f]}, key=_weights_order)
+        entry["weights"] = sorted({w for f in used for w in written.reads[f]}, key=_weights_order)
         # what the variant reads: its graph files, the stored tensors they name, the codebook
         regions = {r for f in used for r in read_external(tmp / f).values()}
-        read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
+        read_bytes = sum(written.file_sizes[f] for f in (*used, "codebook.npy"))
         read_bytes += sum(length for _, _, length in regions)
         entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
         if "recipe" in v:
             entry["recipe"] = v["recipe"]
-        out_variants[prec] = entry
+        out[prec] = entry
+    return out
 
-    parameters = sum(p.numel() for p in model.parameters())
-    bytes_per = {"fp32": 4, "fp16": 2, "int8": 1}
-    any_model = onnx.load(str(tmp / graph_file(ENCODER, "fp32")), load_external_data=False)
-    flops = _flops(recipe, cfg)
+
+def build_manifest(
+    recipe: Recipe,
+    cfg: VQVAEConfig,
+    source: dict[str, Any],
+    tmp: Path,
+    variants: dict[str, dict[str, Any]],
+    results: list[dict],
+    written: Written,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of the bundle written in ``tmp``: the one place its fields are defined.
+    ``extra`` adds top-level fields (before the file list)."""
+    file_sizes = written.file_sizes
+    parameters = sum(p.numel() for p in recipe.model.parameters())
+    any_model = onnx.load(str(tmp / graph_file_name(ENCODER, "fp32")), load_external_data=False)
+    flops = _flops(recipe)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -429,24 +461,21 @@ def _write_bundle(
             "opset": OPSET,
             "ir_version": any_model.ir_version,
             "min_onnxruntime": MIN_ONNXRUNTIME,
-            "producers": versions,
+            "producers": _versions(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "checkpoint_sha256": source.get("sha256"),
         },
         "source": source,
         "codebook": {"file": "codebook.npy", "shape": [cfg.codebook_size, cfg.code_dim]},
-        "variants": out_variants,
-        "validation": {
-            "passed": True,
-            "tolerances": {"latent_atol": 1e-4, "image_atol": 1e-3, "indices": "identical"},
-            "cases": results,
-        },
+        "variants": _variant_entries(tmp, variants, written),
+        "validation": {"passed": True, "tolerances": TOLERANCES, "cases": results},
         **recipe.manifest_extra(),
+        **(extra or {}),
         "files": {name: sha256_file(tmp / name) for name in file_sizes},
         "sizes": {
             "parameters": parameters,
             # what the bundle's size is measured against: bytes per weight of each precision
-            "weight_bytes": {p: parameters * bytes_per[p] for p in variants},
+            "weight_bytes": {p: parameters * BYTES_PER_WEIGHT[p] for p in variants},
             "weight_files": {n: s for n, s in file_sizes.items() if n.startswith("weights.")},
             "bundle_bytes": sum(file_sizes.values()),
             # multiply-adds x 2 of one image at the model's size, per graph and in all
@@ -457,7 +486,7 @@ def _write_bundle(
     }
 
 
-def _flops(recipe: Recipe, cfg: VQVAEConfig) -> dict[str, int]:
+def _flops(recipe: Recipe) -> dict[str, int]:
     """FLOPs of each graph's PyTorch wrapper run once at ``recipe.flop_inputs`` (a
     multiply-add is 2; convolutions, matrix products and attention), counted on fake
     tensors: nothing is computed."""
@@ -465,7 +494,7 @@ def _flops(recipe: Recipe, cfg: VQVAEConfig) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     out = {}
-    for g, shape in recipe.flop_inputs(cfg).items():
+    for g, shape in recipe.flop_inputs().items():
         wrapper = recipe.wrappers[g](recipe.model).eval()
         integer = recipe.io[g][0][0] == "indices"
         x = torch.zeros(shape, dtype=torch.int64 if integer else torch.float32)

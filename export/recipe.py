@@ -19,11 +19,9 @@ from torch import nn
 
 from vqedge.export.validate import session
 from vqedge.models.data import default_train_paths
-from vqedge.models.vqvae import VQTokenizerBase
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SCALES
 
 # graph name -> (input names, output names)
 GraphIO = dict[str, tuple[list[str], list[str]]]
@@ -70,8 +68,10 @@ class Recipe(ABC):
     dim_names: dict[str, list[str | None]]  # symbolic dims of each tensor (None: fixed)
     wrappers: dict[str, type[nn.Module]]  # graph name -> inference wrapper
 
-    def __init__(self, model: VQTokenizerBase) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
+        # what the bundle tells the runtime (f, K, code dim, scales): the model's own surface
+        self.config: VQVAEConfig = model.runtime_config
 
     @abstractmethod
     def examples(self) -> dict[str, torch.Tensor]:
@@ -108,7 +108,7 @@ class Recipe(ABC):
 
     def config_dict(self) -> dict[str, Any]:
         """The manifest's ``config``: a ``VQVAEConfig.to_dict()``, what the runtime reads."""
-        return self.model.config.to_dict()
+        return self.config.to_dict()
 
     def input_extra(self) -> dict[str, Any]:
         """Fields of the manifest's ``input`` of this model only (e.g. ``tiling``)."""
@@ -117,22 +117,12 @@ class Recipe(ABC):
     def flop_size(self) -> list[int]:
         """[H, W] of the image the manifest's GFLOP per image are counted at: the model's
         size (a multi-scale model's resolution; 256 x 256 for a single-scale one)."""
-        R = VQVAEConfig.from_dict(self.config_dict()).resolution
+        R = self.config.resolution
         return [R, R] if R else [FLOP_SIDE, FLOP_SIDE]
 
-    def flop_inputs(self, cfg: VQVAEConfig) -> dict[str, list[int]]:
+    @abstractmethod
+    def flop_inputs(self) -> dict[str, list[int]]:
         """Each graph's input shape for one image of ``flop_size()``."""
-        H, W = self.flop_size()
-        f, C = cfg.downsample_factor, cfg.code_dim
-        latent = [1, C, H // f, W // f]
-        if cfg.is_multiscale:
-            return {
-                ENCODER: [1, 3, H, W],
-                QUANTIZER: latent,
-                SCALES: [1, cfg.scale_offsets[-1]],
-                DECODER: latent,
-            }
-        return {ENCODER: [1, 3, H, W], QUANTIZER: latent, DECODER: [1, H // f, W // f]}
 
     def manifest_extra(self) -> dict[str, Any]:
         """Manifest fields of this kind only."""

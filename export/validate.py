@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
 
-from vqedge.models.multiscale import MultiScaleVQVAE
-from vqedge.models.quantizer import VectorQuantizer
-from vqedge.models.vqvae import VQTokenizerBase
+from vqedge.models.multiscale import MultiScaleQuantizer
 
 LATENT_ATOL = 1e-4
 IMAGE_ATOL = 1e-3
+# the gate's tolerances, as every manifest records them
+TOLERANCES = {"latent_atol": LATENT_ATOL, "image_atol": IMAGE_ATOL, "indices": "identical"}
 # two distances closer than this (relative to their magnitude) are a float-rounding tie
 TIE_RTOL = 1e-5
 
@@ -44,9 +45,13 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def count_ties(
-    quantizer: VectorQuantizer, latent: torch.Tensor, idx_a: np.ndarray, idx_b: np.ndarray
+    quantizer: nn.Module,
+    latent: torch.Tensor,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
 ) -> tuple[int, int]:
-    """(mismatches, ties) between two index maps [B, h, w] of the same latent [B, C, h, w]."""
+    """(mismatches, ties) between two index maps [B, h, w] of the same latent [B, C, h, w];
+    ``quantizer`` is any codebook with ``project`` and ``get_codebook``."""
     diff = idx_a != idx_b
     if not diff.any():
         return 0, 0
@@ -60,8 +65,10 @@ def count_ties(
 
 
 @torch.no_grad()
-def validate_fp32(model: VQTokenizerBase, graphs: dict[str, Path], images: list[torch.Tensor]):
-    """Compare every fp32 graph with PyTorch on each image batch [B, 3, H, W] (H, W % f == 0).
+def validate_fp32(model: nn.Module, graphs: dict[str, Path], images: list[torch.Tensor]):
+    """Compare every fp32 graph with PyTorch on each image batch [B, 3, H, W] (H, W % f == 0):
+    ``model.encode``, ``model.quantize_latent`` and ``model.decode_indices``, the methods every
+    single-scale model offers.
 
     Returns
     -------
@@ -72,7 +79,7 @@ def validate_fp32(model: VQTokenizerBase, graphs: dict[str, Path], images: list[
     results = []
     for x in images:
         latent = model.encode(x)
-        _, _, t_idx = model.quantize(latent)
+        t_idx = model.quantize_latent(latent)
         t_img = model.decode_indices(t_idx)
 
         o_latent = s["encoder"].run(None, {"image": x.numpy()})[0]
@@ -112,11 +119,11 @@ def format_report(results: list[dict]) -> str:
 
 
 def _first_scale_ties(
-    model: MultiScaleVQVAE, latent: torch.Tensor, a_Bl: list[np.ndarray], b_Bl: list[np.ndarray]
+    model: nn.Module, latent: torch.Tensor, a_Bl: list[np.ndarray], b_Bl: list[np.ndarray]
 ) -> tuple[int, int, int]:
     """(first differing scale or -1, mismatches there, ties there) between two idx_Bl of the
     same latent; ``b_Bl`` is PyTorch's, whose residual defines that scale's inputs."""
-    q = model.quantize
+    q: MultiScaleQuantizer = model.quantize
     B, C = latent.shape[:2]
     f_rest = latent
     for si, (a, b) in enumerate(zip(a_Bl, b_Bl)):
@@ -134,7 +141,7 @@ def _first_scale_ties(
 
 @torch.no_grad()
 def validate_multiscale(
-    model: MultiScaleVQVAE, graphs: dict[str, Path], images: list[torch.Tensor]
+    model: nn.Module, graphs: dict[str, Path], images: list[torch.Tensor]
 ) -> tuple[bool, list[dict]]:
     """Every fp32 multi-scale graph against PyTorch, scale by scale, on batches [B, 3, R, R].
 
@@ -144,7 +151,7 @@ def validate_multiscale(
     """
     model.eval()
     s = {name: session(path) for name, path in graphs.items()}
-    split = model.config.split_scales
+    split = model.runtime_config.split_scales
     results = []
     for x in images:
         latent = model.encode(x)

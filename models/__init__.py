@@ -1,27 +1,33 @@
-"""vqedge.models: the PyTorch tokenizers, training and the shipped trained default."""
+"""vqedge.models: the PyTorch tokenizers, training and the shipped trained default.
 
-from vqedge.models.checkpoint import load_pretrained
-from vqedge.models.import_checkpoint import CheckpointError
-from vqedge.models.llamagen import LlamaGenVQ, load_llamagen
-from vqedge.models.quantizer import VectorQuantizer
-from vqedge.models.taming import TamingVQGAN, load_taming
-from vqedge.models.var import VARVQVAE, load_var
-from vqedge.models.vqmodel import DiffusersVQModel, load_vqmodel
-from vqedge.models.vqvae import VQVAE, SimpleVQVAE, VQTokenizerBase
+The names below are imported on first use, so that the torch-free family table
+(``vqedge.models.registry``) can be read without importing torch.
+"""
 
-__all__ = [
-    "VQVAE",
-    "VARVQVAE",
-    "CheckpointError",
-    "DiffusersVQModel",
-    "LlamaGenVQ",
-    "SimpleVQVAE",
-    "TamingVQGAN",
-    "VQTokenizerBase",
-    "VectorQuantizer",
-    "load_llamagen",
-    "load_pretrained",
-    "load_taming",
-    "load_var",
-    "load_vqmodel",
-]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "load_pretrained": "vqedge.models.checkpoint",
+    "CheckpointError": "vqedge.models.import_checkpoint",
+    "LlamaGenVQ": "vqedge.models.llamagen",
+    "load_llamagen": "vqedge.models.llamagen",
+    "VectorQuantizer": "vqedge.models.quantizer",
+    "TamingVQGAN": "vqedge.models.taming",
+    "load_taming": "vqedge.models.taming",
+    "VARVQVAE": "vqedge.models.var",
+    "load_var": "vqedge.models.var",
+    "DiffusersVQModel": "vqedge.models.vqmodel",
+    "load_vqmodel": "vqedge.models.vqmodel",
+    "VQVAE": "vqedge.models.vqvae",
+    "SimpleVQVAE": "vqedge.models.vqvae",
+    "VQTokenizerBase": "vqedge.models.vqvae",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vqedge.models' has no attribute {name!r}")

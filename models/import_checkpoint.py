@@ -199,3 +199,20 @@ def load_official(
     if set(result.missing_keys) != ours_only or result.unexpected_keys:
         raise AssertionError(f"{family}: load left {result}")
     return model
+
+
+def preset_config(family: str, presets: Mapping[str, object], preset: str | None, config, default):
+    """The config a loader builds: ``config`` when given, else the named preset (``default``
+    when ``preset`` is None).
+
+    Raises
+    ------
+    ValueError
+        A preset the family does not ship.
+    """
+    if config is not None:
+        return config
+    name = default if preset is None else preset
+    if name not in presets:
+        raise ValueError(f"{family} preset must be one of {sorted(presets)}, got {preset!r}")
+    return presets[name]

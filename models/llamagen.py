@@ -20,6 +20,7 @@ from vqedge.models.blocks import Backbone
 from vqedge.models.import_checkpoint import (
     Source,
     load_official,
+    preset_config,
     read_checkpoint,
     source_name,
 )
@@ -102,7 +103,9 @@ def official_namer(num_levels: int):
     return to_official
 
 
-def load_llamagen(source: Source, preset: str = "vq16", config: LlamaGenConfig | None = None):
+def load_llamagen(
+    source: Source, preset: str | None = "vq16", config: LlamaGenConfig | None = None
+) -> LlamaGenVQ:
     """A LlamaGenVQ with the weights of a LlamaGen checkpoint (``vq_ds16_c2i.pt``).
 
     Parameters
@@ -110,16 +113,14 @@ def load_llamagen(source: Source, preset: str = "vq16", config: LlamaGenConfig |
     source : path or mapping
         The ``.pt`` file, or the dict it holds (with its ``model`` key).
     preset : str
-        ``vq16`` or ``vq8``; ignored when ``config`` is given.
+        ``vq16`` (also None) or ``vq8``; ignored when ``config`` is given.
 
     Raises
     ------
     CheckpointError
         A file of another family, truncated, or with a missing, unexpected or reshaped key.
     """
-    if config is None and preset not in PRESETS:
-        raise ValueError(f"{FAMILY} preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = config or PRESETS[preset]
+    cfg = preset_config(FAMILY, PRESETS, preset, config, default="vq16")
     tensors = read_checkpoint(source, FAMILY, container=CONTAINER)
     model = LlamaGenVQ(cfg)
     namer = official_namer(len(cfg.ch_mult))

@@ -87,6 +87,11 @@ class VectorQuantizer(nn.Module):
         """The latent as the lookup sees it: unit length along dim 1 with l2_normalize."""
         return F.normalize(z, dim=1) if self.l2_normalize else z
 
+    @property
+    def unit_lookup(self) -> bool:
+        """Whether the lookup is argmax z.e on unit vectors (with l2_normalize)."""
+        return self.l2_normalize
+
     def nearest(self, z_NC: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``z_NC`` [N, C] -> [N] (int64)."""
         return nearest_index(z_NC, self.codes(), unit=self.l2_normalize)

@@ -14,6 +14,7 @@ from torch import nn
 from vqedge.models.blocks import Backbone, Decoder, Encoder
 from vqedge.models.quantizer import nearest_index
 from vqedge.models.vqvae import check_images
+from vqedge.runtime.config import VQVAEConfig
 
 
 class Codebook(nn.Module):
@@ -45,6 +46,10 @@ class Codebook(nn.Module):
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         if usage_buffer:
             self.register_buffer("codebook_used", torch.zeros(usage_buffer))
+
+    # the families compare |z|^2 + |e|^2 - 2 z.e even on unit vectors (LlamaGen): the exported
+    # lookup computes it the same way, so that near ties fall as they do in PyTorch
+    unit_lookup = False
 
     def get_codebook(self) -> torch.Tensor:
         """[K, C]: what the decoder receives for each index (unit rows with l2_normalize)."""
@@ -97,6 +102,24 @@ class SingleScaleVQ(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.quantize.num_embeddings
+
+    @property
+    def runtime_config(self) -> VQVAEConfig:
+        """What a bundle of this model tells the runtime: f, K, code dim and the lookup (the
+        other fields describe the network's shape as closely as VQVAEConfig can)."""
+        b, cb = self.backbone, self.quantize
+        return VQVAEConfig(
+            in_channels=b.in_channels,
+            base_channels=b.ch,
+            channel_mult=tuple(max(1, c // b.ch) for c in b.channels),
+            num_res_blocks=b.num_res_blocks,
+            num_mid_blocks=2,
+            codebook_size=cb.num_embeddings,
+            code_dim=cb.embedding_dim,
+            ema=False,
+            dead_code_threshold=0.0,
+            l2_normalize=cb.l2_normalize,
+        )
 
     def check_images(self, img: torch.Tensor) -> None:
         check_images(img, self.backbone.in_channels)

@@ -10,14 +10,17 @@ Our module names are taming's own, so the official name of every tensor is its n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vqedge.models.blocks import Backbone
 from vqedge.models.import_checkpoint import (
     Source,
     load_official,
+    preset_config,
     read_checkpoint,
     source_name,
 )
+from vqedge.models.registry import dataclass_from_dict
 from vqedge.models.single_scale import Codebook, SingleScaleVQ
 
 FAMILY = "taming VQGAN"
@@ -65,7 +68,41 @@ def is_loss(name: str) -> bool:
     return name.startswith(LOSS_PREFIX)
 
 
-def load_taming(source: Source, preset: str = "f16-1024", config: TamingConfig | None = None):
+def config_from_dict(d: dict[str, Any], where: str = "config") -> TamingConfig:
+    """A TamingConfig from taming's own config: its YAML's ``model.params`` (``ddconfig``,
+    ``n_embed``, ``embed_dim``), whole or from ``model`` / ``params`` down; or from
+    TamingConfig's own fields (``backbone``, ``n_embed``, ``embed_dim``: what a bundle's
+    manifest records)."""
+    if "backbone" in d:
+        return dataclass_from_dict(TamingConfig, d, where)
+    for key in ("model", "params"):
+        if key in d and isinstance(d[key], dict):
+            d = d[key]
+    if "ddconfig" not in d:
+        raise ValueError(f"{where}: a taming config needs 'ddconfig' (model.params.ddconfig)")
+    dd = d["ddconfig"]
+    try:
+        ch, mult, res = int(dd["ch"]), tuple(dd["ch_mult"]), int(dd["resolution"])
+        attn = {int(r) for r in dd.get("attn_resolutions", [])}
+        backbone = Backbone(
+            ch=ch,
+            channels=tuple(ch * m for m in mult),
+            num_res_blocks=int(dd["num_res_blocks"]),
+            z_channels=int(dd["z_channels"]),
+            attn_levels=tuple(i for i in range(len(mult)) if res // 2**i in attn),
+            in_channels=int(dd.get("in_channels", 3)),
+            out_channels=int(dd.get("out_ch", 3)),
+        )
+        return TamingConfig(
+            backbone=backbone, n_embed=int(d["n_embed"]), embed_dim=int(d["embed_dim"])
+        )
+    except KeyError as e:
+        raise ValueError(f"{where}: taming config lacks {e.args[0]!r}") from None
+
+
+def load_taming(
+    source: Source, preset: str | None = "f16-1024", config: TamingConfig | None = None
+) -> TamingVQGAN:
     """A TamingVQGAN with the weights of a taming Lightning checkpoint (``last.ckpt``).
 
     Parameters
@@ -73,21 +110,15 @@ def load_taming(source: Source, preset: str = "f16-1024", config: TamingConfig |
     source : path or mapping
         The ``.ckpt`` file, or the dict it holds (with its ``state_dict`` key).
     preset : str
-        ``f16-1024`` or ``f16-16384``; ignored when ``config`` is given.
+        ``f16-1024`` (also None) or ``f16-16384``; ignored when ``config`` is given.
 
     Raises
     ------
     CheckpointError
         A file of another family, truncated, or with a missing, unexpected or reshaped key.
     """
-    cfg = config or _preset(preset)
+    cfg = preset_config(FAMILY, PRESETS, preset, config, default="f16-1024")
     tensors = read_checkpoint(source, FAMILY, container=CONTAINER)
     model = TamingVQGAN(cfg)
     load_official(model, tensors, FAMILY, to_official, source_name(source), ignore=is_loss)
     return model
-
-
-def _preset(name: str) -> TamingConfig:
-    if name not in PRESETS:
-        raise ValueError(f"{FAMILY} preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]

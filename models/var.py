@@ -25,6 +25,7 @@ from vqedge.models.blocks import Backbone, Decoder, Encoder
 from vqedge.models.import_checkpoint import (
     Source,
     load_official,
+    preset_config,
     read_checkpoint,
     source_name,
 )
@@ -154,6 +155,18 @@ class VARVQVAE(nn.Module):
     def codebook_size(self) -> int:
         return self.V
 
+    @property
+    def runtime_config(self) -> VQVAEConfig:
+        """What a bundle of this model tells the runtime (f, K, C, patch_nums, resolution), in
+        VAR's numbers; its training fields do not apply (no EMA)."""
+        cfg = self.config.quantizer_config
+        if cfg.resolution != self.resolution:
+            raise ValueError(
+                f"{FAMILY}: resolution {self.resolution} does not match patch_nums "
+                f"{list(self.patch_nums)} x f={cfg.downsample_factor}"
+            )
+        return cfg
+
     # ---- the three graphs an export needs: image -> f, f -> idx_Bl, f_hat -> image ----
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, R, R] -> f [B, Cvae, pn[-1], pn[-1]] (quant_conv applied)."""
@@ -273,7 +286,9 @@ def to_official(name: str) -> str:
     return re.sub(r"^quantize\.phis\.", "quantize.quant_resi.qresi_ls.", name)
 
 
-def load_var(source: Source, preset: str = "256", config: VARConfig | None = None) -> VARVQVAE:
+def load_var(
+    source: Source, preset: str | None = "256", config: VARConfig | None = None
+) -> VARVQVAE:
     """A VARVQVAE with the weights of VAR's raw state dict (``vae_ch160v4096z32.pth``).
 
     Parameters
@@ -281,17 +296,15 @@ def load_var(source: Source, preset: str = "256", config: VARConfig | None = Non
     source : path or mapping
         The ``.pth`` file (``torch.save(state_dict)``) or the state dict.
     preset : str
-        ``256`` (patch nums 1..16) or ``512`` (1..32); the same weights serve both. Ignored
-        when ``config`` is given.
+        ``256`` (patch nums 1..16, also None) or ``512`` (1..32); the same weights serve
+        both. Ignored when ``config`` is given.
 
     Raises
     ------
     CheckpointError
         A file of another family, truncated, or with a missing, unexpected or reshaped key.
     """
-    if config is None and preset not in PRESETS:
-        raise ValueError(f"{FAMILY} preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = config or PRESETS[preset]
+    cfg = preset_config(FAMILY, PRESETS, preset, config, default="256")
     tensors = read_checkpoint(source, FAMILY)
     model = VARVQVAE(cfg)
     load_official(model, tensors, FAMILY, to_official, source_name(source), ours_only=OURS_ONLY)

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from vqedge.models.blocks import Backbone
-from vqedge.models.import_checkpoint import CheckpointError, load_official, read_checkpoint
+from vqedge.models.import_checkpoint import (
+    CheckpointError,
+    load_official,
+    preset_config,
+    read_checkpoint,
+)
+from vqedge.models.registry import FAMILIES, dataclass_from_dict
 from vqedge.models.single_scale import Codebook, SingleScaleVQ
 
 FAMILY = "diffusers VQModel"
-CONFIG_FILE = "config.json"
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# the save_pretrained folder's files, as the family table names them
+CONFIG_FILE = FAMILIES["diffusers"].config_file
+WEIGHT_FILES = FAMILIES["diffusers"].folder_weights
 DOWN_BLOCK, UP_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
 
 
@@ -79,10 +86,9 @@ class VQModelConfig:
                 raise CheckpointError(
                     f"{where}: {FAMILY} with {key}={got!r} is not supported (expected {want!r})"
                 )
-        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if "block_out_channels" in fields:
-            fields["block_out_channels"] = tuple(fields["block_out_channels"])
-        return cls(**fields)
+        # config.json holds many more fields than shape the network: those are read
+        shape = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return dataclass_from_dict(cls, shape, where)
 
 
 PRESETS = {
@@ -159,7 +165,14 @@ def read_config(folder: str | Path) -> VQModelConfig:
     return VQModelConfig.from_dict(d, str(path))
 
 
-def load_vqmodel(folder: str | Path, config: VQModelConfig | None = None) -> DiffusersVQModel:
+def config_from_dict(d: dict[str, Any], where: str = "config") -> VQModelConfig:
+    """A VQModelConfig from diffusers' config.json fields (``VQModelConfig.from_dict``)."""
+    return VQModelConfig.from_dict(d, where)
+
+
+def load_vqmodel(
+    folder: str | Path, config: VQModelConfig | None = None, preset: str | None = None
+) -> DiffusersVQModel:
     """A DiffusersVQModel with the weights of a ``save_pretrained`` folder.
 
     Parameters
@@ -169,6 +182,8 @@ def load_vqmodel(folder: str | Path, config: VQModelConfig | None = None) -> Dif
         ``diffusion_pytorch_model.bin``.
     config : VQModelConfig, optional
         Overrides the folder's config.json.
+    preset : str, optional
+        ``vq-f4`` or ``vq-f8`` instead of the folder's config.json; ``config`` overrides it.
 
     Raises
     ------
@@ -177,6 +192,8 @@ def load_vqmodel(folder: str | Path, config: VQModelConfig | None = None) -> Dif
         missing, unexpected or reshaped key.
     """
     folder = Path(folder)
+    if config is None and preset is not None:
+        config = preset_config(FAMILY, PRESETS, preset, None, default=None)
     cfg = config or read_config(folder)
     weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
     if weights is None:

@@ -1,4 +1,4 @@
-"""VQ-VAE image tokenizers: the seed's SimpleVQVAE and the configurable VQVAE.
+"""VQ-VAE image tokenizers: the minimal SimpleVQVAE and the configurable VQVAE.
 
 Images are RGB floats in [-1, 1], NCHW. A size that is not a multiple of f is padded at the
 bottom and right by repeating the edge pixels, tokenized, and the reconstruction is cropped
@@ -49,12 +49,22 @@ def pad_to_multiple(img: torch.Tensor, f: int) -> torch.Tensor:
 
 
 class VQTokenizerBase(nn.Module):
-    """What every vqedge tokenizer offers; subclasses set encoder, quantize, decoder, f."""
+    """What every vqedge tokenizer offers; subclasses set encoder, quantize, decoder, f.
+
+    The surface the export reads is the same for every exportable model, ours and the
+    imported families': ``encoder``, ``quant_conv``, ``quantize``, ``post_quant_conv``,
+    ``decoder`` and ``runtime_config``. Ours have no convolutions around the codebook.
+    """
 
     encoder: nn.Module
     quantize: VectorQuantizer
     decoder: nn.Module
     downsample_factor: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant_conv = nn.Identity()
+        self.post_quant_conv = nn.Identity()
 
     @property
     def codebook_size(self) -> int:
@@ -62,11 +72,15 @@ class VQTokenizerBase(nn.Module):
 
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] (H, W multiples of f) -> latent [B, C, H/f, W/f]."""
-        return self.encoder(img)
+        return self.quant_conv(self.encoder(img))
+
+    def quantize_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent [B, C, h, w] -> indices [B, h, w] (the codebook's lookup)."""
+        return self.quantize(latent)[2]
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
         """Quantized latent [B, C, h, w] -> images [B, 3, h*f, w*f] (clamped in eval)."""
-        img = self.decoder(quantized)
+        img = self.decoder(self.post_quant_conv(quantized))
         # Clamp only in eval: in training it would zero the gradient of out-of-range pixels.
         return img if self.training else img.clamp(-1.0, 1.0)
 
@@ -137,7 +151,7 @@ class VQTokenizerBase(nn.Module):
 
 
 class SimpleVQVAE(VQTokenizerBase):
-    """The seed model: two stride-2 convs down, two transposed convs up (f=4)."""
+    """The smallest model: two stride-2 convs down, two transposed convs up (f=4)."""
 
     def __init__(self, vocab_size: int = 16, embedding_dim: int = 64, hidden_dim: int = 128):
         super().__init__()
@@ -221,6 +235,11 @@ class VQVAE(VQTokenizerBase):
                 dec += [nn.ConvTranspose2d(chs[i], chs[i - 1], 4, stride=2, padding=1), nn.ReLU()]
         dec += [nn.Conv2d(chs[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+
+    @property
+    def runtime_config(self) -> VQVAEConfig:
+        """The config a bundle of this model carries: what the runtime reads."""
+        return self.config
 
     def _make_quantizer(self, cfg: VQVAEConfig) -> nn.Module:
         return vector_quantizer(cfg)

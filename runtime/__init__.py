@@ -1,8 +1,9 @@
 """vqedge.runtime: run exported vqedge bundles with numpy and onnxruntime only (never torch).
 
 ``from vqedge.runtime import load`` is the entry point: ``load(bundle)`` returns the tokenizer
-of the bundle's kind (``Tokenizer`` or ``MultiScaleTokenizer``). The names below are imported on
-first use, so ``import vqedge.runtime`` (and ``vqedge --help``) does not load onnxruntime.
+of the bundle's kind (``Tokenizer`` or ``MultiScaleTokenizer``, both ``TokenizerBase``). The
+names below are imported on first use, so ``import vqedge.runtime`` (and ``vqedge --help``)
+does not load onnxruntime.
 """
 
 from importlib import import_module
@@ -12,7 +13,8 @@ from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.metrics import codebook_stats, psnr
 
 _LAZY = {
-    "load": "vqedge.runtime.tokenizer",
+    "load": "vqedge.runtime.kinds",
+    "TokenizerBase": "vqedge.runtime.base",
     "Tokenizer": "vqedge.runtime.tokenizer",
     "MultiScaleTokenizer": "vqedge.runtime.multiscale",
     "list_bundles": "vqedge.runtime.session",

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 
 from vqedge.runtime.images import uint8_to_float
+from vqedge.runtime.limits import DEFAULT_MAX_SIDE, TILED_ADVICE  # noqa: F401 (old home)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Pillow formats read_image opens; others (EPS runs Ghostscript, PSD, ICO, ...) are refused
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
-# the largest side an image or decode may have unless the caller raises it
-DEFAULT_MAX_SIDE = 4096
 # pixels a file may decode to: 8192 x 8192, 192 MiB as uint8 RGB, below Pillow's own bomb
 # warning (89.5 M pixels) so that the limit hit is always this one, with its numbers
 MAX_PIXELS = 8192 * 8192
@@ -318,10 +317,6 @@ def to_batch(images: Any, max_side: int, advice: str | None = None) -> np.ndarra
             "(uint8 images are converted for you)"
         )
     return np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
-
-
-# what to do with an image above max_side, for a model that may be tiled
-TILED_ADVICE = "use the tiled methods (encode_tiled/decode_tiled) or raise max_side"
 
 
 def _check_size(n: int, h: int, w: int, max_side: int, advice: str | None) -> None:

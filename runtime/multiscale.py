@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.runtime.base import TokenizerBase
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import to_batch, to_uint8_image
 from vqedge.runtime.session import (
@@ -22,7 +23,6 @@ from vqedge.runtime.session import (
     QUANTIZER,
     SCALES,
     BundleSessions,
-    TokenizerBase,
 )
 from vqedge.runtime.tokens import TokenFile, save_tokens
 

@@ -2,15 +2,13 @@
 
 ``BundleSessions`` holds the manifest, the chosen providers, one lazily created and
 sha256-verified session per graph, the optimized-graph cache, the codebook and the facts
-common to every kind. ``TokenizerBase`` gives a kind class those facts under the public names
-both kinds share; the kinds themselves (``Tokenizer``, ``MultiScaleTokenizer``) add only what
-their tokens mean.
+common to every kind. The kinds (vqedge.runtime.base.TokenizerBase and its subclasses) sit
+over it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +20,7 @@ import onnxruntime as ort
 from vqedge.runtime.arena import release_memory, use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.device import cpu_signature
-from vqedge.runtime.images import float_to_uint8
-from vqedge.runtime.inputs import DEFAULT_MAX_SIDE, TILED_ADVICE
+from vqedge.runtime.limits import DEFAULT_MAX_SIDE
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -50,7 +47,6 @@ from vqedge.runtime.providers import (
     resolve_providers,
     run_precision,
 )
-from vqedge.runtime.tokens import TokenFile, load_tokens
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
@@ -369,213 +365,6 @@ class BundleSessions:
         }
 
 
-# An untiled call of a model with self-attention holds a float32 [N, N] score matrix, N the
-# positions of the map it attends over; the default max_side keeps that matrix within this.
-ATTENTION_MAX_BYTES = 1 << 30
-
-
-def attention_stride(manifest: dict[str, Any]) -> int | None:
-    """Image pixels per position of the finest map a bundle's model attends over (the
-    manifest's ``input.attention_stride``); None for models without attention."""
-    stride = manifest.get("input", {}).get("attention_stride")
-    if stride is None:
-        return None
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise BundleError(
-            f"{MANIFEST}: input.attention_stride must be a positive whole number of pixels, "
-            f"got {stride!r}"
-        )
-    return stride
-
-
-def default_max_side(manifest: dict[str, Any]) -> int:
-    """The largest image side a bundle's untiled calls take unless told otherwise:
-    DEFAULT_MAX_SIDE, or less where attention's score matrix would pass ATTENTION_MAX_BYTES
-    (128 positions a side: 2048 pixels for attention at f=16, 512 at f=4)."""
-    stride = attention_stride(manifest)
-    if stride is None:
-        return DEFAULT_MAX_SIDE
-    positions_per_side = math.isqrt(math.isqrt(ATTENTION_MAX_BYTES // 4))
-    return min(DEFAULT_MAX_SIDE, positions_per_side * stride)
-
-
-def describe_verification(v: dict[str, Any] | None) -> str:
-    """One line on the on-device check's verdict (``info["verification"]``)."""
-    if v is None:
-        return "not checked (load(verify=False))"
-    if v.get("checked") is False:
-        return f"not checked: {v['reason']}"
-    figures = (
-        f"tokens agree {v['agreement']:.1%} with fp32, PSNR {v['psnr_drop_db']:.2f} dB below "
-        f"fp32's, on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
-    )
-    if v.get("fell_back_to"):
-        return f"{v['precision']} does NOT hold here ({v['reason']}): running {v['fell_back_to']}"
-    return ("holds: " if v["holds"] else "does NOT hold: ") + figures
-
-
-class TokenizerBase:
-    """What every tokenizer kind shares: the session core's facts under their public names,
-    token-file reading, and the float -> image conversion. Not used on its own."""
-
-    KIND: str  # the manifest kind a subclass runs
-
-    def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
-        if sessions.kind != self.KIND:
-            raise BundleError(
-                f"bundle {sessions.root.name} is {sessions.kind}, not {self.KIND}: open it "
-                "with vqedge.runtime.load()"
-            )
-        self.sessions = sessions
-        self.max_side = default_max_side(sessions.manifest) if max_side is None else max_side
-
-    @property
-    def size_advice(self) -> str:
-        """What to do with an image or token map above ``max_side`` (ends error messages)."""
-        stride = attention_stride(self.manifest)
-        if stride is None:
-            return TILED_ADVICE
-        if self.max_side == default_max_side(self.manifest):
-            why = f"keeps its scores within {ATTENTION_MAX_BYTES >> 30} GiB"
-        else:
-            why = "was asked for"
-        return (
-            "resize it: this model's attention compares every pair of positions of its "
-            f"1/{stride} map, so memory grows with the fourth power of the side, and tiles "
-            f"would change its tokens; max_side={self.max_side} {why} (load with a larger "
-            "max_side to accept more memory)"
-        )
-
-    @property
-    def root(self) -> Path:
-        """The bundle folder."""
-        return self.sessions.root
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The bundle's manifest."""
-        return self.sessions.manifest
-
-    @property
-    def config(self) -> VQVAEConfig:
-        """The model config."""
-        return self.sessions.config
-
-    @property
-    def f(self) -> int:
-        """Image pixels per token along each side."""
-        return self.sessions.config.downsample_factor
-
-    @property
-    def codebook_size(self) -> int:
-        """K, the number of codes."""
-        return self.sessions.config.codebook_size
-
-    @property
-    def precision(self) -> str:
-        """The precision that runs (see ``BundleSessions.precision``)."""
-        return self.sessions.precision
-
-    @property
-    def bundle_sha256(self) -> str:
-        """sha256 of the bundle's manifest.json, written into token files."""
-        return self.sessions.bundle_sha256
-
-    @property
-    def codebook(self) -> np.ndarray:
-        """The codebook, float32 [K, C]."""
-        return self.sessions.codebook
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """Model facts, the precision that runs and the providers running each open session."""
-        return self.sessions.info()
-
-    def verify(self) -> Any:
-        """Run the bundle's check set on this device, provider and precision now.
-
-        Returns
-        -------
-        vqedge.runtime.verify.CheckResult or None
-            Token agreement and PSNR against the exporting machine's fp32 outputs, beside
-            what the manifest promises, and whether it holds (None: the bundle carries no
-            check set). The verdict replaces the cached one ``load`` uses.
-        """
-        from vqedge.runtime import verify
-
-        result = verify.check_tokenizer(self)
-        if result is not None:
-            verify.remember(result, verify.verdict_path(self))
-        return result
-
-    def graph_file(self, graph: str) -> str:
-        """The bundle file that runs ``graph`` on this tokenizer's providers."""
-        return self.sessions.graph_file(graph)
-
-    def end_profiling(self) -> dict[str, Path]:
-        """Stop onnxruntime's profiler in every open session (``enable_profiling`` in the
-        session options) -> {graph: the JSON trace it wrote}."""
-        return self.sessions.end_profiling()
-
-    def load_tokens(
-        self, path: str | Path, force: bool = False, name: str | None = None
-    ) -> TokenFile:
-        """Read a .vqt file made for this bundle. Every header field is checked against the
-        bundle (K always, the sizes this tokenizer decodes) before the payload is read;
-        tokens of another bundle are refused unless ``force``. ``name`` is what errors call
-        the file (default: its path)."""
-        return load_tokens(
-            path,
-            bundle_sha256=self.bundle_sha256,
-            force=force,
-            codebook_size=self.codebook_size,
-            name=name,
-            **self._token_file_limits(),
-        )
-
-    def _token_file_limits(self) -> dict[str, Any]:
-        """The sizes a token file for this tokenizer may declare (``tokens.load_tokens``)."""
-        return {"max_image_side": self.max_side, "max_map_side": -(-self.max_side // self.f)}
-
-    def _describe(self, graphs: tuple[str, ...]) -> list[tuple[str, str]]:
-        """The rows every kind shows; its sessions are opened so the providers are the ones
-        that run."""
-        for g in graphs:
-            self.sessions.session(g)
-        info = self.info
-        cfg = self.config
-        return [
-            ("bundle", f"{self.root} ({info['name']})"),
-            ("kind", self.sessions.kind),
-            (
-                "model",
-                f"f={self.f}, K={self.codebook_size}, code dim {cfg.code_dim}, "
-                f"{cfg.bits_per_pixel:.3f} bits per pixel",
-            ),
-            ("precision", self.precision),
-            ("graphs", ", ".join(info["graph_files"][g] for g in graphs)),
-            (
-                "providers",
-                ", ".join(f"{g} on {info['providers_in_use'][g][0]}" for g in graphs),
-            ),
-            ("verified", describe_verification(info["verification"])),
-        ]
-
-    @staticmethod
-    def _finish(img: np.ndarray, size: tuple[int, int] | None, output: str) -> np.ndarray:
-        if output not in ("uint8", "float"):
-            raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
-        if size is not None:
-            img = img[:, :, : size[0], : size[1]]
-        return float_to_uint8(img) if output == "uint8" else np.ascontiguousarray(img)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self.root.name}, f={self.f}, K={self.codebook_size}, "
-            f"precision={self.precision}, providers={provider_names(self.sessions.providers)})"
-        )
-
-
 __all__ = [
     "BUNDLES_DIR",
     "DECODER",
@@ -587,7 +376,6 @@ __all__ = [
     "SCALES",
     "SINGLE_SCALE",
     "BundleSessions",
-    "TokenizerBase",
     "bundle_path",
     "default_session_options",
     "list_bundles",

@@ -12,75 +12,27 @@ Memory: one tile of (tile + 2 * overlap)^2 pixels is in flight at a time, plus t
 input and output images; the float copy of the whole image is never made
 (benchmarks/tiled_memory.py measures it; figures in benchmarks/results).
 
-Size policy: the untiled methods take and give sides up to the tokenizer's ``max_side``;
-the tiled ones up to ``tiled_max_side(tok)``, since only the uint8 image is held whole.
+Size policy (vqedge.runtime.limits): the untiled methods take and give sides up to the
+tokenizer's ``max_side``; the tiled ones up to ``limits.tiled_max_side``, since only the uint8
+image is held whole.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vqedge.runtime import limits
 from vqedge.runtime.images import float_to_uint8, uint8_to_float
-from vqedge.runtime.session import DECODER, ENCODER
+
+# re-exported from their home, vqedge.runtime.limits, for code that imports them from here
+from vqedge.runtime.limits import TILE_ABOVE, TILED_MAX_SIDE  # noqa: F401
+from vqedge.runtime.manifest import DECODER, ENCODER
 
 if TYPE_CHECKING:
     from vqedge.runtime.tokenizer import Tokenizer
-
-# above this side, the per-file methods (encode_image, reconstruct_image, decode_file) go
-# tile by tile: bounded memory, the same tokens
-TILE_ABOVE = 1024
-# largest side the tiled methods take or make unless max_side is larger: a uint8 RGB image
-# of 16384^2 is 768 MiB, held whole in and out
-TILED_MAX_SIDE = 16384
-
-
-def may_tile(tok: Tokenizer) -> bool:
-    """False for a bundle whose manifest says ``"tiling": false``."""
-    return tok.manifest.get("input", {}).get("tiling", True) is not False
-
-
-def tiled_max_side(tok: Tokenizer) -> int:
-    """Largest image side, in pixels, the tiled methods of ``tok`` take or make (its
-    ``max_side`` where it may not be tiled: the per-file methods then run it whole)."""
-    return max(tok.max_side, TILED_MAX_SIDE) if may_tile(tok) else tok.max_side
-
-
-def untiled_tokens(tok: Tokenizer) -> int:
-    """Largest token-map side ``tok.decode`` takes: the map of a ``max_side`` image."""
-    return math.ceil(tok.max_side / tok.f)
-
-
-def check_crop(tok: Tokenizer, hw: tuple[int, int], size: tuple[int, int]) -> None:
-    """Refuse a crop ``size`` (H, W) that is not inside the h*f x w*f image of map ``hw``."""
-    H, W = hw[0] * tok.f, hw[1] * tok.f
-    if len(size) != 2 or not (0 < size[0] <= H and 0 < size[1] <= W):
-        raise ValueError(
-            f"size {tuple(size)} must be (H, W) within the {H}x{W} image of a "
-            f"{hw[0]}x{hw[1]} token map (f={tok.f})"
-        )
-
-
-def check_tiling(tok: Tokenizer, what: str = "tiled calls") -> None:
-    """Refuse tiling for a bundle whose manifest says ``"tiling": false`` (models whose
-    attention sees the whole latent: a tile's tokens would depend on what lies outside it).
-
-    Raises
-    ------
-    ValueError
-        Naming the bundle, ``what`` was asked and why it is refused.
-    """
-    if may_tile(tok):
-        return
-    raise ValueError(
-        f"bundle {tok.root.name}: {what} is refused: its model's attention sees the whole latent, "
-        "so tokens computed tile by tile would differ from the whole image's; give images "
-        f"up to {tok.max_side} pixels per side (max_side; resize larger ones) and use encode / "
-        "decode / reconstruct, or encode_image / reconstruct_image for files"
-    )
 
 
 def _tiles(h: int, w: int, core: int, margin: int) -> Iterator[tuple[slice, slice, slice, slice]]:
@@ -113,14 +65,14 @@ def encode_tiled(
     Raises
     ------
     ValueError
-        A bundle that refuses tiling (``check_tiling``), not one uint8 RGB image, a side
-        above ``tiled_max_side(tok)``, or a tile / overlap that is not a multiple of f.
+        A bundle that refuses tiling (``limits.check_tiling``), not one uint8 RGB image, a
+        side above the tiled limit, or a tile / overlap that is not a multiple of f.
     """
-    check_tiling(tok, "tiled encode")
+    limits.check_tiling(tok.manifest, tok.root.name, tok.max_side, "tiled encode")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"tiled encode takes one uint8 RGB image [H, W, 3], got {image.shape}")
     H, W = image.shape[:2]
-    limit = tiled_max_side(tok)
+    limit = limits.tiled_max_side(tok.manifest, tok.max_side)
     if max(H, W) > limit:
         raise ValueError(f"image side {max(H, W)} exceeds the tiled limit of {limit} pixels")
     core, margin = _check_tile(tok, tile, overlap)
@@ -152,24 +104,24 @@ def decode_tiled(
     Raises
     ------
     ValueError
-        A bundle that refuses tiling (``check_tiling``), not one token map, an image side
-        above ``tiled_max_side(tok)`` (refused before
-        anything is allocated), a crop outside the image, or a bad tile / overlap.
+        A bundle that refuses tiling (``limits.check_tiling``), not one token map, an image
+        side above the tiled limit (refused before anything is allocated), a crop outside
+        the image, or a bad tile / overlap.
     """
-    check_tiling(tok, "tiled decode")
+    limits.check_tiling(tok.manifest, tok.root.name, tok.max_side, "tiled decode")
     if indices.ndim != 3 or indices.shape[0] != 1:
         raise ValueError(f"tiled decode takes one token map [1, h, w], got {indices.shape}")
     core, margin = _check_tile(tok, tile, overlap)
     f = tok.f
     _, h, w = indices.shape
-    limit = tiled_max_side(tok)
-    if max(h, w) > math.ceil(limit / f):
+    limit = limits.tiled_max_side(tok.manifest, tok.max_side)
+    if max(h, w) > limits.untiled_tokens(limit, f):
         raise ValueError(
             f"a {h}x{w} token map decodes to a {h * f}x{w * f} image (f={f}), above the tiled "
             f"limit of {limit} pixels"
         )
     if size is not None:
-        check_crop(tok, (h, w), size)
+        limits.check_crop((h, w), size, f)
     out = np.empty((1, h * f, w * f, 3), dtype=np.uint8)
     for ry, rx, cy, cx in _tiles(h, w, core, margin):
         img = tok.sessions.run(DECODER, "indices", np.ascontiguousarray(indices[:, ry, rx]))[0]

@@ -1,8 +1,9 @@
-"""The single-scale Tokenizer, and ``load``: a bundle as the tokenizer of its kind.
+"""The single-scale Tokenizer: an image of any size <-> one token map int64 [B, h, w],
+h = ceil(H / f), w = ceil(W / f).
 
-A single-scale bundle maps an image of any size to one token map int64 [B, h, w],
-h = ceil(H / f), w = ceil(W / f). A multi-scale bundle loads as a ``MultiScaleTokenizer``
-(vqedge.runtime.multiscale); both sit over one session core (vqedge.runtime.session).
+A multi-scale bundle loads as a ``MultiScaleTokenizer`` (vqedge.runtime.multiscale); both
+sit over one session core (vqedge.runtime.session). ``load`` and ``KINDS`` live in
+vqedge.runtime.kinds and are importable from here too.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from vqedge.runtime import tiling
+from vqedge.runtime import limits, tiling
+from vqedge.runtime.base import TokenizerBase
 from vqedge.runtime.images import pad_to_multiple
 from vqedge.runtime.inputs import (
     ImageTooLarge,
@@ -23,26 +24,22 @@ from vqedge.runtime.inputs import (
     to_uint8_image,
     token_map_hw,
 )
-from vqedge.runtime.manifest import BundleError
+from vqedge.runtime.kinds import KINDS, load
 from vqedge.runtime.multiscale import MultiScaleTokenizer
-from vqedge.runtime.providers import DEVICE_MEMORY, ProviderList, provider_names
+from vqedge.runtime.providers import DEVICE_MEMORY, provider_names
 from vqedge.runtime.session import (
     BUNDLES_DIR,
     DECODER,
     DEFAULT_BUNDLE,
     ENCODER,
-    MULTI_SCALE,
     QUANTIZER,
     SINGLE_SCALE,
     BundleSessions,
-    TokenizerBase,
     bundle_path,
     default_session_options,
     list_bundles,
 )
-from vqedge.runtime.tiling import TILE_ABOVE
 from vqedge.runtime.tokens import TokenFile, save_tokens
-from vqedge.runtime.verify import verify_at_load
 
 # latents per quantizer call: 4 MiB of scores against a codebook of 1024 codes
 LOOKUP_LATENTS = 1024
@@ -58,10 +55,12 @@ class Tokenizer(TokenizerBase):
     float32 [N, 3, H, W] arrays in [-1, 1]. A size that is not a multiple of f is edge-padded
     at the bottom and right, and reconstructions are cropped back. The untiled methods take
     sides up to ``max_side`` pixels, images in and images out; the tiled ones (and the
-    per-file methods above ``TILE_ABOVE``) up to ``vqedge.runtime.tiling.tiled_max_side``.
+    per-file methods above ``TILE_ABOVE``) up to ``vqedge.runtime.limits.tiled_max_side``.
     """
 
     KIND = SINGLE_SCALE
+    # vqedge.runtime.load under the name older code calls: the tokenizer of the bundle's kind
+    load = staticmethod(load)
 
     def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
         super().__init__(sessions, max_side)
@@ -161,7 +160,7 @@ class Tokenizer(TokenizerBase):
             Bad tokens, a map too large for ``max_side``, or a ``size`` larger than the map.
         """
         idx = check_indices(tokens, self.codebook_size)
-        limit = tiling.untiled_tokens(self)
+        limit = limits.untiled_tokens(self.max_side, self.f)
         if max(idx.shape[1:]) > limit:
             raise ValueError(
                 f"a {idx.shape[1]}x{idx.shape[2]} token map decodes to a "
@@ -174,7 +173,7 @@ class Tokenizer(TokenizerBase):
         self, idx: np.ndarray, output: str, size: tuple[int, int] | None
     ) -> np.ndarray:
         if size is not None:
-            tiling.check_crop(self, idx.shape[1:], size)
+            limits.check_crop(idx.shape[1:], size, self.f)
         return self._finish(self.sessions.run(DECODER, "indices", idx)[0], size, output)
 
     def reconstruct(self, images: Any, output: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
@@ -190,18 +189,22 @@ class Tokenizer(TokenizerBase):
         """One image as uint8 [H, W, 3], a file's size checked from its header against the
         largest side the tiled methods take."""
         try:
-            return to_uint8_image(image, max_side=tiling.tiled_max_side(self))
+            return to_uint8_image(image, max_side=self._tiled_max_side)
         except ImageTooLarge as e:
-            if tiling.may_tile(self):
+            if limits.may_tile(self.manifest):
                 raise
             raise ImageTooLarge(f"{e}: {self.size_advice}") from None
 
+    @property
+    def _tiled_max_side(self) -> int:
+        return limits.tiled_max_side(self.manifest, self.max_side)
+
     def _token_file_limits(self) -> dict[str, Any]:
-        side = tiling.tiled_max_side(self)
+        side = self._tiled_max_side
         return {"max_image_side": side, "max_map_side": -(-side // self.f)}
 
     def encode_tiled(self, image: Any, tile: int = 512, overlap: int = 64) -> np.ndarray:
-        """One image of any size up to ``tiled_max_side`` -> token map int64 [1, h, w],
+        """One image of any size up to the tiled limit -> token map int64 [1, h, w],
         tile by tile."""
         return tiling.encode_tiled(self, self._read(image), tile, overlap)
 
@@ -213,7 +216,7 @@ class Tokenizer(TokenizerBase):
         size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """One token map [1, h, w] -> uint8 image [1, H, W, 3], tile by tile; sides up to
-        ``tiled_max_side`` pixels."""
+        ``limits.tiled_max_side`` pixels."""
         idx = check_indices(tokens, self.codebook_size)
         return tiling.decode_tiled(self, idx, tile, overlap, size)
 
@@ -255,9 +258,7 @@ class Tokenizer(TokenizerBase):
         )
 
     def _goes_tiled(self, hw: tuple[int, int]) -> bool:
-        """Whether a per-file call on an image of ``hw`` pixels goes tile by tile: above
-        TILE_ABOVE, for a model that can be tiled (the others run whole up to max_side)."""
-        return max(hw) > TILE_ABOVE and tiling.may_tile(self)
+        return limits.goes_tiled(self.manifest, hw)
 
     def describe_tokens(self, tokens: Any) -> str:
         """A token map in words, e.g. "64x48 token map" (h x w; "3 x 64x48" for a batch)."""
@@ -311,102 +312,6 @@ class Tokenizer(TokenizerBase):
         flat = check_indices(flat[:, None, :], self.codebook_size)[:, 0]  # [B, L]
         return self.codebook[flat]
 
-
-# the class that runs each bundle kind (the manifest's "kind")
-KINDS: dict[str, type[Tokenizer] | type[MultiScaleTokenizer]] = {
-    SINGLE_SCALE: Tokenizer,
-    MULTI_SCALE: MultiScaleTokenizer,
-}
-
-
-def load(
-    bundle: str | Path | None = None,
-    providers: str | ProviderList = "auto",
-    precision: str = "fp32",
-    threads: int | None = None,
-    strict: bool = True,
-    session_options: ort.SessionOptions | None = None,
-    max_side: int | None = None,
-    cache_dir: str | Path | None = None,
-    verify: bool = True,
-) -> Tokenizer | MultiScaleTokenizer:
-    """Load a bundle as the tokenizer of its kind.
-
-    Parameters
-    ----------
-    bundle : str or Path, optional
-        A bundle folder, or the name of a shipped bundle (``list_bundles()``); None loads
-        the shipped default.
-    providers : "auto", a provider name, or a list of names / (name, options) pairs
-        "auto" takes the best available of TensorRT, CUDA, ROCm, DirectML, CoreML,
-        OpenVINO, then the CPU provider. A list is passed to onnxruntime as it is.
-    precision : {"fp32", "fp16", "int8", "bf16"}
-        The bundle variant to run (``vqedge.runtime.providers.RUN_PRECISIONS``). bf16 runs
-        the fp32 graphs at bf16 on the OpenVINO provider, and on no other.
-    threads : int, optional
-        Intra-op threads per session (default: onnxruntime's choice). Idle threads do not
-        spin, so the sessions of one tokenizer, or several tokenizers in one process, do not
-        steal each other's cores.
-    strict : bool
-        Raise when a provider or precision that was asked for does not run (else warn
-        loudly, and ``info`` reports what runs).
-    session_options : onnxruntime.SessionOptions, optional
-        Used as given (``threads`` then does not apply).
-    max_side : int, optional
-        Largest image side, in pixels, the untiled methods take in and give out. Default:
-        ``DEFAULT_MAX_SIDE``, or less for a model with self-attention, whose memory grows
-        with the fourth power of the side (``vqedge.runtime.session.default_max_side``).
-    cache_dir : str or Path, optional
-        Keep onnxruntime's optimized graphs here and load them on later runs (faster
-        start). Entries are keyed by bundle, graph, provider, onnxruntime version and CPU,
-        since an optimized graph is only valid where it was made.
-    verify : bool
-        Run the bundle's check set (``vqedge.runtime.verify``) at this precision the first
-        time this bundle, precision, providers and CPU are seen (the verdict is cached in
-        ``verify.cache_root()``): a precision that does not give the bundle's tokens here
-        raises ``PrecisionError`` with ``strict``, else warns and runs fp32 instead.
-        ``info["verification"]`` has the verdict.
-
-    Returns
-    -------
-    Tokenizer or MultiScaleTokenizer
-        The class registered in ``KINDS`` for the manifest's ``kind``.
-
-    Raises
-    ------
-    BundleError
-        Missing bundle, tampered or missing file, an unknown format or kind, an absent
-        variant.
-    ProviderError
-        With ``strict``, a provider or precision that was asked for does not run
-        (``PrecisionError``, a subclass: it runs, but not as the bundle promises).
-    """
-    if max_side is not None and (
-        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
-    ):
-        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
-    sessions = BundleSessions.open(
-        bundle, providers, precision, threads, strict, session_options, cache_dir
-    )
-    cls = KINDS.get(sessions.kind)
-    if cls is None:
-        raise BundleError(
-            f"bundle {sessions.root.name} is of kind {sessions.kind!r}; this vqedge runs "
-            f"{sorted(KINDS)}: upgrade vqedge"
-        )
-    tok = cls(sessions, max_side)
-    if not verify:
-        return tok
-
-    def reload(fallback: str) -> Tokenizer | MultiScaleTokenizer:
-        return load(
-            bundle, providers, fallback, threads, strict, session_options, max_side, cache_dir
-        )
-
-    return verify_at_load(tok, strict, reload)
-
-
-Tokenizer.load = staticmethod(load)  # an alias: returns whatever kind the bundle is
 
 __all__ = [
     "BUNDLES_DIR",

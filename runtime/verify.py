@@ -248,6 +248,21 @@ def remember(result: CheckResult, path: Path) -> None:
         pass
 
 
+def describe_verification(v: dict[str, Any] | None) -> str:
+    """One line on the on-device check's verdict (``info["verification"]``)."""
+    if v is None:
+        return "not checked (load(verify=False))"
+    if v.get("checked") is False:
+        return f"not checked: {v['reason']}"
+    figures = (
+        f"tokens agree {v['agreement']:.1%} with fp32, PSNR {v['psnr_drop_db']:.2f} dB below "
+        f"fp32's, on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
+    )
+    if v.get("fell_back_to"):
+        return f"{v['precision']} does NOT hold here ({v['reason']}): running {v['fell_back_to']}"
+    return ("holds: " if v["holds"] else "does NOT hold: ") + figures
+
+
 def advice(result: CheckResult) -> str:
     """What to do about a precision that does not hold."""
     if result.precision == "fp32":

@@ -358,11 +358,14 @@ def test_bad_family_preset_and_config_are_refused(llamagen_file, tmp_path):
         load_family(tmp_path / "none.pt", "llamagen")
 
 
-def test_cli_offers_every_family_the_library_exports():
-    from vqedge.commands import export as export_command
-    from vqedge.export.families import FAMILIES, LOADERS
+def test_cli_offers_every_family_the_library_exports(capsys):
+    from vqedge.export import FAMILIES
+    from vqedge.models import registry
 
-    assert export_command.FAMILIES == FAMILIES == tuple(LOADERS)
+    assert FAMILIES == registry.names() == ("var", "llamagen", "taming", "diffusers")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "{var,llamagen,taming,diffusers}" in capsys.readouterr().out
 
 
 def test_cli_refuses_preset_without_from(tmp_path, capsys):

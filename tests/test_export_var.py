@@ -17,8 +17,9 @@ from official_layouts import random_tensors, var_layout
 from test_families import VAR_SMALL, var_small_tensors
 
 from vqedge.export.families import source_facts
+from vqedge.export.graphs import EncoderGraph, FhatDecoderGraph
 from vqedge.export.pipeline import export_bundle, recipe_for
-from vqedge.export.var_recipe import GENERATOR_MIN_AGREEMENT, VARExportView, VARRecipe
+from vqedge.export.var_recipe import GENERATOR_MIN_AGREEMENT, VARRecipe
 from vqedge.models import var
 from vqedge.runtime import MultiScaleTokenizer, load
 from vqedge.runtime.images import uint8_to_float
@@ -73,22 +74,16 @@ def test_recipe_registered_for_var_model():
     model = var.VARVQVAE(VAR_SMALL)
     recipe = recipe_for(model)
     assert isinstance(recipe, VARRecipe)
-    assert isinstance(recipe.model, VARExportView)
-    # the view shares the model's weights: the same parameter count, nothing copied
-    assert sum(p.numel() for p in recipe.model.parameters()) == sum(
-        p.numel() for p in model.parameters()
-    )
-    assert recipe.model.quantize is model.quantize
-    assert recipe.model.config.resolution == model.resolution == 16
+    assert recipe.model is model  # the model itself: it offers the export surface
+    assert recipe.config.resolution == model.resolution == 16
 
 
-def test_view_graph_modules_are_vars_encode_and_decode():
+def test_graph_modules_are_vars_encode_and_decode():
     model = var.load_var(var_small_tensors(4), config=VAR_SMALL)
-    view = VARExportView(model)
     x = torch.from_numpy(uint8_to_float(photos(2, 16)))
-    torch.testing.assert_close(view.encoder(x), model.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(EncoderGraph(model)(x), model.encode(x), rtol=0, atol=0)
     f = torch.randn(2, VAR_SMALL.z_channels, 4, 4)
-    torch.testing.assert_close(view.decoder(f).clamp(-1, 1), model.decode(f), rtol=0, atol=0)
+    torch.testing.assert_close(FhatDecoderGraph(model)(f), model.decode(f), rtol=0, atol=0)
 
 
 def test_manifest_records_gate_per_scale_source_and_variants(small):

@@ -16,7 +16,7 @@ def test_seed_demo_usage():
     assert indices.shape == (1, 16, 16)
     idx_Bl = vqvae.img_to_idxBl(dummy)
     assert len(idx_Bl) == 1
-    assert idx_Bl[0].shape == (1, 256)  # every token kept (the seed dropped half)
+    assert idx_Bl[0].shape == (1, 256)  # every token of the 16x16 map
     assert vqvae.idxBl_to_var_input(idx_Bl).shape == (1, 256, 64)
 
 

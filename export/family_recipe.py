@@ -2,8 +2,9 @@
 diffusers' VQModel (``vqedge.models.single_scale.SingleScaleVQ``).
 
 The same bundle kind and graphs as vqedge's own single-scale models (encoder, quantizer,
-decoder), with the families' quant_conv / post_quant_conv inside the encoder and decoder
-graphs and each family's own lookup in the quantizer graph. What differs from vqedge's own:
+decoder): the models share one surface, the families' quant_conv / post_quant_conv inside the
+encoder and decoder graphs and each family's own lookup in the quantizer graph. What differs
+from vqedge's own:
 
 - the gate, calibration and quality run at the model's size (256 x 256 centre squares of
   the photos), the size these models are trained and used at;
@@ -20,16 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from vqedge.export.recipe import Graphs, session
-from vqedge.export.single_scale import SingleScaleRecipe
+from vqedge.export.single_scale_recipe import SingleScaleRecipe
 from vqedge.export.validate import ExportValidationError, format_report, validate_fp32
 from vqedge.models.data import held_out_paths
-from vqedge.models.quantizer import nearest_index
-from vqedge.models.single_scale import Codebook, SingleScaleVQ
-from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.images import fit_square, float_to_uint8, uint8_to_float
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER
@@ -44,104 +40,10 @@ TILING_REFUSED = (
 )
 
 
-class FamilyEncoderGraph(nn.Module):
-    """image [B, 3, H, W] -> latent [B, C, H/f, W/f] (the encoder, then quant_conv)."""
-
-    def __init__(self, model: SingleScaleVQ) -> None:
-        super().__init__()
-        self.encoder = model.encoder
-        self.quant_conv = model.quant_conv
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(image))
-
-
-class FamilyQuantizerGraph(nn.Module):
-    """latent [B, C, h, w] -> indices [B, h, w] int64: the family's own lookup
-    (``Codebook.indices``: LlamaGen's unit vectors, |z|^2 + |e|^2 - 2 z.e for all)."""
-
-    def __init__(self, model: SingleScaleVQ) -> None:
-        super().__init__()
-        self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
-        self.l2_normalize = model.quantize.l2_normalize
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        if self.l2_normalize:
-            latent = F.normalize(latent, dim=1)
-        return nearest_index(latent.permute(0, 2, 3, 1), self.codebook_KC, unit=False)
-
-
-class FamilyDecoderGraph(nn.Module):
-    """indices [B, h, w] int64 -> image [B, 3, h*f, w*f] in [-1, 1] (lookup, post_quant_conv,
-    decoder)."""
-
-    def __init__(self, model: SingleScaleVQ) -> None:
-        super().__init__()
-        self.register_buffer("codebook_KC", model.quantize.get_codebook().detach().clone())
-        self.post_quant_conv = model.post_quant_conv
-        self.decoder = model.decoder
-
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        q = F.embedding(indices, self.codebook_KC).permute(0, 3, 1, 2)
-        return self.decoder(self.post_quant_conv(q)).clamp(-1.0, 1.0)
-
-
-class _GateCodebook:
-    """A Codebook as the gate (``validate_fp32``, ``count_ties``) calls a quantizer."""
-
-    def __init__(self, codebook: Codebook) -> None:
-        self.codebook = codebook
-        self.project = codebook.project
-        self.get_codebook = codebook.get_codebook
-
-    def __call__(self, latent: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, self.codebook.indices(latent)
-
-
-class _GateModel:
-    """A SingleScaleVQ as the gate calls a model: encode, quantize, decode_indices."""
-
-    def __init__(self, model: SingleScaleVQ) -> None:
-        self.model = model
-        self.quantize = _GateCodebook(model.quantize)
-        self.encode = model.encode
-        self.decode_indices = model.decode_indices
-
-    def eval(self) -> None:
-        self.model.eval()
-
-
-def runtime_config(model: SingleScaleVQ) -> VQVAEConfig:
-    """The runtime's view of an imported model: f, K, code dim and the lookup (the other
-    fields describe the shape of the network, as closely as VQVAEConfig can)."""
-    b = model.backbone
-    cb = model.quantize
-    return VQVAEConfig(
-        in_channels=b.in_channels,
-        base_channels=b.ch,
-        channel_mult=tuple(max(1, c // b.ch) for c in b.channels),
-        num_res_blocks=b.num_res_blocks,
-        num_mid_blocks=2,
-        codebook_size=cb.num_embeddings,
-        code_dim=cb.embedding_dim,
-        ema=False,
-        dead_code_threshold=0.0,
-        l2_normalize=cb.l2_normalize,
-    )
-
-
 class FamilySingleScaleRecipe(SingleScaleRecipe):
     """taming / LlamaGen / diffusers: one token map per image, at any multiple of f."""
 
-    wrappers = {
-        ENCODER: FamilyEncoderGraph,
-        QUANTIZER: FamilyQuantizerGraph,
-        DECODER: FamilyDecoderGraph,
-    }
     imported = True
-
-    def config_dict(self) -> dict[str, Any]:
-        return runtime_config(self.model).to_dict()
 
     def input_extra(self) -> dict[str, Any]:
         extra = {"tiling": False, "tiling_note": TILING_REFUSED}
@@ -150,7 +52,7 @@ class FamilySingleScaleRecipe(SingleScaleRecipe):
         return extra | ({"attention_stride": stride} if stride else {})
 
     def examples(self) -> dict[str, torch.Tensor]:
-        cb, f = self.model.quantize, self.model.downsample_factor
+        cb, f = self.model.quantize, self.config.downsample_factor
         # batch 2 at trace time (validated at 1 and 3), a non-square map
         return {
             ENCODER: torch.rand(2, 3, 6 * f, 10 * f) * 2 - 1,
@@ -164,15 +66,15 @@ class FamilySingleScaleRecipe(SingleScaleRecipe):
         return [fit_square(read_image(p), MODEL_SIDE) for p in held_out_paths()]
 
     def validate(self, graphs: Graphs) -> tuple[bool, str, list[dict[str, Any]]]:
-        f = self.model.downsample_factor
+        f = self.config.downsample_factor
         h, w = MODEL_SIDE // 2 // f * f, MODEL_SIDE * 3 // 4 // f * f
         batches = [
             uint8_to_float(self.photos[0]),  # 1 x 3 x 256 x 256
             uint8_to_float(np.stack(self.photos)),  # 3 x 3 x 256 x 256
             uint8_to_float(np.ascontiguousarray(self.photos[1][:h, :w])),  # not square
         ]
-        gate = _GateModel(self.model)
-        passed, results = validate_fp32(gate, graphs, [torch.from_numpy(x) for x in batches])
+        images = [torch.from_numpy(x) for x in batches]
+        passed, results = validate_fp32(self.model, graphs, images)
         return passed, format_report(results), results
 
     calibration_side = MODEL_SIDE

@@ -37,7 +37,7 @@ class SingleScaleRecipe(Recipe):
     wrappers = {ENCODER: EncoderGraph, QUANTIZER: QuantizerGraph, DECODER: DecoderGraph}
 
     def examples(self) -> dict[str, torch.Tensor]:
-        cfg, f = self.model.config, self.model.downsample_factor
+        cfg, f = self.config, self.config.downsample_factor
         return {
             ENCODER: torch.rand(2, 3, 32 * f, 40 * f) * 2 - 1,
             QUANTIZER: torch.randn(2, cfg.code_dim, 32, 40),
@@ -46,6 +46,12 @@ class SingleScaleRecipe(Recipe):
 
     def size_policy(self) -> str:
         return SIZE_POLICY
+
+    def flop_inputs(self) -> dict[str, list[int]]:
+        H, W = self.flop_size()
+        f, C = self.config.downsample_factor, self.config.code_dim
+        h, w = H // f, W // f
+        return {ENCODER: [1, 3, H, W], QUANTIZER: [1, C, h, w], DECODER: [1, h, w]}
 
     def validate(self, graphs: Graphs) -> tuple[bool, str, list[dict[str, Any]]]:
         passed, results = validate_fp32(self.model, graphs, self._validation_images())
@@ -61,7 +67,7 @@ class SingleScaleRecipe(Recipe):
             uint8_to_float(np.stack([p[:72, :136] for p in photos])),  # 3x3x72x136
             uint8_to_float(china[:384, :512].transpose(1, 0, 2).copy()),  # 1x3x512x384
         ]
-        f = self.model.downsample_factor
+        f = self.config.downsample_factor
         return [torch.from_numpy(pad_to_multiple(x, f)) for x in cases]
 
     # side of the square training crops that calibrate int8
@@ -76,7 +82,7 @@ class SingleScaleRecipe(Recipe):
     def quality(
         self, graphs: Graphs, ref_idx: list[np.ndarray] | None
     ) -> tuple[dict[str, Any], list[np.ndarray]]:
-        f = self.model.downsample_factor
+        f = self.config.downsample_factor
         s = {name: session(graphs[name]) for name in self.io}
         psnrs, all_idx = [], []
         for path in held_out_paths():

@@ -41,6 +41,9 @@ from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import DECODER, ENCODER, MULTI_SCALE, QUANTIZER, SCALES
 from vqedge.runtime.metrics import psnr
 
+# image pixels the decoder runs on at once when measuring every prefix of scales
+DECODE_PIXELS = 4 * 256 * 256
+
 
 class MultiScaleRecipe(Recipe):
     kind = MULTI_SCALE
@@ -67,7 +70,7 @@ class MultiScaleRecipe(Recipe):
     }
 
     def examples(self) -> dict[str, torch.Tensor]:
-        cfg = self.model.config
+        cfg = self.config
         R, s, C = cfg.resolution, cfg.patch_nums[-1], cfg.code_dim
         return {  # batch 2 at trace time; validated at batch 1 and 3
             ENCODER: torch.rand(2, 3, R, R) * 2 - 1,
@@ -76,18 +79,25 @@ class MultiScaleRecipe(Recipe):
             DECODER: torch.randn(2, C, s, s),
         }
 
+    def flop_inputs(self) -> dict[str, list[int]]:
+        H, W = self.flop_size()
+        f, C = self.config.downsample_factor, self.config.code_dim
+        latent = [1, C, H // f, W // f]
+        L = self.config.scale_offsets[-1]
+        return {ENCODER: [1, 3, H, W], QUANTIZER: latent, SCALES: [1, L], DECODER: latent}
+
     def size_policy(self) -> str:
-        R = self.model.config.resolution
+        R = self.config.resolution
         return f"exactly {R}x{R} (H = W = patch_nums[-1] * f); other sizes are refused"
 
     @cached_property
     def photos(self) -> list[np.ndarray]:
         """The held-out photos, centre square, resized to R x R (uint8 [R, R, 3])."""
-        R = self.model.config.resolution
+        R = self.config.resolution
         return [fit_square(read_image(p), R) for p in held_out_paths()]
 
     def validate(self, graphs: Graphs) -> tuple[bool, str, list[dict[str, Any]]]:
-        R = self.model.config.resolution
+        R = self.config.resolution
         noise = np.random.default_rng(1).integers(0, 256, (2, R, R, 3), dtype=np.uint8)
         batches = [
             torch.from_numpy(uint8_to_float(self.photos[0])),  # 1 x 3 x R x R
@@ -98,7 +108,7 @@ class MultiScaleRecipe(Recipe):
         return passed, format_multiscale_report(results), results
 
     def calibration(self, graphs: Graphs) -> dict[str, Calibration]:
-        images = training_crops(self.model.config.resolution, self.calibration_count())
+        images = training_crops(self.config.resolution, self.calibration_count())
         s_enc, s_q, s_sc = (session(graphs[n]) for n in (ENCODER, QUANTIZER, SCALES))
         f_hat = []
         for x in images:
@@ -107,12 +117,20 @@ class MultiScaleRecipe(Recipe):
         return {ENCODER: ("image", images), DECODER: ("f_hat", f_hat)}
 
     def _prefix_psnr(self, scales: Path, decoder: Path, idx: np.ndarray) -> list[float]:
-        """Held-out PSNR (dB, mean over photos) after each prefix of scales."""
+        """Held-out PSNR (dB, mean over photos) after each prefix of scales, the decoder run
+        on at most DECODE_PIXELS at a time (a full-size decoder's activations for every
+        prefix of every photo at once would take many GB)."""
         _, f_hat_each, _ = session(scales).run(None, {"indices": idx})
         B, K = f_hat_each.shape[:2]
-        # every prefix of every photo in one decoder run: [B * K, C, s, s]
-        f_hat_all = np.ascontiguousarray(f_hat_each.reshape(B * K, *f_hat_each.shape[2:]))
-        recon = session(decoder).run(None, {"f_hat": f_hat_all})[0]
+        f_hat_all = f_hat_each.reshape(B * K, *f_hat_each.shape[2:])  # photo-major
+        dec = session(decoder)
+        n = max(1, DECODE_PIXELS // self.config.resolution**2)
+        recon = np.concatenate(
+            [
+                dec.run(None, {"f_hat": np.ascontiguousarray(f_hat_all[i : i + n])})[0]
+                for i in range(0, B * K, n)
+            ]
+        )
         if not np.isfinite(recon).all():
             raise ExportValidationError(f"{decoder.name}: NaN/Inf on the held-out photos")
         imgs = float_to_uint8(recon)
@@ -143,7 +161,7 @@ class MultiScaleRecipe(Recipe):
         return {"held_out_psnr": prefix[-1], "held_out_psnr_per_prefix": prefix}
 
     def manifest_extra(self) -> dict[str, Any]:
-        cfg = self.model.config
+        cfg = self.config
         offsets = list(cfg.scale_offsets)
         return {
             "scales": {
