@@ -9,33 +9,43 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_i
 ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve")
 
 
-def cpu_signature() -> str:
-    """The machine and, on Linux, the CPU's model and instruction-set flags."""
-    sig = platform.machine()
+# /proc/cpuinfo fields that tell CPUs apart: x86 names its model and flags; Arm has no model
+# name, but its implementer and part identify the core and "Features" its instruction sets
+SIGNATURE_FIELDS = ("model name", "flags", "CPU implementer", "CPU part", "Features")
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
-            lines = [ln for ln in fh if ln.startswith(("model name", "flags"))][:2]
-        sig += "".join(lines)
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
     except OSError:
-        sig += platform.processor()
-    return sig
+        pass
+    return fields
+
+
+def cpu_signature() -> str:
+    """The machine and, on Linux, what identifies its CPU and instruction sets (the fields of
+    ``SIGNATURE_FIELDS``): the key of cached verdicts and optimized graphs."""
+    fields = _cpuinfo_fields()
+    found = [f"{k}: {fields[k]}\n" for k in SIGNATURE_FIELDS if k in fields]
+    return platform.machine() + ("".join(found) if found else platform.processor())
 
 
 def device_description(providers: list[str] | None = None) -> str:
     """The CPU's model and the flags that decide its int8/bf16 kernels, e.g. "Intel(R)
     Xeon(R) Processor (avx2, avx512_vnni, amx_int8)", plus a GPU provider if one runs."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model") and model in ("", platform.machine()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    fields = _cpuinfo_fields()
+    model = fields.get("model name") or fields.get("Model") or platform.processor()
+    if not model and "CPU part" in fields:
+        model = f"{platform.machine()} (implementer {fields.get('CPU implementer')}, part "
+        model += f"{fields['CPU part']})"
+    model = model or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
     known = CPU_FLAGS if platform.machine() in ("x86_64", "AMD64", "i686") else ARM_FLAGS
     have = [f for f in known if f in flags]
     if (
@@ -44,6 +54,8 @@ def device_description(providers: list[str] | None = None) -> str:
         and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
     ):
         have.append("no VNNI")
+    elif platform.machine() in ("aarch64", "arm64") and flags and "asimddp" not in flags:
+        have.append("no dot product")
     text = f"{model} ({', '.join(have)})" if have else model
     gpu = [p for p in providers or [] if p not in ("CPUExecutionProvider",)]
     return f"{text}; {', '.join(gpu)}" if gpu else text

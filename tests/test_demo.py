@@ -466,6 +466,15 @@ def test_browser_corrupt_upload_shows_a_message(page, tmp_path):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_browser_reconstruct_and_edit_tokens(page, served, tmp_path):
+    # the on-device verdict beside the precision choice follows it
+    fp32_verdict = page.inner_text("#precision-verdict")
+    assert "holds: tokens agree 100" in fp32_verdict or "holds: tokens agree 99" in fp32_verdict
+    page.get_by_label("int8").check()
+    page.wait_for_function(
+        "(old) => document.querySelector('#precision-verdict')?.innerText !== old", arg=fp32_verdict
+    )
+    assert "holds: tokens agree" in page.inner_text("#precision-verdict")
+    page.get_by_label("fp32").check()
     page.locator("input[type=file]").first.set_input_files(str(CHELSEA))
     page.get_by_role("button", name="Tokenize and reconstruct").click()
     page.wait_for_function(

@@ -47,6 +47,15 @@ def eng() -> Engine:
     return Engine(max_side=256)
 
 
+def test_the_verdict_of_each_precision_is_shown_beside_it(eng):
+    for precision in eng.precisions:
+        if precision == "bf16":
+            continue  # the OpenVINO flavour's own test covers it
+        text = eng.verdict(precision, "CPUExecutionProvider")
+        assert text.startswith("**On this device:** holds: tokens agree"), text
+        assert "dB below fp32's" in text
+
+
 @pytest.fixture(scope="module")
 def tok():
     return load(max_side=256)

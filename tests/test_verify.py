@@ -169,3 +169,19 @@ def test_cli_verify_prints_its_table_and_exit_status(tmp_path):
     (result,) = json.loads(r.stdout)
     assert result["precision"] == "int8" and not result["holds"]
     assert result["expected_agreement"] == 1.0
+
+
+def test_arm_cpus_are_told_apart_in_the_verdict_key(monkeypatch):
+    """Arm's /proc/cpuinfo has no model name or flags: its part and Features tell a core
+    without dot-product instructions from one with them."""
+    from vqedge.runtime import device
+
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    a53 = {"CPU implementer": "0x41", "CPU part": "0xd03", "Features": "fp asimd aes crc32"}
+    monkeypatch.setattr(device, "_cpuinfo_fields", lambda: a53)
+    sig_a53, desc_a53 = device.cpu_signature(), device.device_description()
+    assert "no dot product" in desc_a53 and "part 0xd03" in desc_a53
+    n1 = {"CPU implementer": "0x41", "CPU part": "0xd0c", "Features": "fp asimd asimddp i8mm"}
+    monkeypatch.setattr(device, "_cpuinfo_fields", lambda: n1)
+    assert device.cpu_signature() != sig_a53
+    assert "asimddp, i8mm" in device.device_description()
