@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         help="full fp32 convolutions on both sides (TF32 is the CUDA default of both)",
     )
     args = p.parse_args(argv)
-
+    prov = machine.provenance("vqedge.benchmarks.gpu", argv)  # before anything is written
     t_begin = time.time()
     there = what_is_there()
     ort_gpu = [e for e in GPU_EPS if e in there["ort_providers"]]
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         if bf.path not in [x.path for x in bundles]:
             bundles.append(bf)
     report: dict[str, Any] = {
-        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "provenance": prov,
         "gpu_available": None,
         "message": None,
         "environment": there,
