@@ -230,6 +230,9 @@ def provenance(module: str, argv: list[str] | None = None) -> dict[str, Any]:
         "physical_cores": mach["physical_cores"],
         "logical_cpus": mach["logical_cpus"],
         "hypervisor": mach["hypervisor"],
+        # other work on the machine when the run began: the spread of a shared machine's
+        # figures grows with it
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": versions(),
     }
 
@@ -247,7 +250,12 @@ def provenance_md(p: dict[str, Any]) -> list[str]:
         f"- Commit: {commit}; date: {p['date']}",
         f"- CPU: {p['cpu_model']}, {p['physical_cores']} cores / {p['logical_cpus']} logical "
         f"CPUs{', under a hypervisor' if p.get('hypervisor') else ''}; key flags: "
-        f"{', '.join(p['key_flags']) or 'none'}",
+        f"{', '.join(p['key_flags']) or 'none'}"
+        + (
+            f"; load average at the start {p['load_average'][0]:.1f} (1 min)"
+            if p.get("load_average")
+            else ""
+        ),
         f"- Python {v.get('python')}: {libs or 'none of onnxruntime, openvino, torch, numpy'}",
     ]
 
