@@ -203,6 +203,31 @@ def model_files_mb(manifest: dict[str, Any], precision: str) -> float | None:
     return v["quality"]["size_bytes"] / 2**20 if v is not None else None
 
 
+def bundle_facts(bf: BundleFacts, results: dict[str, Any], checkpoint: str | None) -> dict:
+    """What the report says of the bundle and of the PyTorch model it was compared with."""
+    from vqedge.runtime.session import bundle_path
+
+    torch_runs = [r for n, r in results.items() if n.startswith("torch") and "details" in r]
+    size = bf.target_size
+    return {
+        "bundle": str(bf.path),
+        "bundle_name": bf.manifest.get("name"),
+        "bundle_kind": bf.kind,
+        "bundle_config": bf.manifest.get("config"),
+        "shipped_default": bf.path == bundle_path(None).resolve(),
+        "family": bf.family,
+        "source": bf.source or None,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": bf.manifest.get("export", {}).get("checkpoint_sha256"),
+        "torch_model": (
+            f"{torch_runs[0]['details']['model']} with {torch_runs[0]['details']['weights']}"
+            if torch_runs
+            else None
+        ),
+        "gflop_per_image": flops.stage_flops(bf.path, 1, size, size)[E2E] / 1e9,
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     d = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=d)
@@ -318,46 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     interpreters = [configs.probe(py, env) for py in [sys.executable, *args.ov_python]]
     inputs = workdir / "inputs.npz"
     input_info = write_inputs(inputs, sorted({s for _, s in cases} | {cold_s}), bf)
-    results, skipped, pythons = run(
-        args,
-        chosen,
-        interpreters,
-        env,
-        workdir,
-        {
-            "threads": threads,
-            "bundle": str(bf.path),
-            "checkpoint": args.checkpoint,
-            "inputs": str(inputs),
-            "cold_case": [cold_b, cold_s],
-        },
-        cases,
-        (prof_b, prof_s),
+    common = {"threads": threads, "bundle": str(bf.path), "checkpoint": args.checkpoint,
+              "inputs": str(inputs), "cold_case": [cold_b, cold_s]}  # fmt: skip
+    results, skipped = run(
+        args, chosen, interpreters, env, workdir, common, cases, (prof_b, prof_s)
     )
     for r in results.values():
         r["model_files_mb"] = model_files_mb(bf.manifest, r["precision"])
     add_flops(results, bf.path, mach["peaks"])
     quality_ref = fidelity.add_quality(results, inputs, bf, random_weights)
-    from vqedge.runtime.session import bundle_path
-
-    torch_runs = [r for n, r in results.items() if n.startswith("torch") and "details" in r]
     report = {
         "provenance": prov,
-        "bundle": str(bf.path),
-        "bundle_name": bf.manifest.get("name"),
-        "bundle_kind": bf.kind,
-        "bundle_config": bf.manifest.get("config"),
-        "shipped_default": bf.path == bundle_path(None).resolve(),
-        "family": bf.family,
-        "source": bf.source or None,
-        "checkpoint": args.checkpoint,
-        "checkpoint_sha256": bf.manifest.get("export", {}).get("checkpoint_sha256"),
-        "torch_model": (
-            f"{torch_runs[0]['details']['model']} with {torch_runs[0]['details']['weights']}"
-            if torch_runs
-            else None
-        ),
-        "gflop_per_image": flops.stage_flops(bf.path, 1, size, size)[E2E] / 1e9,
+        **bundle_facts(bf, results, args.checkpoint),
         "target_case": [TARGET_BATCH, size],
         "quick": args.quick,
         "threads": threads,
@@ -396,9 +393,9 @@ def run(
     common: dict[str, Any],
     cases: list[tuple[int, int]],
     profile_case: tuple[int, int],
-) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Cold starts, then the interleaved rounds, then quality and profiles: the results per
-    configuration, the skipped ones with why, and the interpreter each ran on."""
+    configuration (with the interpreter each ran on) and the skipped ones with why."""
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     runnable: list[tuple[configs.Config, str, dict[str, Any]]] = []
@@ -478,7 +475,7 @@ def run(
         ans = w.ask({"op": "finish"}, args.timeout)
         results[name]["details"] = ans.get("details", {})
         w.close()
-    return results, skipped, {n: r["python"] for n, r in results.items()}
+    return results, skipped
 
 
 if __name__ == "__main__":

@@ -34,10 +34,6 @@ class Config:
             return "ort_openvino" if self.providers == "openvino" else "ort_cpu"
         return self.family
 
-    @property
-    def ours(self) -> bool:
-        return self.family == "vqedge"
-
 
 CONFIGS = [
     Config("vqedge-cpu/fp32", "vqedge", "fp32", providers="cpu"),

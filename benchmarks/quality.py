@@ -224,8 +224,8 @@ def report(results: dict[str, Any]) -> str:
             "",
             "| set | "
             + " | ".join(precs)
-            + " | codes used (fp32) | "
-            + "".join(f"{p} tokens = {precs[0]} | " for p in agree),
+            + " | codes used (fp32) |"
+            + "".join(f" {p} tokens = {precs[0]} |" for p in agree),
         ]
         lines += ["| --- |" + " ---: |" * (len(precs) + 1 + len(agree))]
         for s in SETS:
