@@ -224,13 +224,13 @@ def _train_images(tc: TrainConfig) -> tuple[list[np.ndarray], ...]:
     cache = default_cache_dir() if tc.work_side == WORK_SIDE else None
     if tc.data:
         train_paths, val_paths = folder_split(find_images(tc.data))
-        return load_images(train_paths, tc.work_side, cache), _load(val_paths, tc), []
-    val = _load(collection_paths(VALIDATION), tc)
+        return load_images(train_paths, tc.work_side, cache), _whole(val_paths), []
+    val = _whole(collection_paths(VALIDATION))
     illus = load_images(collection_paths(HELD_OUT_ILLUSTRATIONS), WORK_SIDE, default_cache_dir())
     return load_images(collection_paths(), tc.work_side, cache), val, illus
 
 
-def _load(paths: list, tc: TrainConfig) -> list[np.ndarray]:
+def _whole(paths: list) -> list[np.ndarray]:
     # validation images are evaluated whole, as the held-out illustrations are: at WORK_SIDE
     return load_images(paths, WORK_SIDE, default_cache_dir()) if paths else []
 
@@ -299,6 +299,11 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
         state["train_config"] = dataclasses.asdict(tc) | {"model": tc.model.to_dict()}
         save_checkpoint(tc.out, step, model, opt, state, _rng_state(device))
 
+    def keep_best(step: int) -> None:
+        # weights and the record a model card reads, without the optimizer: for publishing
+        state["train_config"] = dataclasses.asdict(tc) | {"model": tc.model.to_dict()}
+        save_checkpoint(os.path.join(tc.out, "best"), step, model, train_state=state, keep=1)
+
     def held_out_eval() -> dict[str, Any]:
         ev = {"split": "held-out", **evaluate(model, held_out)}
         if illustrations:
@@ -308,9 +313,10 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
 
     def validation_eval(step: int) -> dict[str, Any]:
         ev = {"split": "validation", **evaluate(model, validation)}
+        state["history"].append({"step": step, **ev})
         if ev["psnr"] > state.get("best", {}).get("psnr", -math.inf):
             state["best"] = {"step": step, "psnr": ev["psnr"]}
-            save_checkpoint(os.path.join(tc.out, "best"), step, model, keep=1)
+            keep_best(step)
         return ev
 
     # Ctrl-C finishes the step in flight, writes a checkpoint, then exits; a second one
@@ -355,7 +361,6 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
             done = step + 1
             if validation and (done % tc.eval_every == 0 or done == tc.steps):
                 ev = validation_eval(done)
-                state["history"].append({"step": done, **ev})
                 bar.write(f"step {done}: {_eval_line(ev, model.codebook_size)}")
             if done == tc.steps:
                 ev = held_out_eval()

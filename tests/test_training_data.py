@@ -165,7 +165,12 @@ def test_training_selects_on_validation_and_measures_held_out_once_at_the_end(
     assert ev["split"] == "held-out" and len(ev["psnr_each"]) == 3
     best = state["best"]
     assert best["step"] in (2, 4)
-    assert (tmp_path / "run" / "best" / "latest").read_text().strip() == f"ckpt-{best['step']:07d}"
+    best_ckpt = tmp_path / "run" / "best" / f"ckpt-{best['step']:07d}"
+    assert (tmp_path / "run" / "best" / "latest").read_text().strip() == best_ckpt.name
+    # the kept checkpoint carries its own record, up to its evaluation, for a model card
+    kept = json.loads((best_ckpt / "train_state.json").read_text())
+    assert kept["history"][-1]["step"] == best["step"]
+    assert kept["history"][-1]["split"] == "validation" and kept["train_config"]
 
 
 def test_missing_collection_names_what_to_install(tmp_path, monkeypatch):
