@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
+# `vqedge verify`: a precision does not give the bundle's tokens on this device
+EXIT_DOES_NOT_HOLD = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a run stopped by Ctrl-C
 
 

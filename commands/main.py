@@ -31,6 +31,7 @@ COMMANDS = (
     "decode",
     "reconstruct",
     "info",
+    "verify",
     "bench",
     "tokenize",
     "demo",

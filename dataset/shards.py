@@ -39,6 +39,12 @@ TMP_GLOB = ".part-*.tmp"
 SHARD_GLOB = "part-*.parquet"
 
 
+VERDICT_KEYS = (
+    "checked", "precision", "providers", "device", "agreement", "psnr_drop_db", "holds",
+    "reason", "fell_back_to",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a worker needs to load its tokenizer and write shards (picklable)."""
@@ -65,6 +71,13 @@ def load_tokenizer(settings: Settings):
     )
 
 
+def _verdict(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The verdict's lasting facts (not when or how long it was checked)."""
+    if v is None:
+        return None
+    return {k: v[k] for k in VERDICT_KEYS if k in v}
+
+
 def _reason(e: Exception) -> str:
     return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
 
@@ -86,6 +99,8 @@ class ShardTokenizer:
             "downsample_factor": self.tok.f,
             "patch_nums": list(self.patch_nums),
             "preprocess": self.tok.preprocessing,
+            # the on-device check of this precision where the shard was made
+            "verification": _verdict(self.tok.info["verification"]),
         }
 
     def tokens_of(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

@@ -385,6 +385,9 @@ def _analysis_section(eng: Engine) -> dict[str, Any]:
             c["provider"] = gr.Dropdown(
                 eng.providers, value=eng.default_provider, label="Execution provider"
             )
+            c["verdict"] = gr.Markdown(
+                eng.verdict("fp32", eng.default_provider), elem_id="precision-verdict"
+            )
             c["run"] = gr.Button("Tokenize and reconstruct", variant="primary")
             c["vqt"] = gr.File(label="Token file (.vqt)", interactive=False)
     with gr.Row(equal_height=True):
@@ -519,6 +522,9 @@ def _api_section(eng: Engine, ms: ScalesEngine, uploads: Uploads, model: dict) -
 
 
 def _analysis_events(eng, a, e, state, uploads, ui) -> None:
+    for choice in (a["precision"], a["provider"]):
+        choice.change(_readable(eng.verdict), [a["precision"], a["provider"]], a["verdict"], **ui)
+
     def on_run(path, prec, prov):
         img, note = eng.read(path)
         r = eng.analyze(img, prec, prov)

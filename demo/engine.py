@@ -42,7 +42,7 @@ from vqedge.runtime.providers import (
     provider_names,
     resolve_providers,
 )
-from vqedge.runtime.session import default_session_options
+from vqedge.runtime.session import default_session_options, describe_verification
 from vqedge.runtime.tokens import TokenFile, load_tokens
 
 TOP_CODES = 20  # codes listed in the usage plot
@@ -221,6 +221,9 @@ class Engine:
                     providers=[provider] if provider == CPU else [provider, CPU],
                     precision=precision,
                     session_options=default_session_options(self.threads, arena=False),
+                    # a precision that does not hold on this device runs as fp32, and the
+                    # page says so beside the choice (``verdict``)
+                    strict=False,
                 )
                 if isinstance(tok, MultiScaleTokenizer):
                     raise BundleError(
@@ -232,6 +235,11 @@ class Engine:
                 tok.reconstruct_image(np.zeros((8, 8, 3), np.uint8))
                 self._tokenizers[key] = tok
         return tok
+
+    def verdict(self, precision: str, provider: str) -> str:
+        """What the bundle's on-device check says of ``precision`` here (one Markdown line)."""
+        tok = self.tokenizer(precision, provider)
+        return f"**On this device:** {describe_verification(tok.info['verification'])}"
 
     def read(self, path: str | Path | None) -> tuple[np.ndarray, str]:
         """An uploaded image within the demo's limits, and a note on what was done to it."""

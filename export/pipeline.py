@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from vqedge.export.check_set import add_check_set
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
 from vqedge.export.multi_scale import MultiScaleRecipe
@@ -32,7 +33,7 @@ from vqedge.export.single_scale import SingleScaleRecipe
 from vqedge.export.single_scale_families import FamilySingleScaleRecipe
 from vqedge.export.validate import ExportValidationError
 from vqedge.export.var_recipe import VARRecipe
-from vqedge.export.variants import phase_convolutions, to_fp16, to_int8
+from vqedge.export.variants import INT8_RECIPE, phase_convolutions, to_fp16, to_int8
 from vqedge.export.weights import WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
 from vqedge.models.multiscale import MultiScaleVQVAE
@@ -155,6 +156,8 @@ def export_bundle(
         variants, results = _build(recipe, work, precisions, log)
         log("writing the bundle: each weight once per precision")
         manifest = _write_bundle(recipe, config, source, tmp, work, variants, results)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = add_check_set(tmp, manifest, log)
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
@@ -197,7 +200,7 @@ def _build(
         for name in REDUCED:
             graphs[name] = work / graph_file(name, "int8")
             to_int8(exporters[name], graphs[name], *calib[name])
-        variants["int8"] = {"graphs": graphs}
+        variants["int8"] = {"graphs": graphs, "recipe": INT8_RECIPE}
     _cpu_decoders(work, variants, calib[DECODER], log)
 
     log("measuring held-out quality of each variant")
@@ -396,6 +399,8 @@ def _write_bundle(
         read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
         read_bytes += sum(length for _, _, length in regions)
         entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
+        if "recipe" in v:
+            entry["recipe"] = v["recipe"]
         out_variants[prec] = entry
 
     parameters = sum(p.numel() for p in model.parameters())

@@ -20,6 +20,13 @@ PHASE_TAPS = {0: (3, 1), 1: (2, 0)}
 PHASE_PADS = {0: (1, 0), 1: (0, 1)}  # (before, after) along the axis
 # an fp16 graph's fp32 weight is stored under its name plus this; the Cast gives the name
 FP32_SUFFIX = "__fp32"
+# how the int8 variant is made (``to_int8``), recorded in its manifest entry
+INT8_RECIPE = {
+    "format": "QDQ",
+    "weights": "int8, per channel, symmetric, 7-bit range (reduce_range)",
+    "activations": "uint8, per tensor, asymmetric",
+    "calibration": "MinMax",
+}
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -161,10 +168,14 @@ class _Reader:
 
 
 def to_int8(model_path: Path, out_path: Path, input_name: str, calib: list[np.ndarray]) -> None:
-    """Static QDQ int8: per-channel int8 weights, uint8 activations, calibrated on ``calib``.
+    """Static QDQ int8: per-channel 7-bit weights, uint8 activations, calibrated on ``calib``.
 
     Convolutions (and the ReLU/Add around them) are quantized; the codebook lookup and the
-    final clamp stay float.
+    final clamp stay float. Weights keep 7 bits (``reduce_range``) because x86 CPUs without
+    VNNI (AVX2 only: AMD Zen 1-3, Intel before Cascade Lake) multiply uint8 by int8 with
+    VPMADDUBSW, which sums pairs of products in int16 and saturates at 8-bit weights; 7-bit
+    weights keep every pair sum in range, on those CPUs and on VNNI/AMX ones alike, so one
+    int8 variant gives the same tokens everywhere (benchmarks/results/int8_recipe.md).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -183,6 +194,7 @@ def to_int8(model_path: Path, out_path: Path, input_name: str, calib: list[np.nd
             _Reader(input_name, calib),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv", "ConvTranspose", "Relu", "Add"],

@@ -20,6 +20,7 @@ _LAZY = {
     "load_tokens": "vqedge.runtime.tokens",
     "BundleError": "vqedge.runtime.manifest",
     "ProviderError": "vqedge.runtime.providers",
+    "PrecisionError": "vqedge.runtime.verify",
     "to_uint8": "vqedge.runtime.metrics",
 }
 

@@ -84,7 +84,7 @@ def resolve_providers(providers: str | ProviderList, precision: str) -> Provider
         chosen = list(providers)
     if precision == "bf16":
         chosen = [_with_bf16(p) for p in chosen]
-    return chosen
+    return [_without_tf32(p) for p in chosen]
 
 
 def run_precision(providers: ProviderList, precision: str, strict: bool) -> str:
@@ -134,6 +134,15 @@ def _with_bf16(p: str | tuple[str, dict[str, Any]]) -> str | tuple[str, dict[str
     opts.setdefault("load_config", '{"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}')
     opts.setdefault("device_type", "CPU")
     return (name, opts)
+
+
+def _without_tf32(p: str | tuple[str, dict[str, Any]]) -> str | tuple[str, dict[str, Any]]:
+    """The CUDA provider with TF32 off unless the caller set it: on Ampere and newer GPUs
+    TF32 convolutions round inputs to 10-bit mantissas, which flips tokens that fp32 keeps."""
+    name, opts = (p, {}) if isinstance(p, str) else p
+    if name != CUDA:
+        return p
+    return (name, {"use_tf32": "0", **opts})
 
 
 def provider_names(providers: ProviderList) -> list[str]:

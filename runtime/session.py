@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnxruntime as ort
 
 from vqedge.runtime.arena import release_memory, use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.device import cpu_signature
 from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.inputs import DEFAULT_MAX_SIDE, TILED_ADVICE
 from vqedge.runtime.manifest import (
@@ -54,18 +54,6 @@ from vqedge.runtime.tokens import TokenFile, load_tokens
 
 BUNDLES_DIR = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLE = "vqvae-f4"
-
-
-def cpu_signature() -> str:
-    """The machine and, on Linux, the CPU's model and instruction-set flags."""
-    sig = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            lines = [ln for ln in fh if ln.startswith(("model name", "flags"))][:2]
-        sig += "".join(lines)
-    except OSError:
-        sig += platform.processor()
-    return sig
 
 
 def list_bundles() -> list[str]:
@@ -179,6 +167,8 @@ class BundleSessions:
         self._weights_checked = False
         self._codebook: np.ndarray | None = None
         self._fresh_options: Callable[[], ort.SessionOptions] | None = None
+        # the on-device check's verdict for this precision (``vqedge.runtime.verify``)
+        self.verification: dict[str, Any] | None = None
 
     @classmethod
     def open(
@@ -368,9 +358,14 @@ class BundleSessions:
             "bits_per_pixel": self.config.bits_per_pixel,
             "precision": self.precision,
             "providers_requested": provider_names(self.providers),
+            "provider_options": {
+                name: dict(opts)
+                for name, opts in (p for p in self.providers if isinstance(p, tuple))
+            },
             "providers_in_use": {g: s.get_providers() for g, s in self._sessions.items()},
             "graph_files": dict(self._files),
             "quality": self.variant.get("quality"),
+            "verification": self.verification,
         }
 
 
@@ -402,6 +397,21 @@ def default_max_side(manifest: dict[str, Any]) -> int:
         return DEFAULT_MAX_SIDE
     positions_per_side = math.isqrt(math.isqrt(ATTENTION_MAX_BYTES // 4))
     return min(DEFAULT_MAX_SIDE, positions_per_side * stride)
+
+
+def describe_verification(v: dict[str, Any] | None) -> str:
+    """One line on the on-device check's verdict (``info["verification"]``)."""
+    if v is None:
+        return "not checked (load(verify=False))"
+    if v.get("checked") is False:
+        return f"not checked: {v['reason']}"
+    figures = (
+        f"tokens agree {v['agreement']:.1%} with fp32, {v['psnr_drop_db']:+.2f} dB "
+        f"vs fp32 on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
+    )
+    if v.get("fell_back_to"):
+        return f"{v['precision']} does NOT hold here ({v['reason']}): running {v['fell_back_to']}"
+    return ("holds: " if v["holds"] else "does NOT hold: ") + figures
 
 
 class TokenizerBase:
@@ -481,6 +491,23 @@ class TokenizerBase:
         """Model facts, the precision that runs and the providers running each open session."""
         return self.sessions.info()
 
+    def verify(self) -> Any:
+        """Run the bundle's check set on this device, provider and precision now.
+
+        Returns
+        -------
+        vqedge.runtime.verify.CheckResult or None
+            Token agreement and PSNR against the exporting machine's fp32 outputs, beside
+            what the manifest promises, and whether it holds (None: the bundle carries no
+            check set). The verdict replaces the cached one ``load`` uses.
+        """
+        from vqedge.runtime import verify
+
+        result = verify.check_tokenizer(self)
+        if result is not None:
+            verify.remember(result, verify.verdict_path(self))
+        return result
+
     def graph_file(self, graph: str) -> str:
         """The bundle file that runs ``graph`` on this tokenizer's providers."""
         return self.sessions.graph_file(graph)
@@ -531,6 +558,7 @@ class TokenizerBase:
                 "providers",
                 ", ".join(f"{g} on {info['providers_in_use'][g][0]}" for g in graphs),
             ),
+            ("verified", describe_verification(info["verification"])),
         ]
 
     @staticmethod

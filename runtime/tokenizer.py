@@ -42,6 +42,7 @@ from vqedge.runtime.session import (
 )
 from vqedge.runtime.tiling import TILE_ABOVE
 from vqedge.runtime.tokens import TokenFile, save_tokens
+from vqedge.runtime.verify import verify_at_load
 
 # latents per quantizer call: 4 MiB of scores against a codebook of 1024 codes
 LOOKUP_LATENTS = 1024
@@ -327,6 +328,7 @@ def load(
     session_options: ort.SessionOptions | None = None,
     max_side: int | None = None,
     cache_dir: str | Path | None = None,
+    verify: bool = True,
 ) -> Tokenizer | MultiScaleTokenizer:
     """Load a bundle as the tokenizer of its kind.
 
@@ -358,6 +360,12 @@ def load(
         Keep onnxruntime's optimized graphs here and load them on later runs (faster
         start). Entries are keyed by bundle, graph, provider, onnxruntime version and CPU,
         since an optimized graph is only valid where it was made.
+    verify : bool
+        Run the bundle's check set (``vqedge.runtime.verify``) at this precision the first
+        time this bundle, precision, providers and CPU are seen (the verdict is cached in
+        ``verify.cache_root()``): a precision that does not give the bundle's tokens here
+        raises ``PrecisionError`` with ``strict``, else warns and runs fp32 instead.
+        ``info["verification"]`` has the verdict.
 
     Returns
     -------
@@ -370,7 +378,8 @@ def load(
         Missing bundle, tampered or missing file, an unknown format or kind, an absent
         variant.
     ProviderError
-        With ``strict``, a provider or precision that was asked for does not run.
+        With ``strict``, a provider or precision that was asked for does not run
+        (``PrecisionError``, a subclass: it runs, but not as the bundle promises).
     """
     if max_side is not None and (
         isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
@@ -385,7 +394,16 @@ def load(
             f"bundle {sessions.root.name} is of kind {sessions.kind!r}; this vqedge runs "
             f"{sorted(KINDS)}: upgrade vqedge"
         )
-    return cls(sessions, max_side)
+    tok = cls(sessions, max_side)
+    if not verify:
+        return tok
+
+    def reload(fallback: str) -> Tokenizer | MultiScaleTokenizer:
+        return load(
+            bundle, providers, fallback, threads, strict, session_options, max_side, cache_dir
+        )
+
+    return verify_at_load(tok, strict, reload)
 
 
 Tokenizer.load = staticmethod(load)  # an alias: returns whatever kind the bundle is

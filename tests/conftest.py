@@ -6,6 +6,17 @@ import pytest
 from vqedge.runtime.config import VQVAEConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def verdict_cache(tmp_path_factory) -> Path:
+    """load()'s on-device verdicts go to a folder of this run, not the user's cache (the
+    CLI's subprocesses inherit it)."""
+    import os
+
+    path = tmp_path_factory.mktemp("vqedge-cache")
+    os.environ["VQEDGE_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> VQVAEConfig:
     """A VQVAE small enough to train a few steps in a second (frozen: safe to share)."""

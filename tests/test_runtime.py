@@ -92,15 +92,18 @@ def test_runtime_matches_pytorch_on_held_out(tok, model, photos):
         assert np.abs(recon - t_recon.numpy()).max() < 1e-3
 
 
-def test_variants_meet_their_reported_quality(photos):
-    reported = {}
+def test_variants_meet_their_quality_bar_on_this_cpu(photos):
+    """Measured here, not read from the manifest: each reduced precision within the export
+    gate's 0.5 dB of fp32 on the held-out photos; fp32 (the same arithmetic everywhere up to
+    float rounding) at the PSNR its manifest reports."""
+    measured = {}
     for precision in ("fp32", "fp16", "int8"):
-        t = Tokenizer.load(precision=precision)
-        scores = [psnr(t.reconstruct(img)[0][0], img) for img in photos]
-        q = t.info["quality"]
-        assert abs(np.mean(scores) - q["held_out_psnr"]) < 0.05, precision
-        reported[precision] = np.mean(scores)
-    assert reported["int8"] >= reported["fp32"] - 0.5
+        t = Tokenizer.load(precision=precision, strict=True)
+        measured[precision] = np.mean([psnr(t.reconstruct(img)[0][0], img) for img in photos])
+        if precision == "fp32":
+            assert abs(measured["fp32"] - t.info["quality"]["held_out_psnr"]) < 0.05
+    for precision in ("fp16", "int8"):
+        assert measured[precision] >= measured["fp32"] - 0.5, (precision, measured)
 
 
 def test_input_forms_agree(tok, photos, tmp_path):

@@ -1,0 +1,142 @@
+"""What load()'s on-device check costs: a cold start without it, with the first check, and
+with the cached verdict, each in fresh processes, interleaved in rounds.
+
+    python -m vqedge.benchmarks.verify_cost [--rounds 7] [--out benchmarks/results/verify_cost.md]
+
+A cold start is a fresh Python process importing the runtime, loading the bundle and
+reconstructing one 256x256 photo (the first call creates the decoder's session too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODES = ("no check", "first check", "cached verdict")
+
+
+def _child(bundle: str, precision: str, mode: str, cache: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    import os
+
+    os.environ["VQEDGE_CACHE_DIR"] = cache
+    from vqedge.runtime import load
+
+    t1 = time.perf_counter()
+    tok = load(bundle, providers="cpu", precision=precision, verify=mode != "no check")
+    t2 = time.perf_counter()
+    img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    tok.reconstruct(img)
+    t3 = time.perf_counter()
+    v = tok.info["verification"] or {}
+    return {
+        "import_s": t1 - t0,
+        "load_s": t2 - t1,
+        "first_call_s": t3 - t2,
+        "cold_start_s": t3 - t0,
+        "check_s": 0.0 if v.get("cached") else float(v.get("seconds", 0.0)),
+        "cached": bool(v.get("cached")),
+    }
+
+
+def _run(bundle: str, precision: str, mode: str, cache: Path) -> dict[str, float]:
+    if mode == "first check":
+        for f in (cache / "verdicts").glob("*.json"):
+            f.unlink()
+    out = subprocess.run(
+        [sys.executable, "-m", "vqedge.benchmarks.verify_cost", "--child", bundle, precision,
+         mode, str(cache)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(bundles: list[str], precisions: list[str], rounds: int) -> list[dict[str, Any]]:
+    """Every (bundle, precision, mode) once per round, the modes in turn."""
+    rows: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        for _ in range(rounds):
+            for bundle in bundles:
+                for precision in precisions:
+                    for mode in MODES:
+                        r = _run(bundle, precision, mode, cache)
+                        rows.setdefault((bundle, precision, mode), []).append(r)
+    out = []
+    for (bundle, precision, mode), runs in rows.items():
+        cold = np.array([r["cold_start_s"] for r in runs]) * 1e3
+        check = np.array([r["check_s"] for r in runs]) * 1e3
+        out.append(
+            {
+                "bundle": bundle,
+                "precision": precision,
+                "mode": mode,
+                "cold_start_ms": float(np.median(cold)),
+                "cold_start_iqr_ms": float(np.subtract(*np.percentile(cold, [75, 25]))),
+                "check_ms": float(np.median(check)),
+            }
+        )
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
+    from vqedge.benchmarks.machine import describe
+
+    m = describe()
+    lines = [
+        "# The on-device check's cost",
+        "",
+        f"Command: `{command}`; {rounds} rounds, every configuration once per round in a fresh",
+        "process (the three modes in turn). Cold start: import the runtime, `load()` on the CPU",
+        "provider, reconstruct one 256x256 image. Median and interquartile range in ms.",
+        "",
+        f"Machine: {json.dumps(m, default=str)}",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| bundle | precision | mode | cold start ms (IQR) | check ms | check / cold start |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    base = {
+        (r["bundle"], r["precision"]): r["cold_start_ms"] for r in rows if r["mode"] == MODES[0]
+    }
+    for r in rows:
+        b = base[(r["bundle"], r["precision"])]
+        share = f"{r['check_ms'] / b:.1%}" if r["mode"] == "first check" else "-"
+        lines.append(
+            f"| {r['bundle']} | {r['precision']} | {r['mode']} | {r['cold_start_ms']:.0f} "
+            f"({r['cold_start_iqr_ms']:.0f}) | {r['check_ms']:.1f} | {share} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--bundles", nargs="+", default=["vqvae-f4", "vqvae-ms-f8"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(*args.child)))
+        return
+    rows = measure(args.bundles, args.precisions, args.rounds)
+    command = "python -m vqedge.benchmarks.verify_cost " + " ".join(sys.argv[1:])
+    text = markdown(rows, args.rounds, command)
+    if args.out:
+        from vqedge.runtime.atomic import write_bytes_atomic
+
+        write_bytes_atomic(args.out, text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The check set a bundle carries, so that it can verify itself where it runs.
+
+A few held-out photos, small (kilobytes), the fp32 tokens and reconstructions the exported
+graphs give on them, and what each precision gives on this machine: the runtime's
+``vqedge.runtime.verify`` compares a device's run against them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vqedge.models.data import held_out_paths
+from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.device import device_description
+from vqedge.runtime.inputs import read_image
+from vqedge.runtime.manifest import MANIFEST, sha256_file
+from vqedge.runtime.verify import CHECK_FILE, measure
+
+# photos side for single-scale models: enough tokens per photo to measure agreement (576 at
+# f=4, 36 at f=16 with 8 tokens a side at least)
+MIN_SIDE = 96
+MIN_TOKENS_PER_SIDE = 8
+# multi-scale models take their one resolution; above this side one photo is enough
+ONE_PHOTO_ABOVE = 128
+# the held-out photos used (china, chelsea): different content, both outside training
+PHOTOS = (0, 2)
+
+
+def check_side(config: VQVAEConfig) -> int:
+    """The side of the check photos for a model of ``config``."""
+    if config.resolution:
+        return config.resolution
+    f = config.downsample_factor
+    side = max(MIN_SIDE, MIN_TOKENS_PER_SIDE * f)
+    return -(-side // f) * f
+
+
+def check_photos(side: int) -> np.ndarray:
+    """Held-out photos as uint8 [N, side, side, 3]: centre squares, Lanczos-resized."""
+    paths = held_out_paths()
+    count = 1 if side > ONE_PHOTO_ABOVE else len(PHOTOS)
+    out = []
+    for i in PHOTOS[:count]:
+        img = read_image(paths[i])
+        h, w = img.shape[:2]
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        square = Image.fromarray(img[top : top + s, left : left + s])
+        out.append(np.asarray(square.resize((side, side), Image.Resampling.LANCZOS)))
+    return np.stack(out)
+
+
+def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
+    """Write the check set into the bundle folder ``root`` (its manifest already written),
+    measure every variant on it with onnxruntime's CPU provider, and return the manifest
+    with the file listed and its ``check`` entry (also written)."""
+    from vqedge.runtime.manifest import manifest_config
+    from vqedge.runtime.tokenizer import load
+
+    photos = check_photos(check_side(manifest_config(manifest)))
+    fp32 = load(root, providers="cpu", precision="fp32", verify=False)
+    recon, tokens = fp32.reconstruct(photos)
+    arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
+    np.savez_compressed(root / CHECK_FILE, **arrays)
+    manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
+    _write(root, manifest)
+    expected = {}
+    for precision in manifest["variants"]:
+        tok = load(root, providers="cpu", precision=precision, verify=False)
+        expected[precision] = {k: round(v, 4) for k, v in measure(tok, arrays).items()}
+    manifest["check"] = {
+        "file": CHECK_FILE,
+        "images": list(photos.shape),
+        "made_on": device_description(),
+        "expected": expected,
+    }
+    _write(root, manifest)
+    log(
+        f"check set: {len(photos)} photos of {photos.shape[1]}x{photos.shape[2]}, "
+        f"{(root / CHECK_FILE).stat().st_size / 1024:.0f} KiB"
+    )
+    return manifest
+
+
+def _write(root: Path, manifest: dict[str, Any]) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
