@@ -50,21 +50,25 @@ lint: setup
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-# The default training collection's wallpapers (Debian packages, about 140 MB; not part of
-# setup or test: `vqedge train` without a folder needs them). Needs root on a machine without.
+# The default training collection's wallpapers (Debian packages, about 140 MB): `vqedge train`
+# without a folder and the tests' content check of the splits need them. Needs root on a
+# machine without them.
 train-data:
 	@dpkg -s plasma-workspace-wallpapers mate-backgrounds >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq plasma-workspace-wallpapers mate-backgrounds; }
 
-# Images in no training split, for `python -m vqedge.benchmarks.quality` (Debian packages,
-# about 40 MB; photographs and illustrations). Needs root on a machine without them.
+# Images in no training split, for `python -m vqedge.benchmarks.quality` and the tests' content
+# check (Debian packages, about 40 MB; photographs and illustrations). Needs root on a machine
+# without them.
 eval-data:
 	@dpkg -s lomiri-wallpapers-16.04 ukui-wallpapers >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq lomiri-wallpapers-16.04 ukui-wallpapers; }
 
-# Everything but the full-size imported models (see test-heavy): ruff, then pytest.
-test: lint browser
-	$(BIN)/pytest -m "not heavy"
+# Everything but the full-size imported models (see test-heavy): ruff, then pytest. The data
+# packages are installed first, and VQEDGE_REQUIRE_DATA makes the tests that need them fail
+# rather than skip: `make test` cannot pass without the held-out content check.
+test: lint browser train-data eval-data
+	VQEDGE_REQUIRE_DATA=1 $(BIN)/pytest -m "not heavy"
 
 # Full-size exports of the imported families (50-110M parameters): minutes and GBs each.
 test-heavy: setup

@@ -98,11 +98,11 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# `{r['form']}` against the plain graphs: `{r['bundle']}`",
         "",
-        f"{r['created']}, {r['precision']}, {r['threads']} threads, {m['cpu_model']} "
+        f"{r['precision']}, {r['threads']} threads, {m['cpu_model']} "
         f"({m['physical_cores']} cores). Each graph's two sessions in one process, the same "
         "provider, options and batch-1 input, run alternately (memory: `compare`'s report).",
         "",
-        f"`{r.get('command', '')}`",
+        *(machine.provenance_md(r["provenance"]) if "provenance" in r else []),
         "",
         "| graph | input | plain ms | form ms | form / plain | runs |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--side", type=int, default=256, help="image side of encoders' input")
     p.add_argument("--out", default=None, help="folder for forms.json / forms.md")
     args = p.parse_args(argv)
+    prov = machine.provenance("vqedge.benchmarks.forms", argv)  # before anything is written
     try:
         bundle = bundle_path(args.bundle)
         report = compare_forms(
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ProviderError, ValueError) as e:  # each names what is wrong
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report["command"] = " ".join(["python -m vqedge.benchmarks.forms", *(argv or sys.argv[1:])])
+    report["provenance"] = prov
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

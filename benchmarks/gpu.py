@@ -326,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
-
+    prov = machine.provenance("vqedge.benchmarks.gpu", argv)  # before anything is written
     t_begin = time.time()
     there = what_is_there()
     ort_gpu = [e for e in GPU_EPS if e in there["ort_providers"]]
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if bf.path not in [x.path for x in bundles]:
             bundles.append(bf)
     report: dict[str, Any] = {
-        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "provenance": prov,
         "gpu_available": None,
         "message": None,
         "environment": there,

@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, and its nominal compute peaks, from /proc/cpuinfo.
+"""The machine a benchmark ran on, its nominal compute peaks (from /proc/cpuinfo), and the
+provenance every results file carries: commit, command, date, CPU and library versions.
 
 Peak = cores x frequency x operations per cycle per core. Operations per cycle come from the
 CPU's flags and, where the flags do not say it, from what is known of the vendor's cores:
@@ -22,6 +23,10 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import subprocess
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -177,6 +182,82 @@ def describe(threads: int | None = None, freq_ghz: float | None = None) -> dict[
         "system": platform.platform(),
         "peaks": peaks(vendor, family, flags, used, freq),
     }
+
+
+REPO = Path(__file__).resolve().parents[1]
+# results files do not make the tree dirty: a run writes them after reading the commit
+RESULTS = "benchmarks/results"
+
+
+def git_state(repo: Path = REPO) -> dict[str, Any]:
+    """The commit the code runs at, and whether tracked files outside the results differ
+    from it; ``commit`` is None outside a git checkout (an installed wheel)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}")
+    return {"commit": commit, "dirty": bool(changed)}
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that reproduces a run: ``python -m MODULE ARGS``."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", module, *map(str, args)])
+
+
+def provenance(module: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """What every results file records about how it was made: the commit (and whether the
+    tree was dirty), the command, the date, the CPU (model, key flags, cores) and the
+    versions of the libraries in this interpreter."""
+    mach = describe()
+    return {
+        **git_state(),
+        "command": command_line(module, argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_model": mach["cpu_model"],
+        "key_flags": mach["key_flags"],
+        "flags": mach["flags"],
+        "physical_cores": mach["physical_cores"],
+        "logical_cpus": mach["logical_cpus"],
+        "hypervisor": mach["hypervisor"],
+        # other work on the machine when the run began: the spread of a shared machine's
+        # figures grows with it
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions(),
+    }
+
+
+def provenance_md(p: dict[str, Any]) -> list[str]:
+    """The provenance as markdown lines, for the head of a report."""
+    commit = p["commit"][:12] if p.get("commit") else "not a git checkout"
+    if p.get("dirty"):
+        commit += " with uncommitted changes"
+    v = p["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-openvino", "openvino",
+                                              "torch", "numpy") if v.get(k))  # fmt: skip
+    return [
+        f"- Command: `{p['command']}`",
+        f"- Commit: {commit}; date: {p['date']}",
+        f"- CPU: {p['cpu_model']}, {p['physical_cores']} cores / {p['logical_cpus']} logical "
+        f"CPUs{', under a hypervisor' if p.get('hypervisor') else ''}; key flags: "
+        f"{', '.join(p['key_flags']) or 'none'}"
+        + (
+            f"; load average at the start {p['load_average'][0]:.1f} (1 min)"
+            if p.get("load_average")
+            else ""
+        ),
+        f"- Python {v.get('python')}: {libs or 'none of onnxruntime, openvino, torch, numpy'}",
+    ]
 
 
 if __name__ == "__main__":

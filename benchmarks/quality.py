@@ -8,7 +8,9 @@ Four sets: the held-out photos (full size), the held-out illustrations (longer s
 collection, photos and illustrations apart (``OUT_OF_SET``, from two Debian packages that
 ``make eval-data`` installs; each shrunk to the held-out photos' longer side, 640). A
 multi-scale bundle sees every image fitted to its resolution and also reports each prefix
-of scales. Writes ``OUT/quality.json`` and ``OUT/quality.md``.
+of scales. Each reduced precision also reports the fraction of its tokens equal to fp32's
+on the same images: a generator trained on one precision's tokens sees the others' differ.
+Writes ``OUT/quality.json`` and ``OUT/quality.md``, with the provenance of the run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vqedge.benchmarks import machine
 from vqedge.runtime import MultiScaleTokenizer, load
 from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.images import fit_square
@@ -29,6 +32,7 @@ from vqedge.runtime.inputs import read_image
 from vqedge.runtime.metrics import codebook_stats, psnr
 
 HERE = Path(__file__).resolve().parent
+MODULE = "vqedge.benchmarks.quality"
 SHIPPED = ("vqvae-f4", "vqvae-ms-f8")
 PRECISIONS = ("fp32", "fp16", "int8")
 # out-of-set images are shrunk to the held-out photos' longer side (china.jpg, flower.jpg)
@@ -155,6 +159,7 @@ def measure(tok: Any, sets: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str
                 each[name] = psnr(recon[0], img)
                 indices.append(idx.ravel())
         entry = {"psnr": float(np.mean(list(each.values()))), "psnr_each": each}
+        entry["_tokens"] = np.concatenate(indices)  # for the agreement between precisions
         entry |= codebook_stats(np.concatenate(indices), tok.codebook_size)
         if prefixes:
             entry["psnr_per_prefix"] = [float(v) for v in np.mean(prefixes, axis=0)]
@@ -184,6 +189,13 @@ def run(bundles: list[str], precisions: tuple[str, ...] = PRECISIONS) -> dict[st
         for prec in precisions:
             tok = load(bundle, providers="CPUExecutionProvider", precision=prec)
             per_precision[prec] = measure(tok, sets)
+        for per_set in per_precision.values():
+            for s in SETS:
+                ref = per_precision[precisions[0]][s]["_tokens"]
+                per_set[s]["token_agreement"] = float((per_set[s]["_tokens"] == ref).mean())
+        for per_set in per_precision.values():
+            for s in SETS:
+                del per_set[s]["_tokens"]
         results["bundles"][tok.root.name] = per_precision
     return results
 
@@ -191,6 +203,8 @@ def run(bundles: list[str], precisions: tuple[str, ...] = PRECISIONS) -> dict[st
 def report(results: dict[str, Any]) -> str:
     """The results as markdown: one table of means per bundle, then per-image figures."""
     lines = ["# Shipped bundles: reconstruction quality per set and precision", ""]
+    if "provenance" in results:
+        lines += [*machine.provenance_md(results["provenance"]), ""]
     lines += [
         "Measured through the runtime (onnxruntime, CPU provider) by "
         "`python -m vqedge.benchmarks.quality`. PSNR in dB on uint8 images; sizes: "
@@ -201,12 +215,24 @@ def report(results: dict[str, Any]) -> str:
     ]
     for name, per_precision in results["bundles"].items():
         precs = list(per_precision)
-        lines += [f"## {name}", "", "| set | " + " | ".join(precs) + " | codes used (fp32) |"]
-        lines += ["| --- |" + " ---: |" * (len(precs) + 1)]
+        agree = [p for p in precs[1:] if "token_agreement" in per_precision[p][SETS[0]]]
+        lines += [
+            f"## {name}",
+            "",
+            "PSNR (dB) against the images per precision; tokens equal to "
+            f"{precs[0]}'s per reduced precision.",
+            "",
+            "| set | "
+            + " | ".join(precs)
+            + " | codes used (fp32) |"
+            + "".join(f" {p} tokens = {precs[0]} |" for p in agree),
+        ]
+        lines += ["| --- |" + " ---: |" * (len(precs) + 1 + len(agree))]
         for s in SETS:
             row = [f"{per_precision[p][s]['psnr']:.2f}" for p in precs]
             codes = per_precision[precs[0]][s]
-            lines.append(f"| {s} | " + " | ".join(row) + f" | {codes['codes_used']} |")
+            agreement = "".join(f" {per_precision[p][s]['token_agreement']:.1%} |" for p in agree)
+            lines.append(f"| {s} | " + " | ".join(row) + f" | {codes['codes_used']} |" + agreement)
         fp32 = per_precision[precs[0]]
         a = fp32[ALL]
         lines += [
@@ -242,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", action="append", choices=PRECISIONS, help="default: all three")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for quality.json/.md")
     args = p.parse_args(argv)
+    prov = machine.provenance(MODULE, argv)  # before anything is written
     try:
-        results = run(args.bundle or list(SHIPPED), tuple(args.precision or PRECISIONS))
+        results = {"provenance": prov}
+        results |= run(args.bundle or list(SHIPPED), tuple(args.precision or PRECISIONS))
     except FileNotFoundError as e:
         print(f"quality: {e}", file=sys.stderr)
         return 1

@@ -46,7 +46,10 @@ def main() -> None:
     ap.add_argument("--untiled-up-to", type=int, default=2048, help="also run untiled up to this")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tiled_memory.json"))
     args = ap.parse_args()
+    from vqedge.benchmarks.machine import provenance
     from vqedge.models.data import held_out_paths
+
+    prov = provenance("vqedge.benchmarks.tiled_memory", None)
 
     photo = str(held_out_paths()[0])
     rows = []
@@ -61,7 +64,8 @@ def main() -> None:
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    result = {"provenance": prov, "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

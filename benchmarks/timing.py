@@ -127,3 +127,22 @@ def synthetic_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
         img = np.stack(chans, -1) * 100 + 128 + rng.normal(0, 8, (size, size, 3))
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
     return out
+
+
+def summarize_rounds(rounds: Sequence[dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """Statistics of a case timed in several rounds (each a ``time_stages`` result), per stage.
+
+    ``median_ms`` is the median of the round medians and ``spread_ms`` their range: rounds are
+    interleaved with other configurations, so their spread is the run-to-run noise that a
+    comparison has to exceed. ``n``, ``p99_ms``, ``mean_ms``, ``min_ms`` and ``max_ms`` are
+    over every timed pass.
+    """
+    out = {}
+    for stage in rounds[0]:
+        s: dict[str, Any] = summarize([t for r in rounds for t in r[stage]])
+        medians = [float(np.median(r[stage])) * 1e3 for r in rounds]
+        s["median_ms"] = float(np.median(medians))
+        s["round_medians_ms"] = medians
+        s["spread_ms"] = max(medians) - min(medians)
+        out[stage] = s
+    return out

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vqedge.benchmarks.machine import describe, versions
+from vqedge.benchmarks.machine import describe, provenance, provenance_md, versions
 from vqedge.benchmarks.timing import synthetic_images
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
     ap.add_argument("--out", default=str(RESULTS / "tokenize"), help="results, without suffix")
     args = ap.parse_args()
+    prov = provenance("vqedge.benchmarks.tokenize_throughput", None)
 
     started = datetime.now(timezone.utc)
     load_before = other_load()
@@ -187,6 +188,7 @@ def main() -> None:
         "runs": runs,
         "machine": machine,
         "versions": vers,
+        "provenance": prov,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +214,8 @@ def report(r: dict) -> str:
         f"CPUs, {m['memory_gib']} GiB; onnxruntime {r['versions']['onnxruntime']}, ray "
         f"{r['versions']['ray']}, pyarrow {r['versions']['pyarrow']}, python "
         f"{r['versions']['python']}.",
+        "",
+        *(provenance_md(r["provenance"]) if "provenance" in r else []),
         "",
         "Load average before / after (1, 5, 15 min): "
         f"{r['other_load_before']['loadavg_1_5_15']} / {r['other_load_after']['loadavg_1_5_15']}"

@@ -1,16 +1,17 @@
 """One benchmark configuration in its own process: ``python -m vqedge.benchmarks.worker SPEC``.
 
 The driver (compare.py) starts one process per configuration, possibly with another
-interpreter (the OpenVINO provider lives in an environment of its own), so that each one is
-measured alone: its own threads, its own peak RSS, and a truly cold start. This file
-imports only numpy, vqedge's torch-free runtime helpers and the libraries of its own family.
+interpreter (the OpenVINO provider lives in an environment of its own), so that each one has
+its own threads, its own peak RSS, and a truly cold start. Two modes: ``cold`` (import, load,
+first result, then exit) and ``serve`` (load once, then time cases, run the quality pass and
+profile on the driver's requests, so that the driver interleaves the configurations in
+rounds). This file imports only numpy, vqedge's torch-free runtime helpers and the libraries
+of its own family.
 
 SPEC (JSON) keys: config, family ("torch", "vqedge", "openvino"), precision, compile (torch),
 providers (vqedge), threads, bundle (any: single- or multi-scale, vqedge's own or an imported
-family), checkpoint (the PyTorch weights), inputs (the driver's .npz), out (result
-JSON), mode ("bench" or "cold"), cases ([[batch, size], ...]), cold_case, min_iters,
-max_iters, target_s, deadline (epoch seconds: later cases are skipped, or null),
-quality_out (.npz of held-out tokens and reconstructions, or null).
+family), checkpoint (the PyTorch weights), inputs (the driver's .npz), mode ("cold" or
+"serve"), cold_case, out (the cold start's result JSON).
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vqedge.benchmarks.timing import (  # noqa: E402
-    E2E,
     memory_mb,
     peak_rss_mb,
     reset_peak_rss,
-    summarize,
     time_stages,
 )
 from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float  # noqa: E402
@@ -80,7 +79,10 @@ class TorchRunner:
 
             # constant-fold the weights and prepack them for oneDNN: the CPU inference setting
             inductor.freezing = True
-            enc, quant, dec = (torch.compile(fn, dynamic=True) for fn in (enc, quant, dec))
+            # static shapes: each case's shape is compiled once, in its first warm-up pass,
+            # and gets code specialised to it (a deployment at fixed shapes does the same);
+            # dynamic shapes would time generic code against the runtimes' per-shape plans
+            enc, quant, dec = (torch.compile(fn, dynamic=False) for fn in (enc, quant, dec))
         self._enc, self._quant, self._dec = enc, quant, dec
         self.details = {
             "torch": torch.__version__,
@@ -88,7 +90,7 @@ class TorchRunner:
             "weights": weights["what"],
             "same_weights_as_bundle": weights["same_as_bundle"],
             "compile": bool(spec.get("compile")),
-            "compile_options": {"dynamic": True, "inductor.freezing": True}
+            "compile_options": {"dynamic": False, "inductor.freezing": True}
             if spec.get("compile")
             else None,
             "autocast": "bf16" if bf16 else None,
@@ -153,10 +155,15 @@ class VqedgeRunner:
 
 class OpenvinoRunner:
     """OpenVINO's own runtime reading the bundle's ONNX graphs (fp32, bf16 hint, int8 QDQ);
-    a multi-scale bundle's decode is its scales graph (tokens -> f_hat), then its decoder."""
+    a multi-scale bundle's decode is its scales graph (tokens -> f_hat), then its decoder.
 
-    # the lookups run at full precision, from the fp32 graphs
-    EXACT = ("quantizer", "scales")
+    Every graph runs at the precision vqedge runs it at: the lookup at fp32 from the fp32
+    graph, the others (the scales graph too) at the configuration's. The lookup stays in
+    OpenVINO, where a user of OpenVINO would run it; vqedge runs it on onnxruntime's CPU
+    provider, so the report also compares the two without the lookup."""
+
+    # the lookup runs at full precision, from the fp32 graph (as in vqedge)
+    EXACT = ("quantizer",)
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import openvino as ov
@@ -288,64 +295,56 @@ def quality(runner: Any, inputs: Any, path: str) -> int:
     return n
 
 
-def bench(spec: dict[str, Any]) -> dict[str, Any]:
+def time_case(stages: list[tuple[str, Any]], inputs: Any, request: dict[str, Any]) -> dict:
+    """One round of one case: a warm-up pass (other configurations ran in between and took
+    the caches), then ``iters`` timed passes; the seconds of each pass per stage."""
+    x = _batch(inputs, request["batch"], request["size"])
+    reset_peak_rss()
+    times = time_stages(stages, x, request["iters"], request["iters"], 0.0, warmup=1)
+    return {"times": times, "peak_rss_mb": peak_rss_mb()}
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """Load once, then answer the driver's requests one JSON line at a time, so that the
+    driver can interleave configurations round by round. Requests: ``time`` (batch, size,
+    iters), ``quality`` (out), ``profile`` (batch, size), ``finish`` (the runner's details,
+    then exit). Replies go to the original stdout; what a library prints goes to stderr."""
+    import os
+
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     inputs = np.load(spec["inputs"])
     t0 = time.perf_counter()
-    runner = RUNNERS[spec["family"]](spec)
-    result: dict[str, Any] = {"load_s": time.perf_counter() - t0, "cases": []}
-    stages = runner.stages()
-    per_pixel_s = 0.0  # seconds per pixel of one pass in the last case: predicts the next
-    for batch, size in spec["cases"]:
-        case: dict[str, Any] = {"batch": batch, "size": size}
-        # past the first (smallest) case, one that would end after the deadline is skipped;
-        # predicted from the last case's time per pixel: a warm-up and min_iters passes
-        per_pass = per_pixel_s * batch * size * size
-        predicted = max(spec["target_s"], per_pass * spec["min_iters"]) + per_pass
-        if per_pixel_s and spec.get("deadline") and time.time() + predicted > spec["deadline"]:
-            case["skipped"] = f"time budget: about {predicted:.1f} s would pass the deadline"
-            result["cases"].append(case)
-            print(f"  {spec['config']} batch {batch} size {size}: {case['skipped']}", flush=True)
-            continue
+    try:
+        runner = RUNNERS[spec["family"]](spec)
+        stages = runner.stages()
+        answer: dict[str, Any] = {"ready": True, "load_s": time.perf_counter() - t0}
+    except Exception as e:
+        answer = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    reply.write(json.dumps(answer) + "\n")
+    reply.flush()
+    if "error" in answer:
+        return
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request["op"]
         try:
-            x = _batch(inputs, batch, size)
-            reset_peak_rss()
-            times = time_stages(
-                stages, x, spec["min_iters"], spec["max_iters"], spec["target_s"], warmup=1
-            )
-            case["peak_rss_mb"] = peak_rss_mb()
-            case["stages"] = {name: summarize(t) for name, t in times.items()}
-            case["images_per_s"] = batch / (case["stages"][E2E]["median_ms"] / 1e3)
-            per_pixel_s = case["stages"][E2E]["median_ms"] / 1e3 / (batch * size * size)
-        except Exception as e:  # record and go on with the next case
-            case["error"] = f"{type(e).__name__}: {e}"
-            case["traceback"] = traceback.format_exc(limit=5)
-        result["cases"].append(case)
-        print(f"  {spec['config']} batch {batch} size {size}: {_case_line(case)}", flush=True)
-    if spec.get("quality_out"):
-        try:
-            result["quality_images"] = quality(runner, inputs, spec["quality_out"])
-            result["quality_file"] = spec["quality_out"]
-        except Exception as e:
-            result["quality_error"] = f"{type(e).__name__}: {e}"
-    if spec.get("profile_case") and hasattr(runner, "profile"):
-        try:
-            batch, size = spec["profile_case"]
-            result["profile"] = runner.profile(batch, size, top=spec.get("profile_top", 8))
-        except Exception as e:
-            result["profile_error"] = f"{type(e).__name__}: {e}"
-    if hasattr(runner, "finish"):
-        runner.finish()
-    result["details"] = runner.details
-    return result
-
-
-def _case_line(case: dict[str, Any]) -> str:
-    if "skipped" in case:
-        return case["skipped"]
-    if "error" in case:
-        return case["error"]
-    s = case["stages"][E2E]
-    return f"{s['median_ms']:.1f} ms median ({s['n']} runs), {case['images_per_s']:.1f} img/s"
+            if op == "time":
+                answer = time_case(stages, inputs, request)
+            elif op == "quality":
+                answer = {"images": quality(runner, inputs, request["out"])}
+            elif op == "profile":
+                answer = {"profile": runner.profile(request["batch"], request["size"], top=8)}
+            else:  # finish
+                if hasattr(runner, "finish"):
+                    runner.finish()
+                answer = {"details": runner.details}
+        except Exception as e:  # the driver records it and goes on
+            answer = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(5)}
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+        if op == "finish":
+            return
 
 
 def cold(spec: dict[str, Any]) -> dict[str, Any]:
@@ -388,8 +387,11 @@ def cold(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
+    if spec["mode"] == "serve":
+        serve(spec)
+        return 0
     try:
-        result = cold(spec) if spec["mode"] == "cold" else bench(spec)
+        result = cold(spec)
         status = 0
     except Exception as e:
         result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}

@@ -60,8 +60,10 @@ scikit-image and scikit-learn, the data's documentation) states them.
 
 
 def _curve(history: list[dict]) -> str:
+    # runs from before the validation split evaluated the held-out photos as they went
     return "\n".join(
-        f"| {h['step']} | {h['psnr']:.2f} | {h['codes_used']} | {h['perplexity']:.0f} |"
+        f"| {h['step']} | {h.get('split', 'held-out')} | {h['psnr']:.2f} | {h['codes_used']} | "
+        f"{h['perplexity']:.0f} |"
         for h in history
     )
 
@@ -83,8 +85,8 @@ def _warm_start(state: dict) -> tuple[str, str]:
     section = f"""
 ## Curve of the run it started from (`{init["from"]}`)
 
-| step | PSNR (dB) | codes used | perplexity |
-| --- | --- | --- | --- |
+| step | evaluated on | PSNR (dB) | codes used | perplexity |
+| --- | --- | --- | --- | --- |
 {_curve(prev["history"])}
 """
     return row, section
@@ -204,10 +206,14 @@ Decoding only the first k scales (f_hat summed over scales 1..k):
 | perplexity on held-out | {last["perplexity"]:.0f} |
 | bits per pixel | {cfg.bits_per_pixel:.3f} |
 
-## Held-out curve
+## Curve
 
-| step | PSNR (dB) | codes used | perplexity |
-| --- | --- | --- | --- |
+Runs since the validation split evaluate it as they go and select the checkpoint by it (kept
+in the run's `best/`); the held-out photos are evaluated once, on the final checkpoint. Older
+runs evaluated the held-out photos as they went.
+
+| step | evaluated on | PSNR (dB) | codes used | perplexity |
+| --- | --- | --- | --- | --- |
 {curve}
 {warm_section}{extra}{_quality_section(quality)}{sources}"""
 

@@ -4,7 +4,10 @@ The default training collection is the colour photos that ship inside scikit-ima
 wallpapers of two Debian packages, ``plasma-workspace-wallpapers`` and ``mate-backgrounds``
 (photographs and illustrations; ``make train-data`` installs them, nothing is downloaded by
 vqedge). Three photos are held out and never trained on (every reported quality figure is
-measured on them), and three illustrations form a second held-out split.
+measured on them, once, on the final checkpoint), three illustrations form a second held-out
+split, and a validation split of three wallpapers, also never trained on, is what training
+evaluates as it goes and selects checkpoints by. ``difference_hash`` lets the tests check by
+content, not by name, that no held-out or out-of-set image is a copy of a training image.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class CollectionImage(NamedTuple):
     kind: str  # "photo" or "illustration"
     licence: str  # as the package's copyright file (or docstring) states it
     author: str
-    split: str = "train"  # "train", "held-out" or "held-out-illustrations"
+    split: str = "train"  # "train", "validation", "held-out" or "held-out-illustrations"
 
 
 _W = "/usr/share/wallpapers"
@@ -111,7 +114,7 @@ COLLECTION: list[CollectionImage] = [
     _plasma("EveningGlow", "2560x1600.jpg", P, "LGPLv3", "Ian Hex"),
     _plasma("FallenLeaf", "2560x1600.jpg", P, "LGPLv3", "Martin Klapetek"),
     _plasma("Grey", "2560x1600.jpg", P, "LGPLv3", "Sigi Sagi"),
-    _plasma("Kite", "2560x1600.jpg", P, "LGPLv3", "Risto Saukonpää"),
+    _plasma("Kite", "2560x1600.jpg", P, "LGPLv3", "Risto Saukonpää", "validation"),
     _plasma("OneStandsOut", "2560x1600.jpg", P, "LGPLv3", "Risto Saukonpää"),
     _plasma("Path", "2560x1600.jpg", P, "LGPLv3", "Risto Saukonpää"),
     _plasma("summer_1am", "2560x1600.jpg", P, "LGPLv3", "Risto Saukonpää"),
@@ -127,7 +130,7 @@ COLLECTION: list[CollectionImage] = [
     _plasma("Kay", "5120x2880.png", ILL, "CC-BY-SA-4.0", "ruvkr"),
     _plasma("Kokkini", "3840x2160.png", ILL, "LGPLv3", "Ken Vermette"),
     _plasma("MilkyWay", "5120x2880.png", ILL, "CC-BY-SA-4.0", "ruvkr"),
-    _plasma("Opal", "3840x2160.png", ILL, "LGPLv3", "Ken Vermette"),
+    _plasma("Opal", "3840x2160.png", ILL, "LGPLv3", "Ken Vermette", "validation"),
     _plasma("PastelHills", "3200x2000.jpg", ILL, "LGPLv3", "Lionel"),
     _plasma("Patak", "5120x2880.png", ILL, "CC-BY-SA-4.0", "Áron Kovács"),
     _plasma("SafeLanding", "5120x2880.jpg", ILL, "CC-BY-SA-4.0", "Louis Durrant"),
@@ -149,7 +152,7 @@ COLLECTION: list[CollectionImage] = [
     _mate("nature/GreenMeadow.jpg", P, "Timothy Schellhase, Lapo Calamandrei"),
     _mate("nature/LadyBird.jpg", P, "Charles Barbin"),
     _mate("nature/RainDrops.jpg", P, "blackcombwhistler07"),
-    _mate("nature/Storm.jpg", P, "Sergey Nazarov"),
+    _mate("nature/Storm.jpg", P, "Sergey Nazarov", split="validation"),
     _mate("nature/TwoWings.jpg", P, "Charles Barbin, Hylke Bons"),
     _mate("nature/Wood.jpg", P, "Jean-François Fortin Tam"),
     _mate("nature/YellowFlower.jpg", P, "Charles Barbin"),
@@ -174,6 +177,13 @@ DEFAULT_TRAIN = [
 HELD_OUT = [tuple(c.path.split(":", 1)) for c in COLLECTION if c.split == "held-out"]
 
 TRAIN, HELD_OUT_SPLIT, HELD_OUT_ILLUSTRATIONS = "train", "held-out", "held-out-illustrations"
+# Evaluated during training and used to select checkpoints, so that the held-out photos
+# stay unseen by every decision and are measured once, at the end.
+VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION, HELD_OUT_SPLIT, HELD_OUT_ILLUSTRATIONS)
+# An image folder given to ``vqedge train`` gives every this-many-th file (sorted by path) to
+# validation when it holds at least this many files.
+FOLDER_VALIDATION_EVERY = 10
 # Where the Debian packages' files are looked for: "/" on a machine that installed them, or
 # a folder holding a copy made by ``export_collection`` (a machine that cannot install them).
 ROOT_ENV = "VQEDGE_COLLECTION_ROOT"
@@ -205,12 +215,9 @@ def image_path(item: CollectionImage) -> Path:
 
 
 def collection(split: str = TRAIN) -> list[CollectionImage]:
-    """The collection's entries of one split: "train", "held-out", "held-out-illustrations"."""
-    if split not in (TRAIN, HELD_OUT_SPLIT, HELD_OUT_ILLUSTRATIONS):
-        raise ValueError(
-            f"unknown split {split!r}: expected {TRAIN!r}, {HELD_OUT_SPLIT!r} or "
-            f"{HELD_OUT_ILLUSTRATIONS!r}"
-        )
+    """The collection's entries of one split (one of ``SPLITS``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     return [c for c in COLLECTION if c.split == split]
 
 
@@ -243,6 +250,40 @@ def default_train_paths() -> list[Path]:
 def held_out_paths() -> list[Path]:
     """The three held-out photos (china, flower, chelsea)."""
     return [package_file(pkg, rel) for pkg, rel in HELD_OUT]
+
+
+def folder_split(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(train, validation) of an image folder's files: every ``FOLDER_VALIDATION_EVERY``-th
+    file by path goes to validation; a smaller folder has no validation split."""
+    paths = sorted(paths)
+    if len(paths) < FOLDER_VALIDATION_EVERY:
+        return paths, []
+    val = set(paths[::FOLDER_VALIDATION_EVERY])
+    return [p for p in paths if p not in val], sorted(val)
+
+
+# 16 rows of 16 left-right differences: a 256-bit difference hash
+HASH_SIDE = 16
+# At most this many of 256 bits apart counts as the same picture (recompressed, resized, or
+# lightly retouched); unrelated photos lie around 128 bits apart, and dark, smooth pictures
+# come closest (two unrelated ones among the wallpapers: 46 bits).
+NEAR_DUPLICATE_BITS = 40
+
+
+def difference_hash(path: str | Path) -> np.ndarray:
+    """A 256-bit difference hash (bool [256]) of an image's content: grey levels at 17x16,
+    each pixel compared with its right neighbour. Resizing and recompression leave it
+    almost unchanged; it does not see through crops or mirroring."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.draft("L", (4 * HASH_SIDE, 4 * HASH_SIDE))  # JPEGs decode at a fraction of size
+        if "A" in im.getbands() or "transparency" in im.info:  # on white, as training sees it
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        grey = im.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.LANCZOS)
+    a = np.asarray(grey, dtype=np.int16)
+    return (a[:, 1:] > a[:, :-1]).ravel()
 
 
 def uint8_to_tensor(img_HWC: np.ndarray) -> torch.Tensor:
@@ -414,7 +455,7 @@ def export_collection(dest: str | Path, side: int = WORK_SIDE) -> Path:
     It is what a machine that cannot install the packages (a lent GPU machine) trains on.
     """
     dest = Path(dest)
-    for split in (TRAIN, HELD_OUT_ILLUSTRATIONS):
+    for split in (TRAIN, VALIDATION, HELD_OUT_ILLUSTRATIONS):
         for item, src in zip(collection(split), collection_paths(split)):
             if ":" in item.path:
                 continue  # the pip packages' photos are installed wherever vqedge is

@@ -32,10 +32,12 @@ from vqedge.models.checkpoint import (
 )
 from vqedge.models.data import (
     HELD_OUT_ILLUSTRATIONS,
+    VALIDATION,
     WORK_SIDE,
     CropBatches,
     collection_paths,
     default_cache_dir,
+    folder_split,
     held_out_paths,
     load_images,
     uint8_to_tensor,
@@ -216,21 +218,40 @@ def _batches(
     )
 
 
-def _train_images(tc: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The training images and the held-out illustrations (default collection only)."""
+def _train_images(tc: TrainConfig) -> tuple[list[np.ndarray], ...]:
+    """The training images, the validation images and the held-out illustrations (the last
+    from the default collection only)."""
     cache = default_cache_dir() if tc.work_side == WORK_SIDE else None
     if tc.data:
-        return load_images(find_images(tc.data), tc.work_side, cache), []
-    train_paths = collection_paths()
+        train_paths, val_paths = folder_split(find_images(tc.data))
+        return load_images(train_paths, tc.work_side, cache), _whole(val_paths), []
+    val = _whole(collection_paths(VALIDATION))
     illus = load_images(collection_paths(HELD_OUT_ILLUSTRATIONS), WORK_SIDE, default_cache_dir())
-    return load_images(train_paths, tc.work_side, cache), illus
+    return load_images(collection_paths(), tc.work_side, cache), val, illus
+
+
+def _whole(paths: list) -> list[np.ndarray]:
+    # validation images are evaluated whole, as the held-out illustrations are: at WORK_SIDE
+    return load_images(paths, WORK_SIDE, default_cache_dir()) if paths else []
+
+
+def _eval_line(ev: dict[str, Any], codebook_size: int) -> str:
+    ill = ev.get("illustrations")
+    return (
+        f"{ev['split']} PSNR {ev['psnr']:.2f} dB"
+        + (f" (illustrations {ill['psnr']:.2f} dB)" if ill else "")
+        + f", codes used {ev['codes_used']}/{codebook_size}, perplexity {ev['perplexity']:.0f}"
+    )
 
 
 def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a VQVAE; return the final held-out evaluation.
+    """Train (or resume) a VQVAE; return the last evaluation (the held-out one at the end).
 
-    The history's entries hold the held-out photos' figures and, when training on the
-    default collection, the held-out illustrations' under ``"illustrations"``.
+    Every ``eval_every`` steps the validation split is evaluated (history entries with
+    ``"split": "validation"``), and the checkpoint with the best validation PSNR so far is
+    kept in ``OUT/best``: that is the model selection. The held-out photos (and, on the
+    default collection, the held-out illustrations under ``"illustrations"``) are evaluated
+    once, on the final checkpoint (``"split": "held-out"``), so no decision sees them.
     """
     start, state = 0, {"history": [], "wall_seconds": 0.0}
     if resume:
@@ -256,7 +277,7 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
             f"a multi-scale model trains on {tc.model.resolution}x{tc.model.resolution} crops "
             f"(its one resolution), got crop {tc.crop}"
         )
-    images, illustrations = _train_images(tc)
+    images, validation, illustrations = _train_images(tc)
     held_out = load_images(held_out_paths())
     model.to(device)
     opt = torch.optim.AdamW(
@@ -278,11 +299,24 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
         state["train_config"] = dataclasses.asdict(tc) | {"model": tc.model.to_dict()}
         save_checkpoint(tc.out, step, model, opt, state, _rng_state(device))
 
+    def keep_best(step: int) -> None:
+        # weights and the record a model card reads, without the optimizer: for publishing
+        state["train_config"] = dataclasses.asdict(tc) | {"model": tc.model.to_dict()}
+        save_checkpoint(os.path.join(tc.out, "best"), step, model, train_state=state, keep=1)
+
     def held_out_eval() -> dict[str, Any]:
-        ev = evaluate(model, held_out)
+        ev = {"split": "held-out", **evaluate(model, held_out)}
         if illustrations:
             ill = evaluate(model, illustrations)
             ev["illustrations"] = {"psnr": ill["psnr"], "psnr_each": ill["psnr_each"]}
+        return ev
+
+    def validation_eval(step: int) -> dict[str, Any]:
+        ev = {"split": "validation", **evaluate(model, validation)}
+        state["history"].append({"step": step, **ev})
+        if ev["psnr"] > state.get("best", {}).get("psnr", -math.inf):
+            state["best"] = {"step": step, "psnr": ev["psnr"]}
+            keep_best(step)
         return ev
 
     # Ctrl-C finishes the step in flight, writes a checkpoint, then exits; a second one
@@ -325,16 +359,13 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
                     codes=f"{int(idx.unique().numel())}/{model.codebook_size}",
                 )
             done = step + 1
-            if done % tc.eval_every == 0 or done == tc.steps:
+            if validation and (done % tc.eval_every == 0 or done == tc.steps):
+                ev = validation_eval(done)
+                bar.write(f"step {done}: {_eval_line(ev, model.codebook_size)}")
+            if done == tc.steps:
                 ev = held_out_eval()
                 state["history"].append({"step": done, **ev})
-                ill = ev.get("illustrations")
-                bar.write(
-                    f"step {done}: held-out PSNR {ev['psnr']:.2f} dB"
-                    + (f" (illustrations {ill['psnr']:.2f} dB)" if ill else "")
-                    + f", codes used {ev['codes_used']}/{model.codebook_size}, "
-                    f"perplexity {ev['perplexity']:.0f}"
-                )
+                bar.write(f"step {done}, final: {_eval_line(ev, model.codebook_size)}")
             if done % tc.ckpt_every == 0 or done in (tc.steps, end) or interrupted:
                 state["wall_seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()

@@ -76,7 +76,7 @@ def test_vqedge_bench_profile_names_the_hottest_nodes(tmp_path, capsys):
 
 
 TINY = (
-    "--quick --batches 1 --sizes 64 --min-iters 2 --max-iters 2 --cold-case 1x64 --cold-runs 2 "
+    "--quick --batches 1 --sizes 64 --rounds 2 --iters 2 --cold-case 1x64 --cold-runs 2 "
     "--profile-case 1x64"
 )
 
@@ -115,6 +115,13 @@ def test_compare_driver_smallest_run(tmp_path):
     assert mach["cpu_model"] and mach["physical_cores"] >= 1 and mach["flags"]
     assert mach["peaks"]["gflops"] is None or mach["peaks"]["gflops"]["fp32"] > 0
     assert report["interpreters"][0]["versions"]["onnxruntime"]
+    # provenance: enough to rerun it and to know where it ran
+    prov = report["provenance"]
+    assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+    assert prov["command"].startswith("python -m vqedge.benchmarks.compare --configs")
+    assert prov["cpu_model"] and prov["physical_cores"] >= 1 and prov["date"]
+    assert prov["versions"]["numpy"] and prov["versions"]["onnxruntime"]
+    assert report["iterations"]["rounds"] == 2 and report["iterations"]["iters"] == 2
     assert set(report["results"]) == set(configs)
     for name, r in report["results"].items():
         assert "error" not in r, (name, r.get("error"), r.get("traceback"))
@@ -131,16 +138,26 @@ def test_compare_driver_smallest_run(tmp_path):
         (case,) = r["cases"]
         assert set(case["stages"]) == STAGE_KEYS, case
         e2e = case["stages"]["end_to_end"]
-        assert e2e["n"] == 2 and 0 < e2e["median_ms"] <= e2e["p99_ms"]
+        # two interleaved rounds of two passes: the median of the round medians, their range
+        assert e2e["n"] == 4 and len(e2e["round_medians_ms"]) == 2 and case["rounds"] == 2
+        assert min(e2e["round_medians_ms"]) <= e2e["median_ms"] <= max(e2e["round_medians_ms"])
+        assert e2e["spread_ms"] == pytest.approx(
+            max(e2e["round_medians_ms"]) - min(e2e["round_medians_ms"])
+        )
+        for stage in STAGES:  # every configuration reports every stage
+            assert len(case["stages"][stage]["round_medians_ms"]) == 2, stage
+        assert case["without_lookup"]["median_ms"] > 0
         assert case["images_per_s"] > 0 and case["peak_rss_mb"] > 0
         assert case["flops"]["end_to_end"] == sum(case["flops"][s] for s in flops.STAGE_INPUT)
         assert e2e["gflops_per_s"] > 0
         q = r["quality"]
         assert 0 <= q["token_agreement"] <= 1 and q["held_out_psnr_db"] > 10, q
-    assert report["quality_reference"]["reference"] == "torch-eager/fp32"
-    assert report["results"]["torch-eager/fp32"]["quality"]["identical_to_reference"]
-    # the runtime at fp32 reproduces the model: tokens agree but for float-rounding ties
-    assert report["results"]["vqedge-cpu/fp32"]["quality"]["token_agreement"] > 0.99
+    # fidelity is against the bundle's own fp32 output
+    assert report["quality_reference"]["reference"] == "vqedge-cpu/fp32"
+    assert report["results"]["vqedge-cpu/fp32"]["quality"]["identical_to_reference"]
+    # PyTorch reproduces the bundle: tokens agree but for float-rounding ties
+    assert report["results"]["torch-eager/fp32"]["quality"]["token_agreement"] > 0.99
+    assert report["results"]["torch-eager/fp32"]["quality"]["within_fidelity"]
     # the runtime's profile: real node times from onnxruntime's profiler, the convolutions first
     prof = report["results"]["vqedge-cpu/fp32"]["profile"]
     assert prof["size"] == [64, 64] and prof["total_ms"] > 0
@@ -154,23 +171,26 @@ def test_compare_driver_smallest_run(tmp_path):
     assert {o["graph"] for o in prof["op_types"]} == {"encoder", "quantizer", "decoder"}
     # targets are at batch 1 x 256, not run here: only the cold-start and RSS rows exist
     rows = {t["target"]: t for t in report["targets"]}
-    assert set(rows) == {"cold start `vqedge-cpu/fp32`", "cold peak RSS `vqedge-cpu/fp32`"}
-    assert rows["cold peak RSS `vqedge-cpu/fp32`"]["set"] == "issue 14"
-    assert "0.60x" in rows["cold peak RSS `vqedge-cpu/fp32`"]["required"]
-    assert all(isinstance(t["met"], bool) for t in rows.values())
+    rss = "cold peak RSS: `vqedge-cpu/fp32` against `torch-eager/fp32`"
+    cold = "cold start: `vqedge-cpu/fp32`"
+    assert set(rows) == {rss, cold, f"{cold} against `torch-eager/fp32`"}, set(rows)
+    assert rows[rss]["applies_to"] == "any bundle" and "0.60x" in rows[rss]["required"]
+    assert all(t["met"] in (True, False, None) for t in rows.values())
     md = (out / "latest.md").read_text()
     for heading in (
         "## Machine",
+        "## How it was timed",
         "## Targets",
         "## End to end",
         "## Per stage",
-        "## Cold start and quality",
+        "## Cold start and fidelity",
         "## Where the memory goes",
         "## Where the time goes",
     ):
         assert heading in md, heading
     for name in configs:
         assert f"| 1 | 64 | {name} |" in md, name
+    assert f"- Command: `{prov['command']}`" in md and prov["commit"][:12] in md
 
 
 def test_forms_benchmark_times_a_form_against_its_plain_graph(tmp_path):
@@ -200,17 +220,19 @@ def test_forms_benchmark_refuses_a_variant_without_the_form(capsys):
 
 
 def test_rss_miss_says_where_the_memory_went():
-    from vqedge.benchmarks.compare import misses
+    from vqedge.benchmarks.targets import misses
 
     steps = [("import", 50), ("load", 350), ("encoder", 550), ("quantizer", 551), ("decoder", 800)]
     memory = [{"step": s, "rss": rss, "anon": rss - 40, "file": 40} for s, rss in steps]
     name = "vqedge-cpu/fp32"
     report = {
         "results": {name: {"cold": {"memory": memory, "peak_rss_mb": 800}, "model_files_mb": 416}},
-        "targets": [{"target": f"cold peak RSS `{name}`", "measured": "800 MiB = 0.74x",
+        "targets": [{"target": f"cold peak RSS: `{name}` against `torch-eager/fp32`",
+                     "measured": "800 MiB = 0.74x",
                      "required": "<= 0.60x", "met": False}],
     }  # fmt: skip
     (line,) = misses(report)
+    assert line.startswith("- missed: cold peak RSS"), line
     assert "import 50, load +300, encoder +200, quantizer +1, decoder +249 MiB" in line, line
     assert "(model 416 MiB)" in line, line
 
@@ -242,17 +264,17 @@ def test_compare_driver_on_imported_multi_scale_bundle(tmp_path, var_small_bundl
         assert q["images"] == 3 and len(q["token_agreement_per_scale"]) == 4, q
         assert 0 <= q["token_agreement"] <= 1
     res = report["results"]
-    assert report["quality_reference"]["reference"] == "torch-eager/fp32"
-    # the same weights: the runtime at fp32 gives PyTorch's tokens at every scale
-    assert res["vqedge-cpu/fp32"]["quality"]["token_agreement_per_scale"] == [1.0] * 4
+    assert report["quality_reference"]["reference"] == "vqedge-cpu/fp32"
+    # the same weights: PyTorch at fp32 gives the bundle's fp32 tokens at every scale
+    assert res["torch-eager/fp32"]["quality"]["token_agreement_per_scale"] == [1.0] * 4
     assert res["torch-eager/fp32"]["details"]["same_weights_as_bundle"] is True
-    # issue 14's targets have numbers here (batch 1 at the bundle's size)
-    sets = {t["set"] for t in report["targets"]}
-    assert sets == {"issue 14"}, sets
+    # the targets for any bundle have numbers here (batch 1 at the bundle's size)
+    assert {t["applies_to"] for t in report["targets"]} == {"any bundle"}
     names = [t["target"] for t in report["targets"]]
-    assert "vqedge fp32 (`vqedge-cpu/fp32`) vs fp32 peer `torch-eager/fp32`" in names
-    assert any(n.startswith("fastest vqedge within 0.5 dB") for n in names), names
-    assert "cold peak RSS `vqedge-cpu/int8`" in names
+    assert "fp32 latency: `vqedge-cpu/fp32` against `torch-eager/fp32`" in names, names
+    assert any(n.startswith("latency within fidelity: `") for n in names), names
+    assert any(n.startswith("latency within fidelity without the lookup") for n in names)
+    assert "cold peak RSS: `vqedge-cpu/int8` against `torch-eager/fp32`" in names
     md = (out / "latest.md").read_text()
     assert "multi-scale, var imported" in md and "| per scale |" in md
     assert "| 1 | 16 | vqedge-cpu/int8 |" in md
@@ -274,6 +296,82 @@ def test_compare_without_checkpoint_uses_seeded_weights_and_says_so(tmp_path, va
     assert ref["reference_other_weights"] == "torch-eager/fp32"
     assert report["results"]["torch-eager/fp32"]["quality"]["reference"] == "torch-eager/fp32"
     assert "seeded random weights" in (out / "latest.md").read_text()
+
+
+def _quality_report(agreement: float, vs_fp32: float, photo: float) -> dict:
+    """A report's results as compare builds them: the bundle's fp32, one reduced precision and
+    one fp32 peer, all at batch 1 x 16 with the given timings."""
+
+    def timed(ms: list[float]) -> dict:
+        stages = {s: {"round_medians_ms": ms, "median_ms": sorted(ms)[1]}
+                  for s in ["end_to_end", *STAGES]}  # fmt: skip
+        return [{"batch": 1, "size": 16, "stages": stages, "without_lookup": stages["encoder"]}]
+
+    fp32 = {"token_agreement": 1.0, "identical_to_reference": True, "held_out_psnr_db": photo}
+    int8 = {"token_agreement": agreement, "psnr_vs_reference_db": vs_fp32}
+    int8["held_out_psnr_db"] = photo - 0.1  # as good as fp32 against the photos
+    return {
+        "vqedge-cpu/fp32": {"family": "vqedge", "precision": "fp32", "quality": fp32,
+                            "cases": timed([10.0, 10.5, 11.0])},
+        "vqedge-cpu/int8": {"family": "vqedge", "precision": "int8", "quality": int8,
+                            "cases": timed([4.0, 4.2, 4.4])},
+        "openvino/fp32": {"family": "openvino", "precision": "fp32", "quality": dict(fp32),
+                          "cases": timed([9.0, 9.6, 10.2])},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_fidelity_rule_compares_with_fp32_output_not_with_the_photo(random_weights):
+    """A configuration as close to the photo as fp32 but with other tokens is not the same
+    model; with random weights tokens alone decide."""
+    from vqedge.benchmarks import fidelity, targets
+
+    for agreement, vs_fp32, fit in [(0.136, 11.0, False), (0.87, 41.7, False),
+                                    (0.97, 49.0, True), (0.97, 30.0, random_weights)]:  # fmt: skip
+        res = _quality_report(agreement, vs_fp32, photo=8.1)
+        for r in res.values():
+            r["quality"]["within_fidelity"] = fidelity.within(r["quality"], random_weights)
+        assert res["vqedge-cpu/int8"]["quality"]["within_fidelity"] is fit, (agreement, vs_fp32)
+        report = {"results": res, "target_case": [1, 16]}
+        rows = {t["target"]: t for t in targets.targets(report)}
+        best = "vqedge-cpu/int8" if fit else "vqedge-cpu/fp32"
+        row = rows[f"latency within fidelity: `{best}` against `openvino/fp32`"]
+        # int8 (4.0-4.4 ms) clears the peer's 9.0-10.2 ms in every pairing of rounds;
+        # fp32 (10.0-11.0 ms) overlaps it: within spread, not met
+        assert row["met"] is (True if fit else None), row
+
+
+def test_targets_are_decided_against_the_spread():
+    from vqedge.benchmarks.targets import ratio_range, verdict
+
+    med, lo, hi = ratio_range([9.0, 10.0, 11.0], [10.0, 10.5, 12.0])
+    assert med == pytest.approx(10 / 10.5) and lo == pytest.approx(0.75) and hi == 1.1
+    assert verdict(lo, hi, 1.0) is None  # faster at the medians, but within the spread
+    assert verdict(0.5, 0.9, 1.0) is True and verdict(1.05, 1.2, 1.0) is False
+    assert verdict(5.5, 7.0, 5.0, at_most=False) is True
+    assert verdict(4.0, 6.0, 5.0, at_most=False) is None
+
+
+def test_provenance_names_commit_command_cpu_and_versions():
+    p = machine.provenance("vqedge.benchmarks.quality", ["--bundle", "a b"])
+    assert p["command"] == "python -m vqedge.benchmarks.quality --bundle 'a b'"
+    assert len(p["commit"]) == 40 and p["dirty"] in (True, False)
+    assert p["cpu_model"] and p["physical_cores"] >= 1 and "flags" in p
+    assert {"onnxruntime", "openvino", "torch", "numpy"} <= set(p["versions"])
+    md = "\n".join(machine.provenance_md(p))
+    assert p["commit"][:12] in md and "Command: `python -m vqedge.benchmarks.quality" in md
+
+
+def test_no_project_history_in_benchmarks_or_their_reports():
+    """Code, tests and generated reports say what a figure measures, not which ticket set it."""
+    import re
+
+    files = [*(REPO / "benchmarks").rglob("*.py"), *(REPO / "benchmarks" / "results").glob("*"),
+             REPO / "benchmarks" / "README.md", Path(__file__)]  # fmt: skip
+    pattern = re.compile(r"\b(issue|ticket)s? ?#?\d+", re.IGNORECASE)
+    hits = [f"{f.name}: {m.group(0)}" for f in files if f.is_file()
+            for m in pattern.finditer(f.read_text(errors="replace"))]  # fmt: skip
+    assert not hits, hits
 
 
 @pytest.mark.slow
@@ -425,9 +523,13 @@ def test_out_of_set_images_are_in_no_set_and_missing_ones_say_what_to_install(mo
     from vqedge.benchmarks import quality
     from vqedge.models.data import COLLECTION
 
-    names = {Path(c.path.split(":")[-1]).name for c in COLLECTION}
+    # by path and package here; by content in test_training_data (file names say nothing:
+    # Plasma names its files by screen size)
+    paths = {c.path for c in COLLECTION}
+    packages = {c.package for c in COLLECTION}
     for o in quality.OUT_OF_SET:
-        assert Path(o.path).name not in names and o.kind in ("photo", "illustration")
+        assert o.path not in paths and o.kind in ("photo", "illustration")
+        assert o.package in quality.EVAL_PACKAGES and o.package not in packages
     assert sum(o.kind == "photo" for o in quality.OUT_OF_SET) >= 10
     gone = quality.OutOfSet("/nonexistent/x.jpg", "photo", "p", "l", "a")
     monkeypatch.setattr(quality, "OUT_OF_SET", (gone,))

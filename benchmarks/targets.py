@@ -1,0 +1,249 @@
+"""The targets a comparison checks, each decided against the run-to-run spread.
+
+Every timed figure is a list of round medians (configurations interleaved round by round) and
+every cold-start figure a list of fresh processes; a target compares the ranges, not two
+single numbers. A target is met when even the least favourable pairing of rounds meets it,
+missed when even the most favourable one misses it, and otherwise "within spread": the
+difference is smaller than the noise of this run, and the report says so instead of calling it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vqedge.benchmarks.timing import E2E
+
+# vqedge's cold peak RSS against PyTorch eager fp32's, for any bundle
+RSS_RATIO = 0.6
+# the shipped default's own bars: speed-up over PyTorch eager fp32, and cold start (seconds,
+# and against PyTorch eager fp32's)
+SHIPPED_SPEEDUP = 5.0
+SHIPPED_COLD_S = 0.4
+SHIPPED_COLD_RATIO = 0.2
+EAGER = "torch-eager/fp32"
+# the stage that vqedge runs on onnxruntime's CPU provider and OpenVINO's runtime in OpenVINO
+LOOKUP = "quantizer"
+
+
+def verdict(lo: float, hi: float, bound: float, at_most: bool = True) -> bool | None:
+    """Whether a ratio whose range over rounds is [lo, hi] meets ``<= bound`` (``>=`` when not
+    ``at_most``): True, False, or None when the range straddles the bound."""
+    if at_most:
+        return True if hi <= bound else False if lo > bound else None
+    return True if lo >= bound else False if hi < bound else None
+
+
+def ratio_range(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """a / b at the medians, and its least and greatest over every pairing of rounds."""
+    med = _median(a) / _median(b)
+    return med, min(a) / max(b), max(a) / min(b)
+
+
+def _median(v: list[float]) -> float:
+    s = sorted(v)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def _case(r: dict[str, Any], batch: int, size: int) -> dict[str, Any] | None:
+    cases = [c for c in r.get("cases", []) if "stages" in c]
+    return next((c for c in cases if (c["batch"], c["size"]) == (batch, size)), None)
+
+
+def _row(
+    target: str,
+    a: list[float],
+    b: list[float],
+    unit: str,
+    bound: float,
+    at_most: bool,
+    applies: str,
+    over: str = "rounds",
+) -> dict[str, Any]:
+    med, lo, hi = ratio_range(a, b)
+    rel = "<=" if at_most else ">="
+    return {
+        "target": target,
+        "measured": f"{_median(a):.2f} vs {_median(b):.2f} {unit} = {med:.2f}x "
+        f"({over}: {lo:.2f}-{hi:.2f}x)",
+        "required": f"{rel} {bound:.2f}x",
+        "ratio": med,
+        "ratio_range": [lo, hi],
+        "met": verdict(lo, hi, bound, at_most),
+        "applies_to": applies,
+    }
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets, checked against this run (batch 1 at the target size, the cold case).
+
+    For any bundle: the fastest vqedge fp32 configuration against every fp32 peer; the
+    fastest vqedge configuration within fidelity against the fastest peer within fidelity,
+    end to end and again without the lookup stage (vqedge and OpenVINO's runtime place the
+    lookup differently); each vqedge configuration's cold peak RSS at most RSS_RATIO of
+    PyTorch eager fp32's. For the shipped default also its speed-up over PyTorch eager fp32
+    and its cold start. Each row: target, measured, required, met (True, False or None:
+    within spread) and applies_to; a target whose numbers this run lacks has no row.
+    """
+    res = report["results"]
+    batch, size = report["target_case"]
+
+    def rounds(name: str, stage: str = E2E) -> list[float] | None:
+        c = _case(res.get(name, {}), batch, size)
+        return c["stages"][stage]["round_medians_ms"] if c else None
+
+    def network(name: str) -> list[float] | None:
+        c = _case(res.get(name, {}), batch, size)
+        return c["without_lookup"]["round_medians_ms"] if c else None
+
+    def cold(name: str, key: str) -> list[float] | None:
+        return res.get(name, {}).get("cold", {}).get(key)
+
+    def fit(name: str) -> bool:
+        return bool(res[name].get("quality", {}).get("within_fidelity"))
+
+    def fastest(names: list[str]) -> str | None:
+        return min(names, key=lambda n: _median(rounds(n))) if names else None
+
+    timed = [n for n in res if rounds(n) is not None]
+    ours = [n for n in timed if res[n]["family"] == "vqedge"]
+    peers = [n for n in timed if res[n]["family"] != "vqedge"]
+    rows: list[dict[str, Any]] = []
+    best32 = fastest([n for n in ours if res[n]["precision"] == "fp32"])
+    for peer in [n for n in peers if res[n]["precision"] == "fp32"] if best32 else []:
+        rows.append(
+            _row(
+                f"fp32 latency: `{best32}` against `{peer}`",
+                rounds(best32),
+                rounds(peer),
+                "ms",
+                1.0,
+                True,
+                "any bundle",
+            )
+        )
+    best, peer = fastest([n for n in ours if fit(n)]), fastest([n for n in peers if fit(n)])
+    if best and peer:
+        rows.append(
+            _row(
+                f"latency within fidelity: `{best}` against `{peer}`",
+                rounds(best),
+                rounds(peer),
+                "ms",
+                1.0,
+                True,
+                "any bundle",
+            )
+        )
+        rows.append(
+            _row(
+                f"latency within fidelity without the lookup: `{best}` against "
+                f"`{peer}` (encoder + decoder)",
+                network(best),
+                network(peer),
+                "ms",
+                1.0,
+                True,
+                "any bundle",
+            )
+        )
+    torch_rss = cold(EAGER, "runs_peak_rss_mb")
+    for n in [n for n in res if res[n]["family"] == "vqedge"]:
+        rss = cold(n, "runs_peak_rss_mb")
+        if rss and torch_rss:
+            rows.append(
+                _row(
+                    f"cold peak RSS: `{n}` against `{EAGER}`",
+                    rss,
+                    torch_rss,
+                    "MiB",
+                    RSS_RATIO,
+                    True,
+                    "any bundle",
+                    over="runs",
+                )
+            )
+    if not report.get("shipped_default"):
+        return rows
+    if best and rounds(EAGER):
+        rows.append(
+            _row(
+                f"speed-up over PyTorch: `{EAGER}` against `{best}`",
+                rounds(EAGER),
+                rounds(best),
+                "ms",
+                SHIPPED_SPEEDUP,
+                False,
+                "shipped model",
+            )
+        )
+    torch_cold = cold(EAGER, "runs_total_s")
+    for n in [n for n in res if res[n]["family"] == "vqedge"]:
+        t = cold(n, "runs_total_s")
+        if not t:
+            continue
+        lo, hi = min(t), max(t)
+        rows.append(
+            {
+                "target": f"cold start: `{n}`",
+                "measured": f"{_median(t):.2f} s (runs: {lo:.2f}-{hi:.2f} s)",
+                "required": f"<= {SHIPPED_COLD_S:.2f} s",
+                "met": verdict(lo, hi, SHIPPED_COLD_S),
+                "applies_to": "shipped model",
+            }
+        )
+        if torch_cold:
+            rows.append(
+                _row(
+                    f"cold start: `{n}` against `{EAGER}`",
+                    t,
+                    torch_cold,
+                    "s",
+                    SHIPPED_COLD_RATIO,
+                    True,
+                    "shipped model",
+                    over="runs",
+                )
+            )
+    return rows
+
+
+def misses(report: dict[str, Any]) -> list[str]:
+    """One line per target missed or within spread, with where the configuration's time or
+    memory goes (its profile, or its cold start's steps)."""
+    lines = []
+    res = report["results"]
+    for t in report.get("targets", []):
+        if t["met"]:
+            continue
+        names = [n for n in res if f"`{n}`" in t["target"] and n.startswith("vqedge")]
+        why = ""
+        prof = res.get(names[0], {}).get("profile") if names else None
+        steps = memory_steps(res.get(names[0], {})) if names else []
+        if t["target"].startswith("cold peak RSS") and steps:
+            grew = ", ".join(
+                f"{step} {rss:.0f}" if step == "import" else f"{step} {delta:+.0f}"
+                for step, rss, delta in steps
+            )
+            files = res[names[0]].get("model_files_mb")
+            why = f"; RSS after each step: {grew} MiB" + (
+                f" (model {files:.0f} MiB)" if files else ""
+            )
+        elif prof:
+            top = ", ".join(
+                f"{o['graph']} {o['op_type']} {o['share']:.0%}" for o in prof["op_types"][:3]
+            )
+            why = f"; `{names[0]}` spends its node time in {top}"
+        state = "within spread" if t["met"] is None else "missed"
+        lines.append(f"- {state}: {t['target']}: {t['measured']} (required {t['required']}){why}")
+    return lines
+
+
+def memory_steps(r: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(step, RSS MiB after it, growth over the step before) of a configuration's cold start."""
+    out, last = [], 0.0
+    for m in r.get("cold", {}).get("memory", []):
+        if "rss" in m:
+            out.append((m["step"], m["rss"], m["rss"] - last))
+            last = m["rss"]
+    return out
