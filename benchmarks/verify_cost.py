@@ -99,19 +99,17 @@ def measure(bundles: list[str], precisions: list[str], rounds: int) -> list[dict
     return out
 
 
-def markdown(rows: list[dict[str, Any]], rounds: int, command: str) -> str:
-    from vqedge.benchmarks.machine import describe
+def markdown(rows: list[dict[str, Any]], rounds: int, prov: dict[str, Any]) -> str:
+    from vqedge.benchmarks.machine import provenance_md
 
-    m = describe()
     lines = [
         "# The on-device check's cost",
         "",
-        f"Command: `{command}`; {rounds} rounds, every configuration once per round in a fresh",
-        "process (the three modes in turn). Cold start: import the runtime, `load()` on the CPU",
-        "provider, reconstruct one 256x256 image (vqvae-ms-f8: 128x128). Median and IQR in ms.",
+        *provenance_md(prov),
         "",
-        f"Machine: {json.dumps(m, default=str)}",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"{rounds} rounds, every configuration once per round in a fresh process (the three",
+        "modes in turn). Cold start: import the runtime, `load()` on the CPU provider,",
+        "reconstruct one 256x256 image (vqvae-ms-f8: 128x128). Median and IQR in ms.",
         "",
         "Check ms: what the first check took inside `load()` (it creates the quantizer's and",
         "decoder's sessions, which a first call would otherwise create); warm: the same check",
@@ -145,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(_child(*args.child)))
         return
+    from vqedge.benchmarks.machine import provenance
+
+    prov = provenance("vqedge.benchmarks.verify_cost", argv)
     rows = measure(args.bundles, args.precisions, args.rounds)
-    command = "python -m vqedge.benchmarks.verify_cost " + " ".join(sys.argv[1:])
-    text = markdown(rows, args.rounds, command)
+    text = markdown(rows, args.rounds, prov)
     if args.out:
         from vqedge.runtime.atomic import write_bytes_atomic
 
