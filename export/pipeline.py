@@ -342,11 +342,10 @@ def int8_gate(variants: dict[str, dict[str, Any]]) -> None:
 @dataclass
 class Written:
     """What ``_write_graphs`` wrote: per graph file its inputs and outputs and the weights
-    files it reads, and every bundle file's size."""
+    files it reads."""
 
     io: dict[str, dict[str, Any]]
     reads: dict[str, list[str]]
-    file_sizes: dict[str, int]
 
 
 def _write_graphs(
@@ -395,12 +394,11 @@ def _write_graphs(
         session(tmp / name)
     codebook = recipe.model.quantize.get_codebook().numpy().astype(np.float32)
     np.save(tmp / "codebook.npy", codebook)
-    file_sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    return Written(io, reads, file_sizes)
+    return Written(io, reads)
 
 
 def _variant_entries(
-    tmp: Path, variants: dict[str, dict[str, Any]], written: Written
+    tmp: Path, variants: dict[str, dict[str, Any]], written: Written, file_sizes: dict[str, int]
 ) -> dict[str, dict[str, Any]]:
     """The manifest's ``variants``: each one's graph files, weights files and quality."""
     out = {}
@@ -414,7 +412,7 @@ def _variant_entries(
         entry["weights"] = sorted({w for f in used for w in written.reads[f]}, key=_weights_order)
         # what the variant reads: its graph files, the stored tensors they name, the codebook
         regions = {r for f in used for r in read_external(tmp / f).values()}
-        read_bytes = sum(written.file_sizes[f] for f in (*used, "codebook.npy"))
+        read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
         read_bytes += sum(length for _, _, length in regions)
         entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
         if "recipe" in v:
@@ -434,8 +432,9 @@ def build_manifest(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of the bundle written in ``tmp``: the one place its fields are defined.
-    ``extra`` adds top-level fields (before the file list)."""
-    file_sizes = written.file_sizes
+    ``extra`` adds top-level fields (before the file list). Every file in ``tmp`` when it is
+    called is listed with its sha256 and counted in the sizes: write other files first."""
+    file_sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     parameters = sum(p.numel() for p in recipe.model.parameters())
     any_model = onnx.load(str(tmp / graph_file_name(ENCODER, "fp32")), load_external_data=False)
     flops = _flops(recipe)
@@ -467,7 +466,7 @@ def build_manifest(
         },
         "source": source,
         "codebook": {"file": "codebook.npy", "shape": [cfg.codebook_size, cfg.code_dim]},
-        "variants": _variant_entries(tmp, variants, written),
+        "variants": _variant_entries(tmp, variants, written, file_sizes),
         "validation": {"passed": True, "tolerances": TOLERANCES, "cases": results},
         **recipe.manifest_extra(),
         **(extra or {}),
