@@ -15,8 +15,9 @@ The same function computed from per-channel means keeps the channel axis where i
     y   = d * (gamma / sqrt(v + eps)) + beta
 
 where group_mean averages the C/G channels of each group (equal sizes, so the mean of the
-channel means is the group mean). Only [N, C, 1, 1] tensors are reshaped. The accuracy, speed
-and memory figures are in benchmarks/results/imported_models.md.
+channel means is the group mean). Only [N, C, 1, 1] tensors are reshaped. Its accuracy is what
+the export gate checks (docs/export.md); its speed against the exporter's form is what
+`python -m vqedge.benchmarks.forms` measures.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ CHECK_FILE = "check.npz"
 CHECK_ARRAYS = ("image", "tokens", "reconstruction")
 # bumped when a rule below changes, so cached verdicts made under old rules are not reused
 RULES_VERSION = 1
-FP32_MIN_AGREEMENT = 0.995
+# float-rounding ties between two kernels flip a few tokens in a thousand; reduced arithmetic
+# (a GPU's TF32) flips a few in a hundred
+FP32_MIN_AGREEMENT = 0.99
 PSNR_BAR_DB = 0.5
 DEVICE_MARGIN_DB = 0.25
 AGREEMENT_MARGIN = 0.05

@@ -106,7 +106,7 @@ def test_shards_hold_the_tokens_of_every_image(local1, images, tok):
     # the on-device check of the precision the shards were made with, where they were made
     v = info["verification"]
     assert v["precision"] == info["precision"] and v["holds"] is True
-    assert 0.995 <= v["agreement"] <= 1 and v["device"] and "seconds" not in v
+    assert 0.99 <= v["agreement"] <= 1 and v["device"] and "seconds" not in v
     s = summary(local1)
     assert s["images"] == {"listed": N_IMAGES + 1, "tokenized": N_IMAGES, "failed": 1}
     assert s["shards"] == {"total": 5, "written": 5, "skipped": 0}
