@@ -11,32 +11,29 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from vqedge.runtime import load
-    from vqedge.runtime.verify import advice, check_tokenizer, remember, verdict_path
+    from vqedge.runtime.manifest import read_manifest
+    from vqedge.runtime.session import bundle_path
+    from vqedge.runtime.verify import advice
 
-    bundle = args.bundle_arg or args.bundle
-    first = load(bundle, providers=args.providers, threads=args.threads, verify=False)
-    precisions = args.precision or list(first.manifest["variants"])
-    rows, results = [], []
-    for precision in precisions:
-        tok = first if precision == "fp32" else None
-        tok = tok or load(
-            bundle, providers=args.providers, precision=precision, threads=args.threads,
+    root = bundle_path(args.bundle_arg or args.bundle)
+    manifest = read_manifest(root, verify=False)
+    results = []
+    for precision in args.precision or list(manifest["variants"]):
+        tok = load(
+            root, providers=args.providers, precision=precision, threads=args.threads,
             verify=False,
         )  # fmt: skip
-        result = check_tokenizer(tok)
+        result = tok.verify()  # checked now; the verdict load() caches is replaced
         if result is None:
             raise ValueError(
-                f"bundle {tok.root.name} carries no check set: re-export it with this vqedge "
-                "to add one"
+                f"bundle {root.name} carries no check set: re-export it with this vqedge to add one"
             )
-        remember(result, verdict_path(tok))
         results.append(result)
-        rows.append(_row(result))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        print(f"bundle {first.root} ({first.manifest.get('name')}) on {results[0].device}")
-        print(_table(rows))
+        print(f"bundle {root} ({manifest.get('name')}) on {results[0].device}")
+        print(_table([_row(r) for r in results]))
         for r in results:
             if not r.holds:
                 print(f"{r.precision}: {r.reason}: {advice(r)}")

@@ -7,7 +7,6 @@ graphs give on them, and what each precision gives on this machine: the runtime'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from vqedge.models.data import held_out_paths
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.device import device_description
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import MANIFEST, sha256_file
+from vqedge.runtime.manifest import sha256_file
 from vqedge.runtime.verify import CHECK_FILE, measure
 
 # photos side for single-scale models: at least 12 tokens a side (256 tokens per photo at f=4,
@@ -57,21 +56,21 @@ def check_photos(side: int) -> np.ndarray:
 
 
 def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
-    """Write the check set into the bundle folder ``root`` (its manifest already written),
-    measure every variant on it with onnxruntime's CPU provider, and return the manifest
-    with the file listed and its ``check`` entry (also written)."""
+    """Write the check set into the bundle folder ``root`` (its manifest already written, so
+    that the runtime can load it), measure every variant on it with onnxruntime's CPU
+    provider, and return the manifest with the file listed and its ``check`` entry; the
+    caller writes it."""
     from vqedge.runtime.manifest import manifest_config
     from vqedge.runtime.tokenizer import load
 
     photos = check_photos(check_side(manifest_config(manifest)))
-    fp32 = load(root, providers="cpu", precision="fp32", verify=False)
-    recon, tokens = fp32.reconstruct(photos)
+    recon, tokens = load(root, providers="cpu", verify=False).reconstruct(photos)
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
     np.savez_compressed(root / CHECK_FILE, **arrays)
+    size = (root / CHECK_FILE).stat().st_size
     manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
     if "sizes" in manifest:
-        manifest["sizes"]["bundle_bytes"] += (root / CHECK_FILE).stat().st_size
-    _write(root, manifest)
+        manifest["sizes"]["bundle_bytes"] += size
     expected = {}
     for precision in manifest["variants"]:
         tok = load(root, providers="cpu", precision=precision, verify=False)
@@ -82,13 +81,8 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
         "made_on": device_description(),
         "expected": expected,
     }
-    _write(root, manifest)
     log(
         f"check set: {len(photos)} photo(s) of {photos.shape[1]}x{photos.shape[2]}, "
-        f"{(root / CHECK_FILE).stat().st_size / 1024:.0f} KiB"
+        f"{size / 1024:.0f} KiB"
     )
     return manifest
-
-
-def _write(root: Path, manifest: dict[str, Any]) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

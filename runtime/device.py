@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 
 # the instruction-set flags that decide which int8 and bf16 kernels a CPU runs
@@ -14,8 +15,10 @@ ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve")
 SIGNATURE_FIELDS = ("model name", "flags", "CPU implementer", "CPU part", "Features")
 
 
+@functools.cache
 def _cpuinfo_fields() -> dict[str, str]:
-    """The first value of each field of /proc/cpuinfo (empty where there is none)."""
+    """The first value of each field of /proc/cpuinfo (empty where there is none), read once
+    per process: every load and every cached graph asks for it."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
