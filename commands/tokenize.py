@@ -13,6 +13,7 @@ from vqedge.commands.common import (
     PartialFailure,
     positive_int,
     require,
+    precision_plan,
     runtime_args,
 )
 from vqedge.dataset.run import ENGINES, SUMMARY  # standard library only: --help stays light
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             address=args.address,
             bundle=args.bundle,
-            precision=args.precision,
+            precision=precision_plan(args),
             providers=args.providers,
         )
     except KeyboardInterrupt:
