@@ -12,8 +12,8 @@ from vqedge.commands.common import (
     CommandError,
     PartialFailure,
     positive_int,
-    require,
     precision_plan,
+    require,
     runtime_args,
 )
 from vqedge.dataset.run import ENGINES, SUMMARY  # standard library only: --help stays light

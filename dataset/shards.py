@@ -11,9 +11,9 @@ A shard ``part-NNNNN.parquet`` has one row per image that was tokenized:
     tokens         list<int32>   flat indices: each scale's map row-major, scales in order
     bundle_sha256  string        sha256 of the bundle's manifest (as in .vqt files)
 
-and, under the schema metadata key ``vqedge``, a JSON object: the bundle, the precision plan and its verdict, the
-scales (``patch_nums``, empty for a single-scale bundle), the preprocessing (the
-tokenizer's sentence, null when images are taken as they are), the images that failed with
+and, under the schema metadata key ``vqedge``, a JSON object: the bundle, the precision plan
+and its on-device verdict, the scales (``patch_nums``, empty for a single-scale bundle), the
+preprocessing (the tokenizer's sentence, null when images are taken as they are), the images that failed with
 their reasons, and the digest that ties the shard to its inputs.
 """
 
