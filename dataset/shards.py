@@ -13,8 +13,8 @@ A shard ``part-NNNNN.parquet`` has one row per image that was tokenized:
 
 and, under the schema metadata key ``vqedge``, a JSON object: the bundle, the precision plan
 and its on-device verdict, the scales (``patch_nums``, empty for a single-scale bundle), the
-preprocessing (the tokenizer's sentence, null when images are taken as they are), the images that failed with
-their reasons, and the digest that ties the shard to its inputs.
+preprocessing (the tokenizer's sentence, null when images are taken as they are), the images
+that failed with their reasons, and the digest that ties the shard to its inputs.
 """
 
 from __future__ import annotations
