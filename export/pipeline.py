@@ -42,8 +42,8 @@ from vqedge.models.single_scale import SingleScaleVQ
 from vqedge.models.var import VARVQVAE
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.manifest import (
 from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
+from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
     FORMAT,
