@@ -184,7 +184,8 @@ def test_reduced_precisions_run_and_agree_as_recorded(small, precision):
     _, out, manifest, _ = small
     imgs = np.stack([fit_square(read_image(p), 16) for p in held_out_paths()])
     ref = load(out).encode(imgs)
-    idx = load(out, precision=precision).encode(imgs)
+    # measured by the test itself: unverified (a random model's reduced tokens may not hold)
+    idx = load(out, precision=precision, verify=False).encode(imgs)
     assert idx.shape == ref.shape == (3, 30)
     assert idx.min() >= 0 and idx.max() < VAR_SMALL.vocab_size
     q = manifest["variants"][precision]["quality"]
