@@ -32,7 +32,10 @@ def _child(bundle: str, precision: str, mode: str, cache: str) -> dict[str, floa
     from vqedge.runtime import load
 
     t1 = time.perf_counter()
-    tok = load(bundle, providers="cpu", precision=precision, verify=mode != "no check")
+    # lenient: a stage whose precision does not hold still costs its check, then runs fp32
+    tok = load(
+        bundle, providers="cpu", precision=precision, verify=mode != "no check", strict=False
+    )
     t2 = time.perf_counter()
     side = tok.config.resolution or 256  # a multi-scale bundle takes its one size
     img = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
