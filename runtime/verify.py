@@ -220,7 +220,7 @@ def _digest(fields: dict[str, Any]) -> str:
 
 def read_cached(
     folder: Path | None, fields: dict[str, Any]
-) -> tuple[StageJudgement, float | None] | None:
+) -> tuple[StageJudgement, dict[str, Any], float | None] | None:
     """A cached judgement whose stored key equals ``fields`` and which judges the same from
     its stored figures under today's rules; None for anything else (it is re-measured)."""
     if folder is None:
@@ -235,7 +235,7 @@ def read_cached(
         if stored != j.to_dict():
             return None
         ms = data.get("ms")
-        return j, (float(ms) if ms is not None else None)
+        return j, got, (float(ms) if ms is not None else None)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -295,19 +295,16 @@ class Checker:
         precision = s.plan.stages[stage]  # bf16 off OpenVINO runs fp32 (lenient)
         fields = key_fields(self.tok, stage, self.tier(stage))
         hit = read_cached(self.folder, fields) if self.use_cache else None
-        if hit is not None and (hit[1] is not None or not timed):
-            return Trial(hit[0], hit[1] or 0.0)
+        if hit is not None and (hit[2] is not None or not timed):
+            return Trial(hit[0], hit[2] or 0.0)
         self.all_cached = False
-        if hit is not None:
-            j, got = hit[0], None
+        if hit is not None:  # a cached judgement without the time "auto" needs: time it
+            j, got = hit[0], hit[1]
         else:
             measure = measure_encoder if stage == ENCODER_STAGE else measure_decoder
             got = measure(self.tok, self.arrays)
             j = judge_stage(stage, precision, self.tier(stage), got)
         ms = stage_time_ms(self.tok, stage, self.arrays) if timed else None
-        if got is None:  # a cached judgement that lacked its time: keep both
-            cached = json.loads((self.folder / f"{_digest(fields)}.json").read_text())
-            got = cached["figures"]
         remember(self.folder, fields, got, j, ms)
         return Trial(j, ms or 0.0)
 
