@@ -20,7 +20,7 @@ from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import sha256_file
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.providers import resolve_providers
-from vqedge.runtime.session import BUNDLES_DIR
+from vqedge.runtime.session import BUNDLES_DIR, BundleSessions
 from vqedge.runtime.verify import CHECK_FILE, read_check_set
 
 SHIPPED = ("vqvae-f4", "vqvae-ms-f8")
@@ -104,10 +104,19 @@ def test_a_strict_all_int8_load_is_refused_naming_the_tokens_unless_they_hold():
 FAILS = ("vqvae-ms-f8", "int8")
 
 
-def test_lenient_falls_back_per_stage_on_the_open_sessions():
+def test_lenient_falls_back_per_stage_on_the_open_sessions(monkeypatch):
     assert _agreement(*FAILS) < TOKENS_MIN_AGREEMENT
+    opened = []
+    real_open = BundleSessions.open.__func__
+
+    def counted(cls, *args, **kwargs):
+        opened.append(args)
+        return real_open(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BundleSessions, "open", classmethod(counted))
     with pytest.warns(RuntimeWarning, match="the encoder runs fp32 instead"):
         tok = load(FAILS[0], providers="cpu", precision="int8", strict=False)
+    assert len(opened) == 1  # the fallback switched the stage on the bundle already open
     assert tok.plan.to_dict() == {"encoder": "fp32", "decoder": "int8"}
     v = tok.verification
     assert v.fell_back == ("encoder",) and not v.holds and v.asked["encoder"] == "int8"
