@@ -349,3 +349,26 @@ def test_arm_cpus_are_told_apart_in_the_verdict_key(monkeypatch):
     monkeypatch.setattr(device, "_cpuinfo_fields", lambda: n1)
     assert device.cpu_signature() != sig_a53
     assert "asimddp, i8mm" in device.device_description()
+
+
+def test_each_graph_verifies_the_weights_it_names(tmp_path):
+    """A graph entry's own ``weights`` list (an export that splits weights per graph) is what
+    its session checks; the variant's list stands in where a graph names none."""
+    from vqedge.runtime.manifest import BundleError
+
+    bundle = _copy("vqvae-f4", tmp_path)
+    m = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "extra.bin").write_bytes(b"decoder-only")
+    m["files"]["extra.bin"] = sha256_file(bundle / "extra.bin")
+    v = m["variants"]["fp32"]
+    for entry in (v["graphs"]["decoder"], v["cpu_graphs"]["decoder"]):
+        entry["weights"] = ["weights.fp32.bin", "extra.bin"]
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    (bundle / "extra.bin").write_bytes(b"tampered!!!!")
+    tok = load(bundle, providers="cpu", verify=False)
+    idx = tok.encode(np.zeros((16, 16, 3), np.uint8))  # the encoder names no extra.bin
+    with pytest.raises(BundleError, match="extra.bin does not match its sha256"):
+        tok.decode(idx)
+    (bundle / "extra.bin").unlink()
+    with pytest.raises(BundleError, match="extra.bin is missing"):
+        load(bundle, providers="cpu", verify=False)
