@@ -17,14 +17,11 @@ import numpy as np
 
 from vqedge.benchmarks.bundles import BundleFacts
 from vqedge.benchmarks.configs import REFERENCES
+from vqedge.runtime.fidelity import PIXELS_MIN_PSNR_DB, TOKENS_MIN_AGREEMENT
 
-# A generator trained on one configuration's tokens and run on another's sees at most this
-# fraction of its tokens change. bf16 keeps about 97% of the shipped model's tokens, while
-# the int8 variants keep fewer, so they are held to the bar in the report rather than assumed.
-TOKEN_AGREEMENT_MIN = 0.95
-# Reconstruction against fp32's reconstruction: 40 dB is an RMS difference of about 2.5
-# grey levels out of 255, below what a viewer sees beside the fp32 image.
-PSNR_VS_FP32_MIN_DB = 40.0
+# the one fidelity definition (vqedge.runtime.fidelity): the tokens tier and the pixels tier
+TOKEN_AGREEMENT_MIN = TOKENS_MIN_AGREEMENT
+PSNR_VS_FP32_MIN_DB = PIXELS_MIN_PSNR_DB
 
 
 def same_weights(r: dict[str, Any]) -> bool:

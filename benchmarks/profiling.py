@@ -96,7 +96,7 @@ def profile_tokenizer(
         for name, facts in nodes.items()
     ]
     return {
-        "precision": precision,
+        "precision": tok.plan.describe(),
         "providers_in_use": tok.info["providers_in_use"],
         "batch": batch,
         "size": [size, size],

@@ -70,7 +70,7 @@ def run_bench(
         "tool": "vqedge bench",
         "bundle": info["bundle"],
         "name": info["name"],
-        "precision": precision,
+        "precision": tok.plan.describe(),
         "providers_requested": info["providers_requested"],
         "providers_in_use": info["providers_in_use"],
         "threads": threads,

@@ -32,19 +32,24 @@ def _child(bundle: str, precision: str, mode: str, cache: str) -> dict[str, floa
     from vqedge.runtime import load
 
     t1 = time.perf_counter()
-    tok = load(bundle, providers="cpu", precision=precision, verify=mode != "no check")
+    # lenient: a stage whose precision does not hold still costs its check, then runs fp32
+    tok = load(
+        bundle, providers="cpu", precision=precision, verify=mode != "no check", strict=False
+    )
     t2 = time.perf_counter()
     side = tok.config.resolution or 256  # a multi-scale bundle takes its one size
     img = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     tok.reconstruct(img)
     t3 = time.perf_counter()
-    v = tok.info["verification"] or {}
+    v = tok.info["verification"] or {}  # the verdict as JSON carries it
     # the check's own arithmetic, its sessions already open (the first check also creates
     # the sessions a first call would)
-    from vqedge.runtime.verify import measure, read_check_set
+    from vqedge.runtime.verify import measure_decoder, measure_encoder, read_check_set
 
     t4 = time.perf_counter()
-    measure(tok, read_check_set(tok.root, tok.manifest))
+    arrays = read_check_set(tok.root, tok.manifest)
+    measure_encoder(tok, arrays)
+    measure_decoder(tok, arrays)
     warm = time.perf_counter() - t4
     return {
         "check_warm_s": warm,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqedge.commands.common import EXIT_OK, positive_int, runtime_args
+from vqedge.commands.common import EXIT_OK, positive_int, precision_plan, runtime_args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from vqedge.benchmarks.quick import format_report, run_bench
 
     config = {
-        "precision": args.precision,
+        "precision": precision_plan(args),
         "providers": args.providers,
         "threads": args.threads,
         "batch": args.batch,

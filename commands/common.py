@@ -79,10 +79,30 @@ def positive_int(text: str) -> int:
 def runtime_args(p: argparse.ArgumentParser) -> None:
     """The options every command that loads a bundle shares."""
     p.add_argument("--bundle", default=None, help="bundle folder or shipped name (default)")
-    # checked by the runtime (vqedge.runtime.providers.RUN_PRECISIONS), which names the choices
-    p.add_argument("--precision", default="fp32", help="fp32, fp16, int8, or bf16 (OpenVINO)")
+    precision_args(p)
     p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads")
+    p.add_argument(
+        "--no-verify", dest="verify", action="store_false",
+        help="do not check the plan on the bundle's check set (a bundle without one loads)",
+    )  # fmt: skip
+
+
+def precision_args(p: argparse.ArgumentParser) -> None:
+    """``--precision``: one for every stage, ``auto``, or ``stage=precision`` (repeatable)."""
+    # checked by the runtime (vqedge.runtime.plan), which names the choices
+    p.add_argument(
+        "--precision", action="append", default=None, metavar="PRECISION",
+        help="fp32 (default), fp16, int8, bf16 (OpenVINO) or auto for every stage, or per "
+        "stage, repeated: --precision encoder=fp32 --precision decoder=int8",
+    )  # fmt: skip
+
+
+def precision_plan(args: argparse.Namespace) -> Any:
+    """What ``load(precision=...)`` takes, from ``--precision``."""
+    from vqedge.runtime.plan import parse_cli_precision
+
+    return parse_cli_precision(args.precision)
 
 
 def load_tokenizer(args: argparse.Namespace) -> Any:
@@ -90,7 +110,11 @@ def load_tokenizer(args: argparse.Namespace) -> Any:
     from vqedge.runtime import load
 
     return load(
-        args.bundle, providers=args.providers, precision=args.precision, threads=args.threads
+        args.bundle,
+        providers=args.providers,
+        precision=precision_plan(args),
+        threads=args.threads,
+        verify=args.verify,
     )
 
 

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.image} -> {args.output}: PSNR {psnr(recon[0], used):.2f} dB, "
         f"{bpp:.3f} bits per pixel ({tok.describe_tokens(tokens)}, K={tok.codebook_size}, "
-        f"{tok.precision} on {provider})"
+        f"{tok.plan} on {provider})"
     )
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from vqedge.commands.common import (
     CommandError,
     PartialFailure,
     positive_int,
+    precision_plan,
     require,
     runtime_args,
 )
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             address=args.address,
             bundle=args.bundle,
-            precision=args.precision,
+            precision=precision_plan(args),
             providers=args.providers,
         )
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""``vqedge verify``: does this device give the tokens the bundle promises?"""
+"""``vqedge verify``: does each stage of each precision hold its fidelity tier here?"""
 
 from __future__ import annotations
 
@@ -13,49 +13,60 @@ def run(args: argparse.Namespace) -> int:
     from vqedge.runtime import load
     from vqedge.runtime.manifest import read_manifest
     from vqedge.runtime.session import bundle_path
-    from vqedge.runtime.verify import advice
+    from vqedge.runtime.verify import NO_CHECK_SET, check_entry
 
     root = bundle_path(args.bundle_arg or args.bundle)
     manifest = read_manifest(root, verify=False)
-    results = []
+    if check_entry(manifest) is None:
+        print(
+            f"bundle {root} not verified: {NO_CHECK_SET}. Re-export it (`vqedge export ...` "
+            "writes one), or load it unverified with verify=False / --no-verify"
+        )
+        return EXIT_DOES_NOT_HOLD
+    verdicts = []
     for precision in args.precision or list(manifest["variants"]):
         tok = load(
             root, providers=args.providers, precision=precision, threads=args.threads,
             verify=False,
         )  # fmt: skip
-        result = tok.verify()  # checked now; the verdict load() caches is replaced
-        if result is None:
-            raise ValueError(
-                f"bundle {root.name} carries no check set: re-export it with this vqedge to add one"
-            )
-        results.append(result)
+        # checked now; the judgements load() caches are replaced
+        verdicts.append(tok.verify(encoder_tier=args.encoder_tier))
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps([v.to_dict() for v in verdicts], indent=2))
     else:
-        print(f"bundle {root} ({manifest.get('name')}) on {results[0].device}")
-        print(_table([_row(r) for r in results]))
-        for r in results:
-            if not r.holds:
-                print(f"{r.precision}: {r.reason}: {advice(r)}")
-    return EXIT_OK if all(r.holds for r in results) else EXIT_DOES_NOT_HOLD
+        print(f"bundle {root} ({manifest.get('name')}) on {verdicts[0].device}")
+        print(_table([row for v in verdicts for row in _rows(v)]))
+        for v in verdicts:
+            if not v.holds:
+                print(v.reasons())
+    return EXIT_OK if all(v.holds for v in verdicts) else EXIT_DOES_NOT_HOLD
 
 
-HEADER = ("precision", "provider", "tokens agree", "PSNR vs fp32", "loss vs fp32", "promised", "")
+HEADER = ("precision", "stage", "provider", "tier", "figure", "bar", "", "per scale")
 
 
-def _row(r) -> tuple[str, ...]:
-    promised = "-"
-    if r.expected_agreement is not None:
-        promised = f"{r.expected_agreement:.1%}, {r.expected_drop_db:+.2f} dB"
-    return (
-        r.precision,
-        r.providers[0].replace("ExecutionProvider", ""),
-        f"{r.agreement:.1%}",
-        f"{r.psnr_vs_fp32:.1f} dB" if r.psnr_vs_fp32 < 99 else "identical",
-        f"{r.psnr_drop_db:+.2f} dB",
-        promised,
-        "holds" if r.holds else "DOES NOT HOLD",
-    )
+def _rows(v) -> list[tuple[str, ...]]:
+    rows = []
+    for j in v.judgements:
+        if j.tier == "tokens":
+            figure, bar = f"{j.figure:.2%} of fp32's tokens", f">= {j.bar:.0%}"
+        elif j.stage == "encoder":
+            figure, bar = f"round trip {j.figure:+.2f} dB vs fp32's", f"<= {j.bar:.2f} dB"
+        else:
+            figure, bar = f"{j.figure:.1f} dB vs fp32's decode", f">= {j.bar:.0f} dB"
+        rows.append(
+            (
+                j.precision,
+                j.stage,
+                v.providers[0].replace("ExecutionProvider", "") if v.providers else "?",
+                j.tier,
+                figure,
+                bar,
+                "holds" if j.holds else "DOES NOT HOLD",
+                " ".join(f"{a:.0%}" for a in j.per_scale),
+            )
+        )
+    return rows
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -70,16 +81,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "verify",
-        help="check a bundle's precisions on this device (exit 4: one does not hold)",
+        help="judge a bundle's precisions, stage by stage, on this device (exit 4: one does "
+        "not hold, or the bundle has no check set)",
         formatter_class=d,
     )
     p.add_argument("bundle_arg", nargs="?", metavar="BUNDLE", help="bundle (default: shipped)")
     p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--precision", action="append", default=None,
-        help="a precision to check (repeatable; default: every variant of the bundle)",
+        help="a precision to check at every stage (repeatable; default: every variant)",
+    )  # fmt: skip
+    p.add_argument(
+        "--encoder-tier", choices=("tokens", "pixels"), default="tokens",
+        help="the tier the encoder is held to (pixels: its round trip's PSNR only)",
     )  # fmt: skip
     p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     p.set_defaults(func=run)

@@ -58,7 +58,7 @@ def tokenize_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     address: str | None = None,
     bundle: str | None = None,
-    precision: str = "fp32",
+    precision: str | dict[str, str] = "fp32",
     providers: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -82,6 +82,9 @@ def tokenize_dataset(
         Images per shard: the unit of work, of output and of resumption.
     address : str, optional
         Ray cluster to join (``ray`` only); without it a local Ray instance is started.
+    precision : str or {"encoder": str, "decoder": str} or "auto"
+        The precision plan (``vqedge.runtime.load``). The load is strict: the encoder must
+        keep the tokens tier here, or the run is refused before any shard is written.
 
     Returns
     -------
@@ -107,7 +110,9 @@ def tokenize_dataset(
     # Loaded here first: a bad bundle or provider fails now, not in every worker.
     settings = Settings(bundle, precision, providers, threads, str(out))
     tok = load_tokenizer(settings)
-    shards = plan_shards(paths, shard_size, f"{tok.bundle_sha256}\n{precision}")
+    # the plan that runs ("auto" resolved once, here): the workers load it as it is
+    precision = tok.plan.to_dict()
+    shards = plan_shards(paths, shard_size, f"{tok.bundle_sha256}\n{json.dumps(precision)}")
     done, pending = scan_out_dir(out, shards)
     n = max(1, min(workers or cpus, len(pending)))
     if engine == "local":

@@ -11,10 +11,10 @@ A shard ``part-NNNNN.parquet`` has one row per image that was tokenized:
     tokens         list<int32>   flat indices: each scale's map row-major, scales in order
     bundle_sha256  string        sha256 of the bundle's manifest (as in .vqt files)
 
-and, under the schema metadata key ``vqedge``, a JSON object: the bundle and precision, the
-scales (``patch_nums``, empty for a single-scale bundle), the preprocessing (the
-tokenizer's sentence, null when images are taken as they are), the images that failed with
-their reasons, and the digest that ties the shard to its inputs.
+and, under the schema metadata key ``vqedge``, a JSON object: the bundle, the precision plan
+and its on-device verdict, the scales (``patch_nums``, empty for a single-scale bundle), the
+preprocessing (the tokenizer's sentence, null when images are taken as they are), the images
+that failed with their reasons, and the digest that ties the shard to its inputs.
 """
 
 from __future__ import annotations
@@ -39,10 +39,8 @@ TMP_GLOB = ".part-*.tmp"
 SHARD_GLOB = "part-*.parquet"
 
 
-VERDICT_KEYS = (
-    "checked", "precision", "providers", "device", "agreement", "psnr_drop_db", "holds",
-    "reason", "fell_back_to",
-)  # fmt: skip
+# what a verdict records that lasts (not when, how long, or whether it came from the cache)
+VERDICT_TRANSIENT = ("cached", "seconds", "text")
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,8 @@ class Settings:
 
     # bundle folder or shipped name; None: the shipped default
     bundle: str | None
-    precision: str
+    # a precision for every stage, or one per stage {"encoder": ..., "decoder": ...}
+    precision: str | dict[str, str]
     providers: str
     # intra-op threads of the worker's sessions
     threads: int | None
@@ -71,11 +70,11 @@ def load_tokenizer(settings: Settings):
     )
 
 
-def _verdict(v: dict[str, Any] | None) -> dict[str, Any] | None:
+def _verdict(tok) -> dict[str, Any] | None:
     """The verdict's lasting facts (not when or how long it was checked)."""
-    if v is None:
+    if tok.verification is None:
         return None
-    return {k: v[k] for k in VERDICT_KEYS if k in v}
+    return {k: v for k, v in tok.verification.to_dict().items() if k not in VERDICT_TRANSIENT}
 
 
 def _reason(e: Exception) -> str:
@@ -94,13 +93,13 @@ class ShardTokenizer:
             "format": FORMAT,
             "bundle": self.tok.manifest.get("name"),
             "bundle_sha256": self.tok.bundle_sha256,
-            "precision": self.tok.precision,
+            "precision": self.tok.plan.to_dict(),
             "codebook_size": self.tok.codebook_size,
             "downsample_factor": self.tok.f,
             "patch_nums": list(self.patch_nums),
             "preprocess": self.tok.preprocessing,
-            # the on-device check of this precision where the shard was made
-            "verification": _verdict(self.tok.info["verification"]),
+            # the on-device check of the plan where the shard was made
+            "verification": _verdict(self.tok),
         }
 
     def tokens_of(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

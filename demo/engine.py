@@ -35,6 +35,7 @@ from vqedge.runtime import MultiScaleTokenizer, list_bundles, load
 from vqedge.runtime.inputs import MAX_PIXELS, ImageError, read_image
 from vqedge.runtime.manifest import PRECISIONS, BundleError
 from vqedge.runtime.metrics import codebook_stats, psnr
+from vqedge.runtime.plan import AUTO
 from vqedge.runtime.providers import (
     CPU,
     OPENVINO,
@@ -44,7 +45,6 @@ from vqedge.runtime.providers import (
 )
 from vqedge.runtime.session import default_session_options
 from vqedge.runtime.tokens import TokenFile, load_tokens
-from vqedge.runtime.verify import describe_verification
 
 TOP_CODES = 20  # codes listed in the usage plot
 TOKEN_FILE_MAX_AGE_S = 3600  # .vqt files the demo wrote are removed after this
@@ -193,7 +193,9 @@ class Engine:
         self.threads, self.max_pixels = threads, max_pixels
         self.providers = [p for p in ort.get_available_providers() if p not in NOT_LOCAL_PROVIDERS]
         # bf16 runs the fp32 graphs on OpenVINO only; elsewhere it would only be refused
-        self.precisions = RUN_PRECISIONS if OPENVINO in self.providers else PRECISIONS
+        # "auto": per stage, the fastest precision that holds its fidelity tier here
+        base = RUN_PRECISIONS if OPENVINO in self.providers else PRECISIONS
+        self.precisions = (*base, AUTO)
         self.default_provider = provider_names(resolve_providers("auto", "fp32"))[0]
         self._lock = threading.Lock()
         self._tokenizers: dict[tuple[str, str], Any] = {}
@@ -222,8 +224,8 @@ class Engine:
                     providers=[provider] if provider == CPU else [provider, CPU],
                     precision=precision,
                     session_options=default_session_options(self.threads, arena=False),
-                    # a precision that does not hold on this device runs as fp32, and the
-                    # page says so beside the choice (``verdict``)
+                    # a stage whose precision does not hold its tier on this device runs
+                    # fp32, and the page says so beside the choice (``verdict``)
                     strict=False,
                 )
                 if isinstance(tok, MultiScaleTokenizer):
@@ -238,9 +240,10 @@ class Engine:
         return tok
 
     def verdict(self, precision: str, provider: str) -> str:
-        """What the bundle's on-device check says of ``precision`` here (one Markdown line)."""
+        """The plan that runs for ``precision`` here and its verdict (one Markdown line)."""
         tok = self.tokenizer(precision, provider)
-        return f"**On this device:** {describe_verification(tok.info['verification'])}"
+        text = "not checked" if tok.verification is None else tok.verification.describe()
+        return f"**On this device:** {text}"
 
     def read(self, path: str | Path | None) -> tuple[np.ndarray, str]:
         """An uploaded image within the demo's limits, and a note on what was done to it."""
@@ -281,7 +284,7 @@ class Engine:
             "perplexity": stats["perplexity"],
             "top_codes": [[c, int(counts[c])] for c in top],
             "latency_ms": {"encode": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
-            "precision": tok.precision,
+            "precision": tok.plan.describe(),
             "providers": {g: ps[0] for g, ps in tok.info["providers_in_use"].items()},
         }
         return {

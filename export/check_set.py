@@ -1,34 +1,41 @@
 """The check set a bundle carries, so that it can verify itself where it runs.
 
-A few held-out photos, small (kilobytes), the fp32 tokens and reconstructions the exported
-graphs give on them, and what each precision gives on this machine: the runtime's
-``vqedge.runtime.verify`` compares a device's run against them.
+A few validation photos (never the held-out ones, which judge the model), small (kilobytes),
+the fp32 tokens and reconstructions the exported graphs give on them, and what each
+precision gives on this machine, per stage: the runtime's ``vqedge.runtime.verify`` judges a
+device's run against them by the tiers of ``vqedge.runtime.fidelity``.
+
+``python -m vqedge.export.check_set BUNDLE...`` makes a bundle's check set again in place
+(its graphs untouched): what the shipped bundles' check sets were made with.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vqedge.models.data import held_out_paths
+from vqedge.models.data import VALIDATION, collection, collection_paths
+from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.device import device_description
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import sha256_file
-from vqedge.runtime.verify import CHECK_FILE, measure
+from vqedge.runtime.manifest import MANIFEST, sha256_file
+from vqedge.runtime.verify import CHECK_FILE, measure_decoder, measure_encoder
 
 # photos side for single-scale models: at least 12 tokens a side (256 tokens per photo at f=4,
-# 144 at f=8 and f=16), so that one float-rounding flip stays within the fp32 rule; small, so
-# that the check costs little beside a cold start (benchmarks/results/verify_cost.md)
+# 144 at f=8 and f=16), so that one float-rounding flip stays within the tokens tier; small,
+# so that the check costs little beside a cold start (benchmarks/results/verify_cost.md)
 MIN_SIDE = 64
 MIN_TOKENS_PER_SIDE = 12
 # multi-scale models take their one resolution; above this side one photo is enough
 ONE_PHOTO_ABOVE = 96
-# the held-out photos used (china, chelsea): different content, both outside training
-PHOTOS = (0, 2)
+# the validation split's photos (not its illustration): different content, outside training
+PHOTO_KIND = "photo"
 
 
 def check_side(config: VQVAEConfig) -> int:
@@ -40,13 +47,20 @@ def check_side(config: VQVAEConfig) -> int:
     return -(-side // f) * f
 
 
+def check_photo_paths() -> list[tuple[str, Path]]:
+    """(collection entry, path here) of the validation split's photos, in its order."""
+    items = collection(VALIDATION)
+    paths = collection_paths(VALIDATION)
+    return [(c.path, p) for c, p in zip(items, paths) if c.kind == PHOTO_KIND]
+
+
 def check_photos(side: int) -> np.ndarray:
-    """Held-out photos as uint8 [N, side, side, 3]: centre squares, Lanczos-resized."""
-    paths = held_out_paths()
-    count = 1 if side > ONE_PHOTO_ABOVE else len(PHOTOS)
+    """Validation photos as uint8 [N, side, side, 3]: centre squares, Lanczos-resized."""
+    paths = check_photo_paths()
+    count = 1 if side > ONE_PHOTO_ABOVE else 2
     out = []
-    for i in PHOTOS[:count]:
-        img = read_image(paths[i])
+    for _, path in paths[:count]:
+        img = read_image(path)
         h, w = img.shape[:2]
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
@@ -55,14 +69,33 @@ def check_photos(side: int) -> np.ndarray:
     return np.stack(out)
 
 
+def expected_figures(root: Path, precision: str, arrays: dict[str, np.ndarray]) -> dict:
+    """What ``precision`` gives on this machine's CPU provider, per stage."""
+    from vqedge.runtime.kinds import load
+
+    tok = load(root, providers="cpu", precision=precision, verify=False)
+    enc = measure_encoder(tok, arrays)
+    dec = measure_decoder(tok, arrays)
+    return {
+        "encoder": {
+            "agreement": round(enc["agreement"], 4),
+            "per_scale": [round(a, 4) for a in enc["per_scale"]],
+        },
+        "decoder": {"psnr_vs_fp32": round(dec["psnr_vs_fp32"], 4)},
+        "round_trip_drop_db": round(enc["round_trip_drop_db"], 4),
+    }
+
+
 def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
     """Write the check set into the bundle folder ``root`` (its manifest already written, so
-    that the runtime can load it), measure every variant on it with onnxruntime's CPU
-    provider, and return the manifest with the file listed and its ``check`` entry; the
-    caller writes it."""
+    that the runtime can load it), measure every variant on it per stage with onnxruntime's
+    CPU provider, and return the manifest with the file listed and its ``check`` entry; the
+    caller writes it. A check set already there is replaced (its size taken off the total)."""
+    from vqedge.runtime.kinds import load
     from vqedge.runtime.manifest import manifest_config
-    from vqedge.runtime.tokenizer import load
 
+    old = root / CHECK_FILE
+    old_size = old.stat().st_size if CHECK_FILE in manifest["files"] and old.is_file() else 0
     photos = check_photos(check_side(manifest_config(manifest)))
     recon, tokens = load(root, providers="cpu", verify=False).reconstruct(photos)
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
@@ -70,14 +103,13 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
     size = (root / CHECK_FILE).stat().st_size
     manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
     if "sizes" in manifest:
-        manifest["sizes"]["bundle_bytes"] += size
-    expected = {}
-    for precision in manifest["variants"]:
-        tok = load(root, providers="cpu", precision=precision, verify=False)
-        expected[precision] = {k: round(v, 4) for k, v in measure(tok, arrays).items()}
+        manifest["sizes"]["bundle_bytes"] += size - old_size
+    expected = {p: expected_figures(root, p, arrays) for p in manifest["variants"]}
     manifest["check"] = {
         "file": CHECK_FILE,
         "images": list(photos.shape),
+        "source": f"the collection's {VALIDATION} photos: "
+        + ", ".join(name for name, _ in check_photo_paths()[: len(photos)]),
         "made_on": device_description(),
         "expected": expected,
     }
@@ -86,3 +118,18 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
         f"{size / 1024:.0f} KiB"
     )
     return manifest
+
+
+def remake(root: Path, log=print) -> None:
+    """Make a bundle's check set again in place; only check.npz and the manifest's check,
+    files and sizes entries change."""
+    path = root / MANIFEST
+    manifest = add_check_set(root, json.loads(path.read_text()), log)
+    write_bytes_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        from vqedge.runtime.session import bundle_path
+
+        remake(bundle_path(arg))

@@ -30,7 +30,7 @@ from vqedge.export.family_recipe import FamilySingleScaleRecipe
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
 from vqedge.export.multi_scale_recipe import MultiScaleRecipe
-from vqedge.export.recipe import GENERATOR_MIN_AGREEMENT, Graphs, Recipe, session
+from vqedge.export.recipe import Graphs, Recipe, session
 from vqedge.export.single_scale_recipe import SingleScaleRecipe
 from vqedge.export.validate import TOLERANCES, ExportValidationError
 from vqedge.export.var_recipe import VARRecipe
@@ -42,6 +42,7 @@ from vqedge.models.single_scale import SingleScaleVQ
 from vqedge.models.var import VARVQVAE
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -215,8 +216,10 @@ def _build(
             fp32_idx = idx
         if "cpu_graphs" in v:  # the same tokens, decoded by the CPU provider's decoder
             q["cpu"] = recipe.decoder_quality(v["graphs"], v["cpu_graphs"][DECODER], idx)
+        # the tokens tier: a variant that keeps it may stand in for fp32 when tokenizing a
+        # generator's training set
         q["fit_for_generator_training"] = (
-            q["token_agreement"] is None or q["token_agreement"] >= GENERATOR_MIN_AGREEMENT
+            q["token_agreement"] is None or q["token_agreement"] >= TOKENS_MIN_AGREEMENT
         )
         v["quality"] = q
         log(

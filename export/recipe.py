@@ -37,9 +37,6 @@ __all__ = ["Calibration", "GraphIO", "Graphs", "Recipe", "session", "training_cr
 
 # training crops that calibrate an int8 variant
 CALIBRATION_IMAGES = 12
-# a variant whose tokens agree with fp32's on at least this share of positions may stand in
-# for fp32 when tokenizing a generator's training set (manifest: fit_for_generator_training)
-GENERATOR_MIN_AGREEMENT = 0.99
 
 
 def training_crops(side: int, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:

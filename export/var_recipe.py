@@ -6,7 +6,7 @@ so it is exported with the multi-scale recipe's graphs, gate, calibration and qu
 
 Imported weights are the authors'; their int8 variant is reported, not refused: each variant
 records its token agreement with fp32 per scale and whether it is fit for training a
-next-scale generator (tokens agreeing on at least ``GENERATOR_MIN_AGREEMENT`` of positions).
+next-scale generator (tokens agreeing on at least ``fidelity.TOKENS_MIN_AGREEMENT`` of positions).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from vqedge.export.multi_scale_recipe import MultiScaleRecipe
-from vqedge.export.recipe import CALIBRATION_IMAGES, GENERATOR_MIN_AGREEMENT, Graphs
+from vqedge.export.recipe import CALIBRATION_IMAGES, Graphs
 from vqedge.models.var import FAMILY
+from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
 
-__all__ = ["GENERATOR_MIN_AGREEMENT", "VARRecipe"]
+__all__ = ["VARRecipe"]
 
 # int8 calibration images: a full-size model's calibration keeps every activation of every
 # image in memory, so the count is bounded by pixels rather than fixed
@@ -56,7 +57,7 @@ class VARRecipe(MultiScaleRecipe):
         return super().manifest_extra() | {
             "architecture": {"family": FAMILY, **arch},
             "generator_training": {
-                "min_token_agreement": GENERATOR_MIN_AGREEMENT,
+                "min_token_agreement": TOKENS_MIN_AGREEMENT,
                 "rule": "a precision is fit for tokenizing a generator's training set when its "
                 "tokens agree with fp32's on at least min_token_agreement of the positions",
             },

@@ -23,6 +23,8 @@ _LAZY = {
     "BundleError": "vqedge.runtime.manifest",
     "ProviderError": "vqedge.runtime.providers",
     "PrecisionError": "vqedge.runtime.verify",
+    "PrecisionPlan": "vqedge.runtime.plan",
+    "Verdict": "vqedge.runtime.verdict",
     "to_uint8": "vqedge.runtime.metrics",
 }
 

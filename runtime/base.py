@@ -18,7 +18,9 @@ from vqedge.runtime.providers import provider_names
 from vqedge.runtime.tokens import TokenFile, load_tokens
 
 if TYPE_CHECKING:
+    from vqedge.runtime.plan import PrecisionPlan
     from vqedge.runtime.session import BundleSessions
+    from vqedge.runtime.verdict import Verdict
 
 
 class TokenizerBase(ABC):
@@ -141,9 +143,14 @@ class TokenizerBase(ABC):
         return self.sessions.config.codebook_size
 
     @property
-    def precision(self) -> str:
-        """The precision that runs (see ``BundleSessions.precision``)."""
-        return self.sessions.precision
+    def plan(self) -> PrecisionPlan:
+        """The precision each stage runs at (see ``BundleSessions.plan``)."""
+        return self.sessions.plan
+
+    @property
+    def verification(self) -> Verdict | None:
+        """The on-device check's verdict on the plan (None: ``load(verify=False)``)."""
+        return self.sessions.verification
 
     @property
     def bundle_sha256(self) -> str:
@@ -160,20 +167,23 @@ class TokenizerBase(ABC):
         """Model facts, the precision that runs and the providers running each open session."""
         return self.sessions.info()
 
-    def verify(self) -> checks.CheckResult | None:
-        """Run the bundle's check set on this device, provider and precision now.
+    def verify(self, encoder_tier: str = "tokens", cache_dir: str | Path | None = None) -> Verdict:
+        """Judge each stage of the plan on the bundle's check set on this device now.
+
+        Parameters
+        ----------
+        encoder_tier : {"tokens", "pixels"}
+            The tier the encoder is held to.
+        cache_dir : str or Path, optional
+            The cache root whose judgements the new ones replace (default: ``load``'s).
 
         Returns
         -------
-        vqedge.runtime.verify.CheckResult or None
-            Token agreement and PSNR against the exporting machine's fp32 outputs, beside
-            what the manifest promises, and whether it holds (None: the bundle carries no
-            check set). The verdict replaces the cached one ``load`` uses.
+        vqedge.runtime.verdict.Verdict
+            Each stage's figure, bar and whether it holds (``skipped`` where the bundle
+            carries no check set).
         """
-        result = checks.check_tokenizer(self)
-        if result is not None:
-            checks.remember(result, checks.verdict_path(self))
-        return result
+        return checks.check_plan(self, encoder_tier, cache_dir)
 
     def graph_file(self, graph: str) -> str:
         """The bundle file that runs ``graph`` on this tokenizer's providers."""
@@ -219,13 +229,18 @@ class TokenizerBase(ABC):
                 f"f={self.f}, K={self.codebook_size}, code dim {cfg.code_dim}, "
                 f"{cfg.bits_per_pixel:.3f} bits per pixel",
             ),
-            ("precision", self.precision),
+            ("precision", self.plan.describe()),
             ("graphs", ", ".join(info["graph_files"][g] for g in graphs)),
             (
                 "providers",
                 ", ".join(f"{g} on {info['providers_in_use'][g][0]}" for g in graphs),
             ),
-            ("verified", checks.describe_verification(info["verification"])),
+            (
+                "verified",
+                "not checked (load(verify=False))"
+                if self.verification is None
+                else self.verification.describe(),
+            ),
         ]
 
     @staticmethod
@@ -239,5 +254,5 @@ class TokenizerBase(ABC):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.root.name}, f={self.f}, K={self.codebook_size}, "
-            f"precision={self.precision}, providers={provider_names(self.sessions.providers)})"
+            f"precision={self.plan}, providers={provider_names(self.sessions.providers)})"
         )

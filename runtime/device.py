@@ -62,3 +62,50 @@ def device_description(providers: list[str] | None = None) -> str:
     text = f"{model} ({', '.join(have)})" if have else model
     gpu = [p for p in providers or [] if p not in ("CPUExecutionProvider",)]
     return f"{text}; {', '.join(gpu)}" if gpu else text
+
+
+# providers that run on a GPU, whose model and driver change the kernels
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+
+
+@functools.cache
+def gpu_description() -> str:
+    """NVIDIA GPUs' name, driver and compute capability from nvidia-smi (no torch), else
+    "unknown" (no nvidia-smi on PATH, or it failed)."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "unknown"
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out or "unknown"
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in ("vqedge", "onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu", "openvino"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def machine_key(providers: list[str]) -> dict[str, object]:
+    """What a cached verdict must have been measured on: the CPU signature, the GPU a GPU
+    provider runs (or "none"), and the versions of vqedge, onnxruntime and OpenVINO."""
+    gpu = gpu_description() if any(p in _GPU_PROVIDERS for p in providers) else "none"
+    return {"cpu": cpu_signature(), "gpu": gpu, "versions": _versions()}

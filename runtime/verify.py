@@ -1,95 +1,64 @@
-"""On-device verification: does this device give the tokens a bundle promises?
+"""On-device verification: does each stage of a precision plan hold its fidelity tier here?
 
 Every figure in a manifest was measured where the bundle was exported. Kernels differ from
 device to device (int8 on a CPU without VNNI sums products in 16 bits and saturates; GPUs may
 run fp32 convolutions in TF32), so a bundle carries a small check set (``check.npz``, listed
-with its sha256): a few photos, the fp32 tokens and reconstructions of them made at export,
-and what each precision gave there. ``check_tokenizer`` runs the photos through a loaded
-tokenizer and compares; ``load`` does it the first time a combination of bundle, precision,
-providers and CPU is seen and keeps the verdict in the user's cache directory.
+with its sha256): a few validation photos, and the fp32 tokens and fp32 reconstructions the
+exporting machine made of them. Each stage is judged by its tier (``vqedge.runtime.fidelity``):
 
-What "holds" means, per precision:
+- the encoder at precision p: ``encode(photos)`` against the check set's fp32 tokens, the
+  tokens tier (for a multi-scale bundle over all scales, each scale reported); or, where the
+  user accepts other tokens (``encoder_tier="pixels"``), the round trip's PSNR drop against
+  the photos beside fp32's;
+- the decoder at precision p: ``decode(check tokens)`` against the check set's fp32
+  reconstructions, the pixels tier.
 
-- fp32: its tokens agree with the exporting machine's fp32 tokens on at least
-  ``FP32_MIN_AGREEMENT`` of positions (float-rounding ties between two kernels' sums).
-- any other: its reconstructions lose at most ``PSNR_BAR_DB`` against fp32's (PSNR against
-  the photos; the export gate's own bar), or, for a bundle whose export already measured a
-  larger loss, at most that loss plus ``DEVICE_MARGIN_DB``; and its tokens agree with fp32's
-  at most ``AGREEMENT_MARGIN`` less often than they did at export.
+fp32 is judged the same way, against the exporting machine's fp32. Judgements are cached per
+stage in the user's cache (``vqedge.runtime.cache``) under a key of everything that changes
+kernels or rules; a cached judgement is used only where its stored key equals the request's
+and it judges the same from its stored figures under today's rules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import statistics
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vqedge.runtime.atomic import write_bytes_atomic
-from vqedge.runtime.device import cpu_signature, device_description
+from vqedge.runtime import fidelity
+from vqedge.runtime.cache import VERDICTS, private_dir, write_private
+from vqedge.runtime.device import device_description, machine_key
+from vqedge.runtime.fidelity import (
+    DECODER_STAGE,
+    ENCODER_STAGE,
+    PIXELS,
+    STAGES,
+    TOKENS,
+    StageJudgement,
+)
 from vqedge.runtime.manifest import BundleError, verified_file
 from vqedge.runtime.metrics import psnr
-from vqedge.runtime.providers import ProviderError
+from vqedge.runtime.plan import AUTO, PrecisionPlan
+from vqedge.runtime.providers import OPENVINO, ProviderError, provider_names
+from vqedge.runtime.verdict import Trial, Verdict
 
 CHECK_FILE = "check.npz"
 # arrays of the check set: photos uint8 [N, H, W, 3], fp32 tokens, fp32 reconstructions
 CHECK_ARRAYS = ("image", "tokens", "reconstruction")
-# bumped when a rule below changes, so cached verdicts made under old rules are not reused
-RULES_VERSION = 1
-# float-rounding ties between two kernels flip a few tokens in a thousand; reduced arithmetic
-# (a GPU's TF32) flips a few in a hundred
-FP32_MIN_AGREEMENT = 0.99
-PSNR_BAR_DB = 0.5
-DEVICE_MARGIN_DB = 0.25
-AGREEMENT_MARGIN = 0.05
-
-
-@dataclass
-class CheckResult:
-    """One precision checked on one device and provider.
-
-    ``agreement`` is the share of token positions equal to the exporting machine's fp32
-    tokens; ``psnr_vs_fp32`` the PSNR of this precision's reconstructions against fp32's
-    (dB); ``psnr_drop_db`` how much less PSNR against the photos it has than fp32's
-    reconstructions. ``expected_*`` are the same figures measured at export.
-    """
-
-    bundle: str
-    precision: str
-    providers: list[str]
-    device: str
-    agreement: float
-    psnr_vs_fp32: float
-    psnr_drop_db: float
-    expected_agreement: float | None
-    expected_drop_db: float | None
-    holds: bool
-    reason: str
-    seconds: float
-    cached: bool = False
-    checked_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# runs of a stage whose median "auto" compares (after one warm-up run)
+TIMING_RUNS = 3
+NO_CHECK_SET = "the bundle carries no check set"
 
 
 class PrecisionError(ProviderError):
-    """A precision that does not give the bundle's tokens on this device (strict load)."""
-
-
-def cache_root() -> Path:
-    """Where verdicts are kept: $VQEDGE_CACHE_DIR, else $XDG_CACHE_HOME/vqedge, else
-    ~/.cache/vqedge."""
-    env = os.environ.get("VQEDGE_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vqedge"
+    """A plan a stage of which does not hold its fidelity tier on this device (strict load),
+    or a strict load of a bundle without a check set."""
 
 
 def check_entry(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -124,73 +93,231 @@ def read_check_set(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray
     return arrays
 
 
-def measure(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """Run the check photos through ``tok`` -> agreement with the reference tokens, PSNR
-    against the reference reconstructions, and PSNR lost against the photos (dB)."""
-    recon, tokens = tok.reconstruct(arrays["image"])
-    ref_tokens, ref_recon, photos = arrays["tokens"], arrays["reconstruction"], arrays["image"]
-    if tokens.shape != ref_tokens.shape:
+# -- measuring one stage ------------------------------------------------------------------
+
+
+def _mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([min(psnr(x, y), fidelity.PSNR_CAP_DB) for x, y in zip(a, b)]))
+
+
+def measure_encoder(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The encoder (with the fp32 lookup) on the check photos -> agreement with the check
+    set's fp32 tokens over all scales, per scale (several scales only), and the round trip's
+    PSNR drop against the photos beside fp32's (dB, decoded at the tokenizer's plan)."""
+    photos, ref = arrays["image"], arrays["tokens"]
+    idx_Bl = tok.img_to_idxBl(photos)
+    got = np.concatenate([np.asarray(i).reshape(len(photos), -1) for i in idx_Bl], axis=1)
+    ref_flat = ref.reshape(len(photos), -1)
+    if got.shape != ref_flat.shape:
         raise BundleError(
-            f"check set tokens have shape {ref_tokens.shape}, this runtime gives {tokens.shape}"
+            f"check set tokens have shape {ref.shape}, this runtime gives {got.shape}"
         )
-    here = np.mean([psnr(p, r) for p, r in zip(photos, recon)])
-    ref = np.mean([psnr(p, r) for p, r in zip(photos, ref_recon)])
-    vs_fp32 = np.mean([min(psnr(a, b), 99.0) for a, b in zip(ref_recon, recon)])
+    same = got == ref_flat
+    per_scale, start = [], 0
+    for i in idx_Bl:
+        n = np.asarray(i).reshape(len(photos), -1).shape[1]
+        per_scale.append(float(same[:, start : start + n].mean()))
+        start += n
+    recon = tok.decode(got.reshape(ref.shape))
+    drop = _mean_psnr(photos, arrays["reconstruction"]) - _mean_psnr(photos, recon)
     return {
-        "agreement": float((tokens == ref_tokens).mean()),
-        "psnr_vs_fp32": float(vs_fp32),
-        "psnr_drop_db": float(ref - here),
+        "agreement": float(same.mean()),
+        "per_scale": per_scale if len(per_scale) > 1 else [],
+        "round_trip_drop_db": float(drop),
     }
 
 
-def judge(precision: str, got: dict[str, float], expected: dict[str, Any] | None) -> str:
-    """Why ``got`` does not keep the bundle's promise for ``precision`` ("" if it does)."""
-    agree, drop = got["agreement"], got["psnr_drop_db"]
-    if precision == "fp32":
-        if agree < FP32_MIN_AGREEMENT:
-            return (
-                f"fp32 tokens agree on {agree:.1%} of positions with the exporting machine's "
-                f"(at least {FP32_MIN_AGREEMENT:.1%} expected)"
-            )
-        return ""
-    why = []
-    exp_drop = (expected or {}).get("psnr_drop_db")
-    limit = PSNR_BAR_DB if exp_drop is None else max(PSNR_BAR_DB, exp_drop + DEVICE_MARGIN_DB)
-    if drop > limit:
-        why.append(f"{drop:.2f} dB below fp32 (at most {limit:.2f} dB expected)")
-    exp_agree = (expected or {}).get("agreement")
-    if exp_agree is not None and agree < exp_agree - AGREEMENT_MARGIN:
-        why.append(f"tokens agree with fp32 on {agree:.0%} (the bundle promises {exp_agree:.0%})")
-    return ", ".join(why)
+def measure_decoder(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """The decoder on the check set's fp32 tokens -> PSNR against fp32's decode of them."""
+    return {"psnr_vs_fp32": _mean_psnr(arrays["reconstruction"], tok.decode(arrays["tokens"]))}
 
 
-def check_tokenizer(tok: Any) -> CheckResult | None:
-    """Run the bundle's check set through ``tok`` now (no cache); None if it has none."""
-    entry = check_entry(tok.manifest)
-    if entry is None:
+def judge_stage(stage: str, precision: str, tier: str, got: dict[str, Any]) -> StageJudgement:
+    """A stage's measured figures judged by its tier (today's rules)."""
+    if stage == DECODER_STAGE:
+        return fidelity.judge_pixels(stage, precision, got["psnr_vs_fp32"])
+    if tier == PIXELS:
+        return fidelity.judge_encoder_pixels(precision, got["round_trip_drop_db"])
+    return fidelity.judge_tokens(stage, precision, got["agreement"], got.get("per_scale", ()))
+
+
+def stage_time_ms(tok: Any, stage: str, arrays: dict[str, np.ndarray]) -> float:
+    """Median time of ``stage`` alone on the check set (ms), after one warm-up run."""
+    if stage == ENCODER_STAGE:
+        run = lambda: tok.encode_latent(arrays["image"])  # noqa: E731
+    else:
+        run = lambda: tok.decode(arrays["tokens"])  # noqa: E731
+    run()
+    times = []
+    for _ in range(TIMING_RUNS):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+
+def key_fields(tok: Any, stage: str, tier: str) -> dict[str, Any]:
+    """Everything a stage's judgement depends on: the bundle, the stage and its precision
+    (and, for an encoder judged by pixels, the decoder it was decoded with), providers and
+    their options, session options, the machine, the versions and the rules."""
+    s = tok.sessions
+    plan = {stage: s.plan.stages[stage]}
+    if stage == ENCODER_STAGE and tier == PIXELS:
+        plan = s.plan.to_dict()
+    graphs = ["encoder", "quantizer"] if stage == ENCODER_STAGE else ["decoder"]
+    if tier == PIXELS and stage == ENCODER_STAGE:
+        graphs.append("decoder")
+    providers = {g: json.loads(json.dumps(s.providers_of(g), default=str)) for g in graphs}
+    return {
+        "bundle_sha256": s.bundle_sha256,
+        "stage": stage,
+        "tier": tier,
+        "plan": plan,
+        "providers": providers,
+        "session_options": session_option_fields(s.options),
+        "graph_cache": s.graph_cache is not None,
+        "machine": machine_key(provider_names(s.providers)),
+        "rules": fidelity.rules_digest(),
+    }
+
+
+# session config entries that change which kernels run or how they round
+CONFIG_ENTRIES = (
+    "session.intra_op.allow_spinning",
+    "session.set_denormal_as_zero",
+    "session.disable_prepacking",
+    "session.qdqisint8allowed",
+    "session.disable_quant_qdq",
+    "session.enable_quant_qdq_cleanup",
+    "mlas.enable_gemm_fastmath_arm64_bfloat16",
+    "session.use_env_allocators",
+)
+
+
+def session_option_fields(opts: Any) -> dict[str, Any]:
+    """The session options that change kernels: optimization level, threads, config entries."""
+    entries = {}
+    for k in CONFIG_ENTRIES:
+        try:
+            entries[k] = opts.get_session_config_entry(k)
+        except RuntimeError:  # not set
+            continue
+    return {
+        "graph_optimization_level": str(opts.graph_optimization_level),
+        "execution_mode": str(opts.execution_mode),
+        "intra_op_num_threads": opts.intra_op_num_threads,
+        "inter_op_num_threads": opts.inter_op_num_threads,
+        "config": entries,
+    }
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def read_cached(
+    folder: Path | None, fields: dict[str, Any]
+) -> tuple[StageJudgement, dict[str, Any], float | None] | None:
+    """A cached judgement whose stored key equals ``fields`` and which judges the same from
+    its stored figures under today's rules; None for anything else (it is re-measured)."""
+    if folder is None:
         return None
-    t0 = time.perf_counter()
-    got = measure(tok, read_check_set(tok.root, tok.manifest))
-    expected = entry.get("expected", {}).get(tok.precision)
-    reason = judge(tok.precision, got, expected)
-    providers = running_providers(tok)
-    device = device_description(providers)
-    if reason:
-        reason = f"{tok.precision} on {device} via {providers[0]}: {reason}"
-    return CheckResult(
-        bundle=str(tok.manifest.get("name") or tok.root.name),
-        precision=tok.precision,
-        providers=providers,
-        device=device,
-        agreement=got["agreement"],
-        psnr_vs_fp32=got["psnr_vs_fp32"],
-        psnr_drop_db=got["psnr_drop_db"],
-        expected_agreement=(expected or {}).get("agreement"),
-        expected_drop_db=(expected or {}).get("psnr_drop_db"),
-        holds=not reason,
-        reason=reason,
-        seconds=time.perf_counter() - t0,
-    )
+    try:
+        data = json.loads((folder / f"{_digest(fields)}.json").read_text())
+        if data["key"] != json.loads(json.dumps(fields)):
+            return None
+        stored = data["judgement"]
+        got = data["figures"]
+        j = judge_stage(fields["stage"], fields["plan"][fields["stage"]], fields["tier"], got)
+        if stored != j.to_dict():
+            return None
+        ms = data.get("ms")
+        return j, got, (float(ms) if ms is not None else None)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def remember(
+    folder: Path | None,
+    fields: dict[str, Any],
+    got: dict[str, Any],
+    judgement: StageJudgement,
+    ms: float | None,
+) -> None:
+    """Keep a stage's judgement, its figures and its time (0o600, atomically)."""
+    if folder is None:
+        return
+    record = {
+        "key": fields,
+        "figures": got,
+        "judgement": judgement.to_dict(),
+        "ms": ms,
+        "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_private(folder / f"{_digest(fields)}.json", json.dumps(record).encode())
+
+
+# -- judging a tokenizer ------------------------------------------------------------------
+
+
+class Checker:
+    """Judges the stages of one tokenizer on its check set, reading and keeping the cache."""
+
+    def __init__(
+        self, tok: Any, encoder_tier: str, cache_dir: str | Path | None, use_cache: bool
+    ) -> None:
+        if encoder_tier not in fidelity.TIERS:
+            raise ValueError(f"encoder_tier must be one of {fidelity.TIERS}, got {encoder_tier!r}")
+        self.tok = tok
+        self.encoder_tier = encoder_tier
+        self.folder = private_dir(VERDICTS, cache_dir)
+        self.use_cache = use_cache
+        self._arrays: dict[str, np.ndarray] | None = None
+        self.all_cached = True
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = read_check_set(self.tok.root, self.tok.manifest)
+        return self._arrays
+
+    def tier(self, stage: str) -> str:
+        return self.encoder_tier if stage == ENCODER_STAGE else fidelity.STAGE_TIER[stage]
+
+    def judge(self, stage: str, precision: str, timed: bool = False) -> Trial:
+        """``stage`` at ``precision`` (the tokenizer is switched to it): cached or measured."""
+        s = self.tok.sessions
+        if s.plan.stages[stage] != precision:
+            s.set_stage(stage, precision)
+        precision = s.plan.stages[stage]  # bf16 off OpenVINO runs fp32 (lenient)
+        fields = key_fields(self.tok, stage, self.tier(stage))
+        hit = read_cached(self.folder, fields) if self.use_cache else None
+        if hit is not None and (hit[2] is not None or not timed):
+            return Trial(hit[0], hit[2] or 0.0)
+        self.all_cached = False
+        if hit is not None:  # a cached judgement without the time "auto" needs: time it
+            j, got = hit[0], hit[1]
+        else:
+            measure = measure_encoder if stage == ENCODER_STAGE else measure_decoder
+            got = measure(self.tok, self.arrays)
+            j = judge_stage(stage, precision, self.tier(stage), got)
+        ms = stage_time_ms(self.tok, stage, self.arrays) if timed else None
+        remember(self.folder, fields, got, j, ms)
+        return Trial(j, ms or 0.0)
+
+
+def candidates(tok: Any) -> list[str]:
+    """The precisions "auto" tries on this tokenizer's providers: the bundle's variants, and
+    bf16 where OpenVINO runs first; fp32 first (ties go to it)."""
+    variants = list(tok.manifest["variants"])
+    out = ["fp32"] if "fp32" in variants else []
+    out += [v for v in variants if v != "fp32"]
+    if provider_names(tok.sessions.providers)[0] == OPENVINO and "fp32" in variants:
+        out.append("bf16")
+    return out
 
 
 def running_providers(tok: Any) -> list[str]:
@@ -204,107 +331,129 @@ def running_providers(tok: Any) -> list[str]:
     return names
 
 
-def cache_key(tok: Any) -> str:
-    """Bundle, precision, providers asked for, CPU, onnxruntime version and these rules."""
-    import onnxruntime as ort
-
-    parts = [
-        tok.bundle_sha256,
-        tok.precision,
-        json.dumps(tok.sessions.providers, default=str),
-        cpu_signature(),
-        ort.__version__,
-        str(RULES_VERSION),
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+def _verdict(tok: Any, asked: PrecisionPlan, checker: Checker, **kw: Any) -> Verdict:
+    providers = running_providers(tok)
+    return Verdict(
+        bundle=str(tok.manifest.get("name") or tok.root.name),
+        asked=asked.to_dict(),
+        plan=tok.sessions.plan.to_dict(),
+        encoder_tier=checker.encoder_tier,
+        device=device_description(providers),
+        providers=tuple(providers),
+        **kw,
+    )
 
 
-def verdict_path(tok: Any, cache: Path | None = None) -> Path:
-    """The file that keeps ``tok``'s verdict on this device."""
-    return (cache or cache_root()) / "verdicts" / f"{cache_key(tok)}.json"
-
-
-def cached_check(tok: Any, cache: Path | None = None) -> CheckResult | None:
-    """The verdict for ``tok`` on this device: from the cache when this combination was
-    checked before, else checked now and kept (an unwritable cache is skipped)."""
+def check_plan(
+    tok: Any,
+    encoder_tier: str = TOKENS,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = False,
+) -> Verdict:
+    """Judge every stage of ``tok``'s plan on the check set now (no cache read unless
+    ``use_cache``; the judgements are kept) -> the verdict; skipped without a check set."""
+    t0 = time.perf_counter()
+    plan = tok.sessions.plan
+    checker = Checker(tok, encoder_tier, cache_dir, use_cache)
     if check_entry(tok.manifest) is None:
-        return None
-    path = verdict_path(tok, cache)
-    try:
-        data = json.loads(path.read_text())
-        return CheckResult(**(data | {"cached": True}))
-    except (OSError, ValueError, TypeError):
-        pass
-    result = check_tokenizer(tok)
-    if result is not None:
-        remember(result, path)
-    return result
-
-
-def remember(result: CheckResult, path: Path) -> None:
-    """Keep a verdict (atomically); a cache that cannot be written costs a re-check later."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, json.dumps(result.to_dict() | {"cached": False}).encode())
-    except OSError:
-        pass
-
-
-def describe_verification(v: dict[str, Any] | None) -> str:
-    """One line on the on-device check's verdict (``info["verification"]``)."""
-    if v is None:
-        return "not checked (load(verify=False))"
-    if v.get("checked") is False:
-        return f"not checked: {v['reason']}"
-    figures = (
-        f"tokens agree {v['agreement']:.1%} with fp32, PSNR {v['psnr_drop_db']:.2f} dB below "
-        f"fp32's, on {v['device']}" + (" (cached verdict)" if v.get("cached") else "")
+        return _verdict(tok, plan, checker, skipped=NO_CHECK_SET)
+    judgements = [checker.judge(stage, plan.stages[stage]).judgement for stage in STAGES]
+    return _verdict(
+        tok,
+        plan,
+        checker,
+        judgements=tuple(judgements),
+        cached=use_cache and checker.all_cached,
+        seconds=time.perf_counter() - t0,
     )
-    if v.get("fell_back_to"):
-        return f"{v['precision']} does NOT hold here ({v['reason']}): running {v['fell_back_to']}"
-    return ("holds: " if v["holds"] else "does NOT hold: ") + figures
 
 
-def advice(result: CheckResult) -> str:
-    """What to do about a precision that does not hold."""
-    if result.precision == "fp32":
+def refusal(j: StageJudgement, asked: PrecisionPlan) -> str:
+    """A strict load's message for a stage that does not hold: the figures and the ways on."""
+    if j.precision == "fp32":
         return (
-            "the provider computes differently from the exporting machine (a GPU's TF32, "
-            "another kernel): compare with providers='cpu'"
+            f"{j.reason} on this device: the provider computes differently from the exporting "
+            "machine (a GPU's TF32, another kernel); compare with providers='cpu'"
         )
-    return (
-        "use precision='fp32', or re-export the bundle with this vqedge (`vqedge export "
-        f"--precisions {result.precision}`), whose int8 keeps 7-bit weights that CPUs without "
-        "VNNI sum without saturating"
+    other = DECODER_STAGE if j.stage == ENCODER_STAGE else ENCODER_STAGE
+    mixed = {j.stage: "fp32", other: asked.stages[other]}
+    ways = f"use precision='auto' or precision={mixed!r}"
+    if j.stage == ENCODER_STAGE and j.tier == TOKENS:
+        ways += ", or accept pixels-only fidelity with encoder_tier='pixels'"
+    return f"{j.reason}: {ways}"
+
+
+def verify_at_load(
+    tok: Any,
+    asked: PrecisionPlan,
+    strict: bool,
+    encoder_tier: str = TOKENS,
+    cache_dir: str | Path | None = None,
+) -> None:
+    """``load``'s check of the plan asked for; sets ``tok.verification``.
+
+    A stage set to "auto" runs the fastest candidate that holds its tier. A stage whose
+    precision does not hold raises ``PrecisionError`` with ``strict``; else it warns and the
+    stage runs fp32 (the same open sessions). A bundle without a check set is refused with
+    ``strict`` and marked "not verified" otherwise.
+    """
+    t0 = time.perf_counter()
+    checker = Checker(tok, encoder_tier, cache_dir, use_cache=True)
+    if check_entry(tok.manifest) is None:
+        if strict:
+            raise PrecisionError(
+                f"bundle {tok.root.name} carries no check set, so its plan cannot be verified "
+                "on this device: re-export it (`vqedge export ...` writes one) or load it "
+                "unverified with verify=False (CLI: --no-verify)"
+            )
+        tok.sessions.verification = _verdict(tok, asked, checker, skipped=NO_CHECK_SET)
+        return
+    judgements, trials, fell_back = [], [], []
+    # the decoder first: an encoder judged by pixels is decoded at the decoder's final choice
+    for stage in (DECODER_STAGE, ENCODER_STAGE):
+        want = asked.stages[stage]
+        if want == AUTO:
+            tried = [checker.judge(stage, p, timed=True) for p in candidates(tok)]
+            trials += tried
+            good = [t for t in tried if t.judgement.holds]
+            pick = min(good, key=lambda t: t.ms) if good else tried[0]
+            checker.judge(stage, pick.judgement.precision)  # switch to it (cached now)
+            j = pick.judgement
+        else:
+            j = checker.judge(stage, want).judgement
+        judgements.append(j)
+        if j.holds:
+            continue
+        if strict:
+            raise PrecisionError(refusal(j, asked))
+        if j.precision != "fp32":
+            warnings.warn(f"{j.reason}; the {stage} runs fp32 instead", RuntimeWarning, 3)
+            tok.sessions.set_stage(stage, "fp32")
+            fell_back.append(stage)
+        else:
+            warnings.warn(refusal(j, asked), RuntimeWarning, stacklevel=3)
+    tok.sessions.verification = _verdict(
+        tok,
+        asked,
+        checker,
+        judgements=tuple(reversed(judgements)),
+        fell_back=tuple(reversed(fell_back)),
+        cached=checker.all_cached,
+        trials=tuple(trials),
+        seconds=time.perf_counter() - t0,
     )
 
 
-def verify_at_load(tok: Any, strict: bool, reload: Any) -> Any:
-    """``load``'s check of the precision asked for -> the tokenizer to use.
-
-    Where the precision does not hold here, strict mode raises ``PrecisionError``; lenient
-    mode warns and returns ``reload("fp32")``, whose ``info["verification"]`` says what was
-    replaced and why.
-    """
-    import warnings
-
-    result = cached_check(tok)
-    if result is None:
-        tok.sessions.verification = {
-            "checked": False,
-            "reason": "the bundle carries no check set (re-export it to add one)",
-        }
-        return tok
-    tok.sessions.verification = result.to_dict()
-    if result.holds:
-        return tok
-    msg = f"{result.reason}: {advice(result)}"
-    if strict:
-        raise PrecisionError(msg)
-    if tok.precision == "fp32":
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return tok
-    warnings.warn(f"{msg}; running fp32 instead", RuntimeWarning, stacklevel=3)
-    fallback = reload("fp32")
-    fallback.sessions.verification = result.to_dict() | {"fell_back_to": "fp32"}
-    return fallback
+__all__ = [
+    "CHECK_ARRAYS",
+    "CHECK_FILE",
+    "NO_CHECK_SET",
+    "PrecisionError",
+    "check_entry",
+    "check_plan",
+    "judge_stage",
+    "measure_decoder",
+    "measure_encoder",
+    "read_check_set",
+    "verify_at_load",
+]

@@ -255,7 +255,8 @@ def test_other_precision_and_provider(client):
     _, _, m = _call(
         client, handle_file(small), "int8", "CPUExecutionProvider", api_name="/reconstruct"
     )
-    assert m["precision"] == "int8" and m["psnr_db"] > 10
+    # lenient: a stage whose int8 does not hold its tier here runs fp32, and the plan says so
+    assert m["precision"] in ("int8", "encoder fp32, decoder int8") and m["psnr_db"] > 10
     with pytest.raises(Exception, match="fp64 is not in the list of choices"):
         _call(client, handle_file(small), "fp64", api_name="/reconstruct")
 
@@ -468,12 +469,14 @@ def test_browser_corrupt_upload_shows_a_message(page, tmp_path):
 def test_browser_reconstruct_and_edit_tokens(page, served, tmp_path):
     # the on-device verdict beside the precision choice follows it
     fp32_verdict = page.inner_text("#precision-verdict")
-    assert "holds: tokens agree 100" in fp32_verdict or "holds: tokens agree 99" in fp32_verdict
+    assert fp32_verdict.startswith("On this device: holds: plan fp32: encoder fp32 keeps")
     page.get_by_label("int8").check()
+    # int8's verdict names it (held, or its encoder replaced by fp32), once it has replaced fp32's
     page.wait_for_function(
-        "(old) => document.querySelector('#precision-verdict')?.innerText !== old", arg=fp32_verdict
+        "() => document.querySelector('#precision-verdict')?.innerText.includes('int8')"
     )
-    assert "holds: tokens agree" in page.inner_text("#precision-verdict")
+    int8_verdict = page.inner_text("#precision-verdict")
+    assert "holds: plan int8" in int8_verdict or "the encoder runs fp32 instead" in int8_verdict
     page.get_by_label("fp32").check()
     page.locator("input[type=file]").first.set_input_files(str(CHELSEA))
     page.get_by_role("button", name="Tokenize and reconstruct").click()

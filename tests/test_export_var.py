@@ -19,10 +19,11 @@ from test_families import VAR_SMALL, var_small_tensors
 from vqedge.export.families import source_facts
 from vqedge.export.graphs import EncoderGraph, FhatDecoderGraph
 from vqedge.export.pipeline import export_bundle, recipe_for
-from vqedge.export.var_recipe import GENERATOR_MIN_AGREEMENT, VARRecipe
+from vqedge.export.var_recipe import VARRecipe
 from vqedge.models import var
 from vqedge.models.data import held_out_paths
 from vqedge.runtime import MultiScaleTokenizer, load
+from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
 from vqedge.runtime.images import fit_square, uint8_to_float
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import MULTI_SCALE
@@ -120,7 +121,7 @@ def test_manifest_records_gate_per_scale_source_and_variants(small):
         assert len(q["token_agreement_per_scale"]) == len(VAR_SMALL.patch_nums)
         assert all(0.0 <= a <= 1.0 for a in q["token_agreement_per_scale"])
         assert len(q["held_out_psnr_per_prefix"]) == len(VAR_SMALL.patch_nums)
-        expected_fit = prec == "fp32" or q["token_agreement"] >= GENERATOR_MIN_AGREEMENT
+        expected_fit = prec == "fp32" or q["token_agreement"] >= TOKENS_MIN_AGREEMENT
         assert q["fit_for_generator_training"] is expected_fit, prec
     assert manifest["variants"]["fp32"]["quality"]["fit_for_generator_training"] is True
     assert manifest["sizes"]["parameters"] == sum(p.numel() for p in model.parameters())
@@ -183,7 +184,8 @@ def test_reduced_precisions_run_and_agree_as_recorded(small, precision):
     _, out, manifest, _ = small
     imgs = np.stack([fit_square(read_image(p), 16) for p in held_out_paths()])
     ref = load(out).encode(imgs)
-    idx = load(out, precision=precision).encode(imgs)
+    # measured by the test itself: unverified (a random model's reduced tokens may not hold)
+    idx = load(out, precision=precision, verify=False).encode(imgs)
     assert idx.shape == ref.shape == (3, 30)
     assert idx.min() >= 0 and idx.max() < VAR_SMALL.vocab_size
     q = manifest["variants"][precision]["quality"]
@@ -191,7 +193,7 @@ def test_reduced_precisions_run_and_agree_as_recorded(small, precision):
     split = load(out).split
     per_scale = [float((a == b).mean()) for a, b in zip(split(idx), split(ref))]
     assert per_scale == pytest.approx(q["token_agreement_per_scale"], abs=1e-12)
-    assert q["fit_for_generator_training"] == (q["token_agreement"] >= GENERATOR_MIN_AGREEMENT)
+    assert q["fit_for_generator_training"] == (q["token_agreement"] >= TOKENS_MIN_AGREEMENT)
 
 
 # ---------------------------------------------------------------- full size (slow)

@@ -103,10 +103,11 @@ def test_shards_hold_the_tokens_of_every_image(local1, images, tok):
     info = read_shard_info(local1 / "part-00000.parquet")
     assert info["patch_nums"] == [] and info["bundle_sha256"] == tok.bundle_sha256
     assert info["codebook_size"] == 1024 and info["preprocess"] is None
-    # the on-device check of the precision the shards were made with, where they were made
+    # the on-device check of the plan the shards were made with, where they were made
     v = info["verification"]
-    assert v["precision"] == info["precision"] and v["holds"] is True
-    assert 0.99 <= v["agreement"] <= 1 and v["device"] and "seconds" not in v
+    assert v["plan"] == info["precision"] == {"encoder": "fp32", "decoder": "fp32"}
+    assert v["holds"] is True and v["judgements"][0]["tier"] == "tokens"
+    assert 0.99 <= v["judgements"][0]["figure"] <= 1 and v["device"] and "seconds" not in v
     s = summary(local1)
     assert s["images"] == {"listed": N_IMAGES + 1, "tokenized": N_IMAGES, "failed": 1}
     assert s["shards"] == {"total": 5, "written": 5, "skipped": 0}
