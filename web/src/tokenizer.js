@@ -13,9 +13,11 @@ function workerRunner() {
   const worker = new Worker(new URL("./vqedge.worker.js", import.meta.url), { type: "module" });
   const pending = new Map();
   let next = 0;
-  worker.onmessage = ({ data: { id, result, error, progress } }) => {
+  const runner = { sessionMs: 0 };
+  worker.onmessage = ({ data: { id, result, error, progress, ms } }) => {
     const p = pending.get(id);
     if (progress) return p?.onProgress?.(progress);
+    runner.sessionMs += ms ?? 0;
     pending.delete(id);
     if (error) {
       const e = new Error(error.message);
@@ -33,20 +35,18 @@ function workerRunner() {
       pending.set(id, { resolve, reject, onProgress });
       worker.postMessage({ id, op, args }, transfer);
     });
-  return {
+  return Object.assign(runner, {
     load: ({ onProgress, ...args }) => call("load", args, [], onProgress),
-    run: (graph, feeds) => {
-      // copies go to the worker, so the caller's arrays stay usable
-      const copy = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, { ...t, data: t.data.slice() }]));
-      return call("run", { graph, feeds: copy }, Object.values(copy).map((t) => t.data.buffer));
-    },
+    // the feeds are the tokenizer's own temporaries: moved to the worker, never copied
+    run: (graph, feeds) => call("run", { graph, feeds }, [...new Set(Object.values(feeds).map((t) => t.data.buffer))]),
     dispose: () => worker.terminate(),
-  };
+  });
 }
 
 function inProcessRunner() {
   let core = null;
-  return {
+  const runner = { sessionMs: 0 };
+  return Object.assign(runner, {
     load: async (args) => {
       // a bare specifier: resolved by Node (or a page's import map), never bundled
       const ortName = "onnxruntime-web";
@@ -60,9 +60,14 @@ function inProcessRunner() {
       const { run, release, ...facts } = core;
       return facts;
     },
-    run: (graph, feeds) => core.run(graph, feeds),
+    run: async (graph, feeds) => {
+      const t0 = performance.now();
+      const out = await core.run(graph, feeds);
+      runner.sessionMs += performance.now() - t0;
+      return out;
+    },
     dispose: () => {},
-  };
+  });
 }
 
 function checkIndices(indices, k) {
@@ -124,6 +129,12 @@ class TokenizerBase {
    */
   async verify() {
     return verifyNow(this);
+  }
+
+  /** ms spent inside onnxruntime-web's sessions since load (the worker's clock): the rest of
+   * a call's time is JavaScript (pixels, colour maps) and transfers. */
+  get sessionMs() {
+    return this.runner.sessionMs;
   }
 
   async _run(graph, name, t) {

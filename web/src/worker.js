@@ -28,8 +28,9 @@ self.onmessage = async ({ data: { id, op, args } }) => {
       self.postMessage({ id, result: await load(id, args) });
     } else if (op === "run") {
       if (!core) throw new Error("no bundle is loaded");
+      const t0 = performance.now();
       const out = await core.run(args.graph, args.feeds);
-      self.postMessage({ id, result: out }, transferables(out));
+      self.postMessage({ id, result: out, ms: performance.now() - t0 }, transferables(out));
     } else {
       throw new Error(`unknown operation ${op}`);
     }
