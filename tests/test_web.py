@@ -645,3 +645,48 @@ def test_browser_int8_fetches_its_own_files_and_a_second_visit_none(browser, ser
     finally:
         context.close()
     assert errors == []
+
+
+def test_generated_rules_say_what_the_python_runtime_says(built):
+    """web/src/rules.gen.js (generated from the Python source): the same constants, the same
+    rules digest and, for the same figures, the same reasons as vqedge.runtime.fidelity."""
+    from vqedge.runtime import fidelity, limits, manifest, tokenizer
+
+    node = shutil.which("node")
+    assert node is not None, "node is not installed: make web-deps"
+    script = """
+    const f = await import("./src/fidelity.js");
+    const r = await import("./src/rules.gen.js");
+    const cases = [[0.8467, [0.5, 0.91]], [0.95, []], [0.999, []]];
+    console.log(JSON.stringify({
+      digest: await f.rulesDigest(),
+      consts: Object.fromEntries(Object.entries(r).filter(([k, v]) => typeof v === "number")),
+      tokens: cases.map(([a, s]) => f.judgeTokens("encoder", "int8", a, s).reason),
+      pixels: [12.34, 39.95, 41, 120].map((p) => f.judgePixels("decoder", "fp16", p).reason),
+    }));
+    """
+    r = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    js = json.loads(r.stdout)
+    assert js["digest"] == fidelity.rules_digest()
+    assert js["consts"] == {
+        "TOKENS_MIN_AGREEMENT": fidelity.TOKENS_MIN_AGREEMENT,
+        "PIXELS_MIN_PSNR_DB": fidelity.PIXELS_MIN_PSNR_DB,
+        "PIXELS_ENCODER_MAX_DROP_DB": fidelity.PIXELS_ENCODER_MAX_DROP_DB,
+        "PSNR_CAP_DB": fidelity.PSNR_CAP_DB,
+        "DEFAULT_MAX_SIDE": limits.DEFAULT_MAX_SIDE,
+        "ATTENTION_MAX_BYTES": limits.ATTENTION_MAX_BYTES,
+        "MAX_MANIFEST_BYTES": manifest.MAX_MANIFEST_BYTES,
+        "FORMAT_VERSION": manifest.FORMAT_VERSION,
+        "LOOKUP_LATENTS": tokenizer.LOOKUP_LATENTS,
+    }
+    cases = [(0.8467, [0.5, 0.91]), (0.95, []), (0.999, [])]
+    assert js["tokens"] == [fidelity.judge_tokens("encoder", "int8", a, s).reason for a, s in cases]
+    pix = [fidelity.judge_pixels("decoder", "fp16", p).reason for p in (12.34, 39.95, 41, 120)]
+    assert js["pixels"] == pix

@@ -135,6 +135,9 @@ test("verify() on the shipped f4 bundle: fp32 holds; int8 judged with the Python
     const v = await verifyNow(q);
     assert.equal(v.stages[0].precision, "int8");
     for (const s of v.stages) assert.equal(s.reason, s.holds ? "" : s.tier === "tokens" ? judgeTokens(s.stage, "int8", s.figure).reason : judgePixels(s.stage, "int8", s.figure).reason);
+    // "auto": the fastest precision per stage (int8 on WASM) where its check holds, else fp32
+    const auto = await load(url, { backend: "wasm", worker: false, precision: "auto" });
+    assert.deepEqual(auto.plan, Object.fromEntries(v.stages.map((s) => [s.stage, s.holds ? "int8" : "fp32"])));
     if (!v.holds) {
       await assert.rejects(load(url, { backend: "wasm", worker: false, precision: "int8" }), (e) => e.name === "PrecisionError" && e.message.startsWith(v.reason));
       const lenient = await load(url, { backend: "wasm", worker: false, precision: "int8", strict: false });
