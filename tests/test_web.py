@@ -544,6 +544,10 @@ def test_browser_verifies_the_check_set_and_shows_the_verdict(page, server):
     page.wait_for_function("document.body.dataset.state === 'ready'")
     assert page.inner_text("#verdict").startswith("Check set: verified")
     assert "encoder fp32" in page.inner_text("#verdict")
+    assert "every file checked against its sha256" in page.inner_text("#download")
+    # the held-out photos are offered as examples, as in the Gradio demo
+    page.get_by_role("button", name="flower.jpg").click()
+    page.get_by_text("flower.jpg: PSNR").wait_for()
     v = page.evaluate(
         """async () => {
           const tok = await window.vqedge.load("bundles/vqvae-f4/", {backend: "wasm"});
