@@ -188,7 +188,21 @@ export async function fetchManifest(url) {
     fromCache = true;
   }
   const manifest = parseManifest(data, `${root}${MANIFEST}`);
+  if (cache && !fromCache) await dropStale(cache, root, manifest);
   return { root, manifest, manifestSha256: await sha256(data), bytes: fromCache ? 0 : data.length, fromCache };
+}
+
+/** Forget the kept files of this bundle folder that its current manifest no longer names
+ * (an older export's), so the cache holds one copy of a bundle. */
+async function dropStale(cache, root, manifest) {
+  const current = new Set(Object.entries(manifest.files).map(([rel, sha]) => cacheKey(new URL(rel, root).href, sha)));
+  try {
+    for (const req of await cache.keys()) {
+      if (req.url.startsWith(root) && req.url.includes("vqedge-sha256=") && !current.has(req.url)) await cache.delete(req);
+    }
+  } catch {
+    // a cache that cannot be listed keeps its old entries: they are never read again
+  }
 }
 
 /**
