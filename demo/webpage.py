@@ -6,7 +6,8 @@ isolated, which WASM threads need: ``Cross-Origin-Opener-Policy: same-origin`` a
 ``Cross-Origin-Embedder-Policy: require-corp``.
 
 Routes: ``/`` (the page), ``/dist/...`` (the built package), ``/bundles.json`` (the bundles
-served, in order) and ``/bundles/NAME/...`` (each bundle folder).
+served, in order), ``/bundles/NAME/...`` (each bundle folder), ``/examples.json`` and
+``/examples/...`` (the held-out photos the Gradio demo offers too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 WEB_PAGE_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/"
 # web/ in a source checkout or an editable install; the wheel does not carry it
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+# the held-out photos (demo/examples), offered by the page as the Gradio demo offers them
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # the headers of a cross-origin isolated page (SharedArrayBuffer, so WASM threads)
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -38,6 +41,9 @@ MIME = {
     ".bin": "application/octet-stream",
     ".npy": "application/octet-stream",
     ".vqt": "application/octet-stream",
+    ".npz": "application/octet-stream",
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
 }
 
 
@@ -70,9 +76,9 @@ def web_files(web_dir: Path = WEB_DIR) -> tuple[Path, Path]:
 class _Handler(SimpleHTTPRequestHandler):
     """Files from a fixed table of folders, with the isolation headers on every answer."""
 
-    def __init__(self, *args, mounts: dict[str, Path], index: bytes, **kwargs) -> None:
+    def __init__(self, *args, mounts: dict[str, Path], lists: dict[str, bytes], **kwargs) -> None:
         self.mounts = mounts
-        self.index = index
+        self.lists = lists
         super().__init__(*args, **kwargs)
 
     def end_headers(self) -> None:
@@ -95,8 +101,8 @@ class _Handler(SimpleHTTPRequestHandler):
         return str(Path("/nonexistent") / rel)
 
     def do_GET(self) -> None:
-        if urlsplit(self.path).path == "/bundles.json":
-            body = self.index
+        body = self.lists.get(urlsplit(self.path).path)
+        if body is not None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -132,8 +138,15 @@ def serve(
         manifest = json.loads((Path(folder) / "manifest.json").read_text())
         mounts[f"bundles/{name}"] = Path(folder).resolve()
         index.append({"name": name, "url": f"bundles/{name}/", "kind": manifest.get("kind")})
+    examples = sorted(p.name for p in EXAMPLES_DIR.glob("*.[jp][pn]g"))
+    if examples:
+        mounts["examples"] = EXAMPLES_DIR.resolve()
     mounts[""] = page.resolve()  # last: the page's own files
-    handler = partial(_Handler, mounts=mounts, index=json.dumps(index).encode())
+    lists = {
+        "/bundles.json": json.dumps(index).encode(),
+        "/examples.json": json.dumps(examples).encode(),
+    }
+    handler = partial(_Handler, mounts=mounts, lists=lists)
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -35,7 +35,7 @@ from vqedge.export.single_scale_recipe import SingleScaleRecipe
 from vqedge.export.validate import TOLERANCES, ExportValidationError
 from vqedge.export.var_recipe import VARRecipe
 from vqedge.export.variants import INT8_RECIPE, phase_convolutions, to_fp16, to_int8
-from vqedge.export.weights import WeightStore, externalize, read_external
+from vqedge.export.weights import READS_FP32, WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
 from vqedge.models.multiscale import MultiScaleVQVAE
 from vqedge.models.single_scale import SingleScaleVQ
@@ -375,6 +375,11 @@ def _write_graphs(
     files = {p for v in variants.values() for p in v["graphs"].values()}
     files |= {p for v in variants.values() for p in v.get("cpu_graphs", {}).values()}
     files = sorted(files, key=lambda p: (_weights_order(p.name), p.name))
+    # fp32 graphs an int8 variant runs too (the lookup): their tensors stay in the graph file
+    inline = {
+        p for v, spec in variants.items() if v not in READS_FP32 for p in spec["graphs"].values()
+    }
+    inline = {p for p in inline if p.name.split(".")[1] in READS_FP32}
     stores = {prec: WeightStore(tmp, prec) for prec in PRECISIONS}
     io, reads = {}, {}
     try:
@@ -385,7 +390,7 @@ def _write_graphs(
             for k, v in (facts | {"vqedge.graph": graph, "vqedge.precision": prec}).items():
                 m.metadata_props.add(key=k, value=v)
             m.producer_name, m.producer_version = "vqedge", versions["vqedge"]
-            reads[src.name] = externalize(m, stores, prec)
+            reads[src.name] = [] if src in inline else externalize(m, stores, prec)
             io[src.name] = _io(m)
             onnx.save(m, str(tmp / src.name))
     finally:
@@ -410,9 +415,14 @@ def _variant_entries(
         used: set[str] = set()
         for key in ("graphs", "cpu_graphs"):
             if key in v:
-                entry[key] = {n: {"file": p.name, **written.io[p.name]} for n, p in v[key].items()}
+                # each graph's own weights files: a caller that runs some graphs fetches those
+                entry[key] = {
+                    n: {"file": p.name, **written.io[p.name], "weights": written.reads[p.name]}
+                    for n, p in v[key].items()
+                }
                 used.update(p.name for p in v[key].values())
-        entry["weights"] = sorted({w for f in used for w in written.reads[f]}, key=_weights_order)
+        weights = {w for f in used for w in written.reads[f]}
+        entry["weights"] = sorted(weights, key=lambda w: (_weights_order(w), w))
         # what the variant reads: its graph files, the stored tensors they name, the codebook
         regions = {r for f in used for r in read_external(tmp / f).values()}
         read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))

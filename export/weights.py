@@ -3,8 +3,11 @@
 Every weight of a graph moves into an ONNX external-data file beside it
 (``weights.fp32.bin``, ``weights.int8.bin``), found by content: a tensor whose bytes are
 already stored (the decoder's weights in the CPU-provider decoder, the fp32 tensors an fp16
-graph casts, the codebook in several graphs) points at the stored bytes. A reduced-precision
-graph reads the fp32 file for any tensor it shares with the fp32 graphs.
+graph casts, the codebook in several graphs) points at the stored bytes. An fp16 graph reads
+the fp32 file for the tensors it casts; an int8 graph keeps its own copy of the few float
+tensors it shares with fp32 (biases, norms), so that an int8 variant never downloads the
+fp32 weights (an edge device, a browser). The fp32 graphs an int8 variant shares (the
+nearest-code lookup) keep their small tensors inside the graph file for the same reason.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from onnx import numpy_helper
 
 # offsets of stored tensors are multiples of this, so every tensor starts aligned for SIMD
 ALIGN = 64
+# the precisions whose graphs read the fp32 weights file for a tensor stored there (fp16
+# graphs cast fp32 tensors at load); any other keeps its own copy
+READS_FP32 = ("fp32", "fp16")
 
 
 def weights_file(precision: str) -> str:
@@ -66,8 +72,9 @@ def externalize(
 ) -> list[str]:
     """Move every weight of ``model`` (a graph of ``precision``) into the stores, in place.
 
-    A tensor already in the fp32 store points there; any other goes to the store of
-    ``precision``. Returns the names of the files the graph now reads.
+    A tensor already in the fp32 store points there (for ``READS_FP32`` precisions); any
+    other goes to the store of ``precision``. Returns the names of the files the graph now
+    reads.
     """
     used = set()
     shape_data = _shape_inputs(model.graph)
@@ -76,7 +83,8 @@ def externalize(
             continue
         data = np.ascontiguousarray(numpy_helper.to_array(t)).tobytes()
         fp32 = stores.get("fp32")
-        store = fp32 if fp32 is not None and data in fp32 else stores[precision]
+        shared = fp32 is not None and precision in READS_FP32 and data in fp32
+        store = fp32 if shared else stores[precision]
         offset = store.add(data)
         ext = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
         ext.data_location = onnx.TensorProto.EXTERNAL

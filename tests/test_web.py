@@ -493,3 +493,204 @@ def test_cli_serves_the_page_and_refuses_a_bad_bundle(built, tmp_path):
     )
     assert bad.returncode == 1
     assert "no bundle at" in bad.stderr
+
+
+# -- the bundle's promises: verification, the precision plan, edge-sized and offline ---------
+
+
+def _bundle_requests(pg, name: str) -> list[dict]:
+    """Every answer the page gets from a bundle folder: {file, bytes} (bodies read)."""
+    seen: list[dict] = []
+
+    def on_response(r):
+        marker = f"/bundles/{name}/"
+        if marker in r.url and r.request.method == "GET":
+            file = r.url.split(marker, 1)[1].split("?")[0]
+            try:
+                size = len(r.body())
+            except Exception:  # noqa: BLE001 (a redirect or an aborted answer has no body)
+                size = 0
+            seen.append({"file": file, "bytes": size, "status": r.status})
+
+    pg.on("response", on_response)
+    return seen
+
+
+def _python_stage_figures(precision: str) -> dict:
+    """The Python runtime on the CPU provider, on the same check set, each stage judged by its
+    tier: {stage: StageJudgement} (vqedge.runtime.fidelity)."""
+    from vqedge.runtime import fidelity
+    from vqedge.runtime.verify import read_check_set
+
+    tok = load("vqvae-f4", providers="cpu", precision=precision, verify=False)
+    arrays = read_check_set(tok.root, tok.manifest)
+    tokens = tok.encode(arrays["image"])
+    agreement = float((tokens == arrays["tokens"]).mean())
+    recon = tok.decode(arrays["tokens"])
+    vs = np.mean(
+        [min(psnr(a, b), fidelity.PSNR_CAP_DB) for a, b in zip(arrays["reconstruction"], recon)]
+    )
+    return {
+        "encoder": fidelity.judge_tokens("encoder", precision, agreement),
+        "decoder": fidelity.judge_pixels("decoder", precision, float(vs)),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_verifies_the_check_set_and_shows_the_verdict(page, server):
+    """The page's load ran the check set (fp32 holds, each stage by its tier) and shows it;
+    tok.verify() runs it again on demand."""
+    page.wait_for_function("document.body.dataset.state === 'ready'")
+    assert page.inner_text("#verdict").startswith("Check set: verified")
+    assert "encoder fp32" in page.inner_text("#verdict")
+    assert "every file checked against its sha256" in page.inner_text("#download")
+    # the held-out photos are offered as examples, as in the Gradio demo
+    page.get_by_role("button", name="flower.jpg").click()
+    page.get_by_text("flower.jpg: PSNR").wait_for()
+    v = page.evaluate(
+        """async () => {
+          const tok = await window.vqedge.load("bundles/vqvae-f4/", {backend: "wasm"});
+          const again = await tok.verify();
+          tok.dispose();
+          return {atLoad: tok.verification, again};
+        }"""
+    )
+    for verdict in (v["atLoad"], v["again"]):
+        assert verdict["holds"] is True
+        assert [(s["stage"], s["tier"]) for s in verdict["stages"]] == [
+            ("encoder", "tokens"),
+            ("decoder", "pixels"),
+        ]
+    py = _python_stage_figures("fp32")
+    enc, dec = v["again"]["stages"]
+    assert enc["figure"] >= 0.99 and abs(enc["figure"] - py["encoder"].figure) <= 0.01
+    assert dec["figure"] >= 40 and dec["bar"] == py["decoder"].bar
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_strict_refuses_what_does_not_hold_with_pythons_figures(page, server):
+    """int8 on WASM: each stage measured in the page as the Python runtime measures it on the
+    CPU provider; a stage below its tier is refused (strict) in fidelity.py's words, and
+    strict: false runs that stage at fp32."""
+    py = _python_stage_figures("int8")
+    res = page.evaluate(
+        """async () => {
+          const url = "bundles/vqvae-f4/";
+          const o = {backend: "wasm", precision: "int8"};
+          const q = await window.vqedge.load(url, {...o, verify: false});
+          const verdict = await q.verify();
+          q.dispose();
+          let refused = null;
+          try { (await window.vqedge.load(url, o)).dispose(); }
+          catch (e) { refused = {name: e.name, message: e.message}; }
+          const lenient = await window.vqedge.load(url, {...o, strict: false});
+          const out = {verdict, refused, plan: lenient.plan, fell: lenient.verification.fellBackTo};
+          lenient.dispose();
+          return out;
+        }"""
+    )
+    from vqedge.runtime import fidelity
+
+    js = {s["stage"]: s for s in res["verdict"]["stages"]}
+    assert abs(js["encoder"]["figure"] - py["encoder"].figure) <= 0.02
+    assert abs(js["decoder"]["figure"] - py["decoder"].figure) <= 0.5
+    for stage, judged in py.items():
+        again = (fidelity.judge_tokens if stage == "encoder" else fidelity.judge_pixels)(
+            stage, "int8", js[stage]["figure"]
+        )
+        assert js[stage]["reason"] == again.reason  # the Python wording, the page's figure
+        assert js[stage]["holds"] == judged.holds  # and the Python runtime's verdict
+    if res["verdict"]["holds"]:
+        assert res["refused"] is None
+        return
+    assert res["refused"]["name"] == "PrecisionError"
+    assert res["refused"]["message"].startswith(res["verdict"]["reason"])
+    failed = [s for s, j in js.items() if not j["holds"]]
+    assert all(res["plan"][s] == "fp32" for s in failed)
+    assert res["fell"] == res["plan"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_int8_fetches_its_own_files_and_a_second_visit_none(browser, server):
+    """An int8 load of vqvae-f4 downloads at most 3 MB of bundle files (never the fp32
+    weights); every file is kept in Cache Storage, so the second visit downloads none (the
+    manifest apart) and the third works with the bundle folder unreachable."""
+    b, outside = browser
+    context, pg, errors = _open(b, outside, server + "?backend=wasm&autoload=0")
+    try:
+        seen = _bundle_requests(pg, "vqvae-f4")
+        script = """async (plan) => {
+          const o = {backend: "wasm", precision: plan, verify: false};
+          const tok = await window.vqedge.load("bundles/vqvae-f4/", o);
+          const out = {down: tok.bytesDownloaded, cached: tok.bytesFromCache, files: tok.files};
+          tok.dispose();
+          return out;
+        }"""
+        first = pg.evaluate(script, "int8")
+        got = {r["file"]: r["bytes"] for r in seen}
+        assert "weights.fp32.bin" not in got, got
+        assert sum(got.values()) <= 3_000_000, got
+        assert first["down"] == sum(got.values()) and first["cached"] == 0
+
+        seen.clear()
+        pg.reload()
+        pg.wait_for_function("document.body.dataset.state !== 'loading'")
+        second = pg.evaluate(script, "int8")
+        assert [r["file"] for r in seen] == ["manifest.json"], seen
+        assert all(f["fromCache"] for f in second["files"])
+        assert second["cached"] == first["down"] - got["manifest.json"]
+
+        pg.route("**/bundles/**", lambda route: route.abort())  # offline, as far as bundles go
+        third = pg.evaluate(script, "int8")
+        assert third["down"] == 0 and all(f["fromCache"] for f in third["files"])
+    finally:
+        context.close()
+    assert errors == []
+
+
+def test_generated_rules_say_what_the_python_runtime_says(built):
+    """web/src/rules.gen.js (generated from the Python source): the same constants, the same
+    rules digest and, for the same figures, the same reasons as vqedge.runtime.fidelity."""
+    from vqedge.runtime import fidelity, limits, manifest, tokenizer
+
+    node = shutil.which("node")
+    assert node is not None, "node is not installed: make web-deps"
+    script = """
+    const f = await import("./src/fidelity.js");
+    const r = await import("./src/rules.gen.js");
+    const cases = [[0.8467, [0.5, 0.91]], [0.95, []], [0.999, []]];
+    console.log(JSON.stringify({
+      digest: await f.rulesDigest(),
+      consts: Object.fromEntries(Object.entries(r).filter(([k, v]) => typeof v === "number")),
+      tokens: cases.map(([a, s]) => f.judgeTokens("encoder", "int8", a, s).reason),
+      pixels: [12.34, 39.95, 41, 120].map((p) => f.judgePixels("decoder", "fp16", p).reason),
+    }));
+    """
+    r = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    js = json.loads(r.stdout)
+    assert js["digest"] == fidelity.rules_digest()
+    assert js["consts"] == {
+        "TOKENS_MIN_AGREEMENT": fidelity.TOKENS_MIN_AGREEMENT,
+        "PIXELS_MIN_PSNR_DB": fidelity.PIXELS_MIN_PSNR_DB,
+        "PIXELS_ENCODER_MAX_DROP_DB": fidelity.PIXELS_ENCODER_MAX_DROP_DB,
+        "PSNR_CAP_DB": fidelity.PSNR_CAP_DB,
+        "DEFAULT_MAX_SIDE": limits.DEFAULT_MAX_SIDE,
+        "ATTENTION_MAX_BYTES": limits.ATTENTION_MAX_BYTES,
+        "MAX_MANIFEST_BYTES": manifest.MAX_MANIFEST_BYTES,
+        "FORMAT_VERSION": manifest.FORMAT_VERSION,
+        "LOOKUP_LATENTS": tokenizer.LOOKUP_LATENTS,
+    }
+    cases = [(0.8467, [0.5, 0.91]), (0.95, []), (0.999, [])]
+    assert js["tokens"] == [fidelity.judge_tokens("encoder", "int8", a, s).reason for a, s in cases]
+    pix = [fidelity.judge_pixels("decoder", "fp16", p).reason for p in (12.34, 39.95, 41, 120)]
+    assert js["pixels"] == pix

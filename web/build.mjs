@@ -1,9 +1,10 @@
 // Builds dist/: the package (vqedge.js), its worker (vqedge.worker.js), and beside them the
 // two onnxruntime-web builds the worker imports by backend, with their WASM binaries.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { OUTPUT, REPO, generateRules } from "./gen-rules.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const dist = join(here, "dist");
@@ -16,6 +17,10 @@ const ORT_FILES = [
   "ort-wasm-simd-threaded.asyncify.wasm",
 ];
 
+// the rules and limits shared with the Python runtime, from its source text (a copy of web/
+// without the Python source beside it builds with the committed src/rules.gen.js)
+if (existsSync(join(REPO, "runtime", "fidelity.py"))) writeFileSync(OUTPUT, generateRules());
+else console.log(`no Python source at ${REPO}: building with the committed ${OUTPUT}`);
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist, { recursive: true });
 await build({

@@ -82,26 +82,73 @@ async function imageFromBlob(blob) {
   return ctx.getImageData(0, 0, bmp.width, bmp.height, { colorSpace: "srgb" });
 }
 
+function precisionAsked() {
+  const v = $("precision").value;
+  return v.startsWith("{") ? JSON.parse(v) : v;
+}
+
+// what the downloads did: per file, bytes so far and whether the cache had it
+function progressShower() {
+  const files = new Map();
+  return (p) => {
+    files.set(p.file, p);
+    const all = [...files.values()];
+    const got = all.filter((f) => !f.fromCache).reduce((s, f) => s + f.loaded, 0);
+    const total = all.filter((f) => !f.fromCache).reduce((s, f) => s + (f.total ?? f.loaded), 0);
+    const cached = all.filter((f) => f.fromCache);
+    show("download", `Downloading ${(got / 1e6).toFixed(2)} of ${(total / 1e6).toFixed(2)} MB` + (cached.length ? `; ${cached.length} file(s) from the cache` : ""));
+  };
+}
+
 async function loadModel() {
   const url = $("bundle").value;
   setState("loading", `Loading ${url} …`);
+  show("verdict", "");
   state.tok?.dispose();
   state.tok = null;
   try {
-    const tok = await vqedge.load(url, { backend: $("backend").value, precision: $("precision").value });
+    const tok = await vqedge.load(url, { backend: $("backend").value, precision: precisionAsked(), strict: $("strict").checked, onProgress: progressShower() });
     state.tok = tok;
     const iso = crossOriginIsolated ? "cross-origin isolated" : "not cross-origin isolated";
     setState(
       "ready",
       `${tok.name} (${tok.kind}, f=${tok.f}, K=${tok.codebookSize}) on ${tok.backend}, ${tok.precision}, ` +
-        `${tok.threads} thread(s), ${iso}: ${(tok.bytesDownloaded / 1e6).toFixed(1)} MB checked and loaded in ${Math.round(tok.loadMs)} ms`,
+        `${tok.threads} thread(s) of ${navigator.hardwareConcurrency} core(s), ${iso}: loaded in ${Math.round(tok.loadMs)} ms`,
     );
+    const v = tok.verification;
+    show("verdict", v ? `Check set: ${vqedge.describeVerdict(v)}` : "Check set: not run", v?.holds === false && !v.fellBackTo);
+    const fromCache = tok.files.filter((f) => f.fromCache);
+    show("download", `${(tok.bytesDownloaded / 1e6).toFixed(2)} MB downloaded, ${(tok.bytesFromCache / 1e6).toFixed(2)} MB from the cache (${fromCache.length} of ${tok.files.length} bundle files), every file checked against its sha256`);
     $("scales-section").hidden = tok.kind !== "multi-scale";
     $("apply").disabled = true;
     if (state.image) await tokenize(state.image, state.name);
   } catch (e) {
     setState("error", `Could not load ${url}: ${e.message}`);
   }
+}
+
+// the held-out photos, as the Gradio demo offers them
+async function showExamples() {
+  let names = [];
+  try {
+    const res = await fetch("examples.json");
+    if (res.ok) names = await res.json();
+  } catch {
+    return; // a static host without examples
+  }
+  $("examples").replaceChildren(
+    ...names.map((name) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "example";
+      b.textContent = name;
+      b.addEventListener("click", async () => {
+        const blob = await (await fetch(`examples/${name}`)).blob();
+        await tokenize(await imageFromBlob(blob), name);
+      });
+      return b;
+    }),
+  );
 }
 
 async function tokenize(image, name) {
@@ -295,6 +342,8 @@ async function start() {
   const wanted = params.get("bundle");
   if (wanted) $("bundle").value = bundles.find((b) => b.name === wanted)?.url ?? wanted;
   for (const key of ["backend", "precision"]) if (params.get(key)) $(key).value = params.get(key);
+  if (params.get("strict") === "0") $("strict").checked = false;
+  showExamples();
   if (params.get("autoload") === "0") {
     setState("idle", "Choose a bundle and press Load.");
     return;

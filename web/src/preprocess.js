@@ -5,10 +5,11 @@
 
 /** @typedef {{data: Uint8ClampedArray | Uint8Array, width: number, height: number}} ImageLike */
 
-// the largest side an image may have unless the caller raises it (inputs.DEFAULT_MAX_SIDE)
-export const DEFAULT_MAX_SIDE = 4096;
-// an untiled call of a model with attention keeps its float32 score matrix within this
-const ATTENTION_MAX_BYTES = 2 ** 30;
+// the largest side an image may have unless the caller raises it, and the bound on an untiled
+// attention's float32 score matrix (runtime/limits.py, generated)
+import { ATTENTION_MAX_BYTES, DEFAULT_MAX_SIDE } from "./rules.gen.js";
+
+export { DEFAULT_MAX_SIDE };
 // what to do with an image above max_side (the Python runtime's advice, minus tiling)
 export const SIZE_ADVICE = "resize it or raise maxSide";
 

@@ -2,7 +2,8 @@
 // bytes with the precision's weights files passed as external data. Runs wherever it is
 // imported: in the package's Web Worker in a browser, in-process under Node.
 
-import { BundleError, fetchManifest, fetchVariant } from "./bundle.js";
+import { BundleError, fetchManifest, fetchPlan } from "./bundle.js";
+import { autoCandidates, parsePlan, RUN_PRECISIONS } from "./plan.js";
 
 export const BACKENDS = ["wasm", "webgpu"];
 
@@ -20,71 +21,81 @@ export async function webgpuSupport() {
     return { adapter: false, f16: false, reason: `requestAdapter failed: ${e.message}` };
   }
   if (!adapter) return { adapter: false, f16: false, reason: "navigator.gpu.requestAdapter() gave no adapter" };
-  return { adapter: true, f16: adapter.features.has("shader-f16") };
+  const i = adapter.info ?? {};
+  const info = [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(" ") || "unknown adapter";
+  return { adapter: true, f16: adapter.features.has("shader-f16"), info };
 }
 
-/** The WASM threads this context can use (cores; 1 unless cross-origin isolated), and the
- * default (onnxruntime-web's: half the cores, at most 4). */
+/** The WASM threads this context can use: every core of a cross-origin isolated page (the
+ * default), 1 elsewhere (no SharedArrayBuffer). */
 export function threadLimits() {
   const cores = globalThis.navigator?.hardwareConcurrency ?? 1;
   if (!globalThis.crossOriginIsolated) return { max: 1, default: 1 };
-  return { max: cores, default: Math.max(1, Math.min(4, Math.ceil(cores / 2))) };
+  return { max: cores, default: cores };
 }
 
 /**
- * Resolve the backend and precision asked for into what will run, or say why not.
+ * Resolve the backend and precision plan asked for into what will run, or say why not.
  * "auto" picks WebGPU where an adapter exists and WASM otherwise; fp16 runs on WebGPU only
- * with shader-f16.
+ * with shader-f16; an "auto" stage takes the fastest precision the bundle has here (load()
+ * then verifies it and falls back to fp32 where it does not hold).
+ * @returns {Promise<{backend: string, plan: {encoder: string, decoder: string}, adapter: string}>}
  */
 export async function chooseBackend(backend, precision, manifest) {
   if (backend !== "auto" && !BACKENDS.includes(backend)) {
     throw new Error(`backend must be "auto", "wasm" or "webgpu", got ${JSON.stringify(backend)}`);
   }
-  if (precision !== undefined && !(precision in manifest.variants)) {
-    throw new BundleError(`bundle ${manifest.name} has no ${precision} variant (it has ${Object.keys(manifest.variants).sort().join(", ")}); export it with --precisions ${precision}`);
+  const asked = parsePlan(precision);
+  for (const p of Object.values(asked)) {
+    if (RUN_PRECISIONS.includes(p) && !(p in manifest.variants)) {
+      throw new BundleError(`bundle ${manifest.name} has no ${p} variant (it has ${Object.keys(manifest.variants).sort().join(", ")}); export it with --precisions ${p}`);
+    }
   }
+  const wantsF16 = Object.values(asked).includes("fp16");
   const gpu = backend === "wasm" ? { adapter: false, f16: false } : await webgpuSupport();
   if (backend === "webgpu" && !gpu.adapter) throw new Error(`WebGPU was asked for, but ${gpu.reason}`);
   // auto: WebGPU where there is an adapter, and for fp16 only with shader-f16
-  const gpuFits = gpu.adapter && (precision !== "fp16" || gpu.f16);
+  const gpuFits = gpu.adapter && (!wantsF16 || gpu.f16);
   const chosen = backend === "auto" ? (gpuFits ? "webgpu" : "wasm") : backend;
-  if (chosen === "webgpu" && precision === "fp16" && !gpu.f16) {
+  if (chosen === "webgpu" && wantsF16 && !gpu.f16) {
     throw new Error("fp16 on WebGPU needs the adapter feature shader-f16, which this adapter lacks: use fp32");
   }
-  return { backend: chosen, precision: precision ?? "fp32" };
+  const plan = autoCandidates(asked, manifest, chosen, gpu.f16);
+  return { backend: chosen, plan, adapter: chosen === "webgpu" ? (gpu.info ?? "webgpu") : "wasm" };
 }
 
 /**
- * Download, check and open a bundle's sessions for one precision.
+ * Download (or take from the cache), check and open a bundle's sessions for a precision plan.
  *
  * @param {(backend: string) => Promise<object>} ortFor  the onnxruntime-web module to use for
  *   a backend (the worker imports the WASM or the WebGPU build)
  * @param {string} url  the bundle folder
- * @param {{backend?: string, precision?: string, threads?: number}} options
- * @returns {Promise<object>} {manifest, manifestSha256, backend, precision, threads,
- *   bytesDownloaded, loadMs, run(graph, feeds) -> outputs}
+ * @param {{backend?: string, precision?: string | object, threads?: number,
+ *   onProgress?: Function}} options
+ * @returns {Promise<object>} {manifest, manifestSha256, backend, plan, adapter, threads,
+ *   bytesDownloaded, bytesFromCache, files, loadMs, run(graph, feeds) -> outputs}
  */
-export async function openBundle(ortFor, url, { backend = "auto", precision, threads } = {}) {
+export async function openBundle(ortFor, url, { backend = "auto", precision = "fp32", threads, onProgress } = {}) {
   const t0 = performance.now();
   const { root, manifest, manifestSha256, bytes } = await fetchManifest(url);
   const chosen = await chooseBackend(backend, precision, manifest);
-  const [variant, ort] = await Promise.all([fetchVariant(root, manifest, chosen.precision, chosen.backend), ortFor(chosen.backend)]);
+  const [fetched, ort] = await Promise.all([fetchPlan(root, manifest, chosen.plan, chosen.backend, onProgress), ortFor(chosen.backend)]);
   const limits = threadLimits();
   const n = chosen.backend === "wasm" ? Math.max(1, Math.min(threads ?? limits.default, limits.max)) : 1;
   ort.env.wasm.numThreads = n;
-  const options = {
-    executionProviders: [chosen.backend],
-    graphOptimizationLevel: "all",
-    // node placement notes (shape ops kept on the CPU under WebGPU) are not the user's concern
-    logSeverityLevel: 3,
-    externalData: variant.weights,
-  };
   const sessions = {};
-  for (const [graph, bytesOfGraph] of Object.entries(variant.graphs)) {
+  for (const [graph, bytesOfGraph] of Object.entries(fetched.graphs)) {
+    const options = {
+      executionProviders: [chosen.backend],
+      graphOptimizationLevel: "all",
+      // node placement notes (shape ops kept on the CPU under WebGPU) are not the user's concern
+      logSeverityLevel: 3,
+      externalData: fetched.weightsOf[graph],
+    };
     try {
       sessions[graph] = await ort.InferenceSession.create(bytesOfGraph, options);
     } catch (e) {
-      throw new Error(`${graph} graph of bundle ${manifest.name} (${chosen.precision}) did not load on ${chosen.backend}: ${e.message}`);
+      throw new Error(`${graph} graph of bundle ${manifest.name} (${chosen.plan[graph] ?? "fp32"}) did not load on ${chosen.backend}: ${e.message}`);
     }
   }
   const run = async (graph, feeds) => {
@@ -105,11 +116,17 @@ export async function openBundle(ortFor, url, { backend = "auto", precision, thr
     manifest,
     manifestSha256,
     backend: chosen.backend,
-    precision: chosen.precision,
+    plan: chosen.plan,
+    adapter: chosen.adapter,
     threads: n,
     crossOriginIsolated: Boolean(globalThis.crossOriginIsolated),
-    bytesDownloaded: bytes + variant.bytes,
+    bytesDownloaded: bytes + fetched.bytes,
+    bytesFromCache: fetched.fromCache,
+    files: fetched.files,
     loadMs: performance.now() - t0,
     run,
+    release: async () => {
+      for (const sess of Object.values(sessions)) await sess.release?.();
+    },
   };
 }

@@ -3,18 +3,21 @@
 // pixels are prepared here, as the Python runtime prepares them.
 
 import { MULTI_SCALE } from "./bundle.js";
+import { describePlan } from "./plan.js";
+import { LOOKUP_LATENTS } from "./rules.gen.js";
 import { checkSide, defaultMaxSide, fitSquare, makeImageData, toImage, toInput, toRGB } from "./preprocess.js";
 import { readTokens, writeTokens } from "./tokens.js";
-
-// latents per quantizer call: bounds the [latents, K] scores as the Python runtime does
-const LOOKUP_LATENTS = 1024;
+import { PrecisionError, refusal, storedVerdict, storeVerdict, verdictKey, verifyNow } from "./verify.js";
 
 function workerRunner() {
   const worker = new Worker(new URL("./vqedge.worker.js", import.meta.url), { type: "module" });
   const pending = new Map();
   let next = 0;
-  worker.onmessage = ({ data: { id, result, error } }) => {
+  const runner = { sessionMs: 0 };
+  worker.onmessage = ({ data: { id, result, error, progress, ms } }) => {
     const p = pending.get(id);
+    if (progress) return p?.onProgress?.(progress);
+    runner.sessionMs += ms ?? 0;
     pending.delete(id);
     if (error) {
       const e = new Error(error.message);
@@ -26,26 +29,24 @@ function workerRunner() {
     for (const p of pending.values()) p.reject(new Error(`vqedge worker failed: ${ev.message}`));
     pending.clear();
   };
-  const call = (op, args, transfer = []) =>
+  const call = (op, args, transfer = [], onProgress = undefined) =>
     new Promise((resolve, reject) => {
       const id = next++;
-      pending.set(id, { resolve, reject });
+      pending.set(id, { resolve, reject, onProgress });
       worker.postMessage({ id, op, args }, transfer);
     });
-  return {
-    load: (args) => call("load", args),
-    run: (graph, feeds) => {
-      // copies go to the worker, so the caller's arrays stay usable
-      const copy = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, { ...t, data: t.data.slice() }]));
-      return call("run", { graph, feeds: copy }, Object.values(copy).map((t) => t.data.buffer));
-    },
+  return Object.assign(runner, {
+    load: ({ onProgress, ...args }) => call("load", args, [], onProgress),
+    // the feeds are the tokenizer's own temporaries: moved to the worker, never copied
+    run: (graph, feeds) => call("run", { graph, feeds }, [...new Set(Object.values(feeds).map((t) => t.data.buffer))]),
     dispose: () => worker.terminate(),
-  };
+  });
 }
 
 function inProcessRunner() {
   let core = null;
-  return {
+  const runner = { sessionMs: 0 };
+  return Object.assign(runner, {
     load: async (args) => {
       // a bare specifier: resolved by Node (or a page's import map), never bundled
       const ortName = "onnxruntime-web";
@@ -54,13 +55,19 @@ function inProcessRunner() {
         return ort.default ?? ort;
       };
       const { openBundle } = await import("./sessions.js");
+      await core?.release();
       core = await openBundle(ortFor, args.url, args);
-      const { run, ...facts } = core;
+      const { run, release, ...facts } = core;
       return facts;
     },
-    run: (graph, feeds) => core.run(graph, feeds),
+    run: async (graph, feeds) => {
+      const t0 = performance.now();
+      const out = await core.run(graph, feeds);
+      runner.sessionMs += performance.now() - t0;
+      return out;
+    },
     dispose: () => {},
-  };
+  });
 }
 
 function checkIndices(indices, k) {
@@ -89,18 +96,45 @@ class TokenizerBase {
     this.manifest = facts.manifest;
     /** sha256 of manifest.json: the bundle's identity, written into token files */
     this.bundleSha256 = facts.manifestSha256;
-    /** what runs: "wasm" or "webgpu", a precision, WASM threads */
-    this.backend = facts.backend;
-    this.precision = facts.precision;
-    this.threads = facts.threads;
-    /** bytes of manifest, graphs and weights downloaded, and the load's time */
-    this.bytesDownloaded = facts.bytesDownloaded;
-    this.loadMs = facts.loadMs;
+    this._facts(facts);
     this.name = this.manifest.name;
     this.kind = this.manifest.kind;
     this.f = this.manifest.input.downsample_factor;
     this.codebookSize = this.manifest.input.codebook_size;
     this.maxSide = maxSide ?? defaultMaxSide(this.manifest);
+  }
+
+  _facts(facts) {
+    this.root = facts.root;
+    /** what runs: "wasm" or "webgpu" (on which adapter), the precision plan, WASM threads */
+    this.backend = facts.backend;
+    this.adapter = facts.adapter;
+    this.plan = facts.plan;
+    /** "fp32", or "encoder fp32, decoder int8" */
+    this.precision = describePlan(facts.plan);
+    this.threads = facts.threads;
+    this.crossOriginIsolated = facts.crossOriginIsolated;
+    /** bytes downloaded (manifest, graphs, weights), bytes taken from Cache Storage, per file */
+    this.bytesDownloaded = facts.bytesDownloaded;
+    this.bytesFromCache = facts.bytesFromCache;
+    this.files = facts.files;
+    this.loadMs = facts.loadMs;
+  }
+
+  /**
+   * Run the bundle's check set here, now, on this backend and plan, with the Python
+   * runtime's rules (vqedge.runtime.fidelity): each stage judged by its tier.
+   * @returns {Promise<{holds: boolean | null, stages: object[], reason: string, plan: object,
+   *   backend: string, adapter: string}>}
+   */
+  async verify() {
+    return verifyNow(this);
+  }
+
+  /** ms spent inside onnxruntime-web's sessions since load (the worker's clock): the rest of
+   * a call's time is JavaScript (pixels, colour maps) and transfers. */
+  get sessionMs() {
+    return this.runner.sessionMs;
   }
 
   async _run(graph, name, t) {
@@ -334,27 +368,60 @@ export class MultiScaleTokenizer extends TokenizerBase {
 }
 
 /**
+ * The verdict of the plan that runs (kept, or measured now and kept); strict refuses a plan
+ * that does not hold, lenient reopens the stages that do not hold at fp32.
+ */
+async function verifyAtLoad(tok, strict, reopen) {
+  const key = await verdictKey(tok);
+  let verdict = await storedVerdict(key);
+  if (!verdict) {
+    verdict = await tok.verify();
+    if (verdict.holds !== null) await storeVerdict(key, verdict);
+  }
+  tok.verification = verdict;
+  if (verdict.holds !== false) return tok;
+  if (strict) throw new PrecisionError(refusal(verdict), verdict);
+  const failed = verdict.stages.filter((s) => !s.holds && s.precision !== "fp32").map((s) => s.stage);
+  if (!failed.length) return tok; // fp32 itself: nothing to fall back to; the verdict says so
+  const plan = { ...tok.plan, ...Object.fromEntries(failed.map((s) => [s, "fp32"])) };
+  tok._facts(await reopen(plan));
+  tok.verification = { ...verdict, fellBackTo: plan };
+  return tok;
+}
+
+/**
  * Open a bundle folder as the tokenizer of its kind.
  *
  * @param {string} url  the bundle folder (manifest.json, graphs, weights), e.g. "bundles/vqvae-f4/"
- * @param {{backend?: "auto" | "wasm" | "webgpu", precision?: "fp32" | "fp16" | "int8",
- *   threads?: number, maxSide?: number, worker?: boolean}} [options]  backend "auto" takes
- *   WebGPU where an adapter exists, else WASM; threads (WASM) need a cross-origin isolated
- *   page; worker: false runs the sessions in this thread (Node)
+ * @param {{backend?: "auto" | "wasm" | "webgpu", precision?: string | {encoder?: string,
+ *   decoder?: string}, strict?: boolean, verify?: boolean, threads?: number, maxSide?: number,
+ *   worker?: boolean, onProgress?: Function}} [options]  backend "auto" takes WebGPU where an
+ *   adapter exists, else WASM; precision: one for every stage, a plan per stage (a stage left
+ *   out runs fp32) or "auto" (per stage the fastest that holds here); the first time a bundle,
+ *   plan, backend and adapter meet, the bundle's check set is run (verify: false skips it)
+ *   and strict (the default) refuses a stage that does not hold, strict: false runs it at
+ *   fp32 instead; threads (WASM) need a cross-origin isolated page (default: every core);
+ *   worker: false runs the sessions in this thread (Node); onProgress({file, loaded, total,
+ *   fromCache}) follows the downloads
  * @returns {Promise<Tokenizer | MultiScaleTokenizer>}
  * @throws {BundleError} a bundle of another format, a missing or tampered file, an absent precision
+ * @throws {PrecisionError} strict, and a stage of the plan does not hold here (err.verdict)
  */
-export async function load(url, { backend = "auto", precision = "fp32", threads, maxSide, worker } = {}) {
+export async function load(url, { backend = "auto", precision = "fp32", strict = true, verify = true, threads, maxSide, worker, onProgress } = {}) {
   const useWorker = worker ?? typeof Worker !== "undefined";
   const runner = useWorker ? workerRunner() : inProcessRunner();
   const base = typeof location !== "undefined" ? location.href : undefined;
-  let facts;
+  const args = { url: new URL(url, base).href, backend, threads, onProgress };
   try {
-    facts = await runner.load({ url: new URL(url, base).href, backend, precision, threads });
+    const facts = await runner.load({ ...args, precision });
+    const Kind = facts.manifest.kind === MULTI_SCALE ? MultiScaleTokenizer : Tokenizer;
+    const tok = new Kind(runner, facts, maxSide);
+    const auto = precision === "auto" || Object.values(precision ?? {}).includes("auto");
+    if (!verify) return tok;
+    // an "auto" stage falls back whatever strict says: auto means the fastest that holds
+    return await verifyAtLoad(tok, strict && !auto, (plan) => runner.load({ ...args, backend: facts.backend, precision: plan }));
   } catch (e) {
     runner.dispose();
     throw e;
   }
-  const Kind = facts.manifest.kind === MULTI_SCALE ? MultiScaleTokenizer : Tokenizer;
-  return new Kind(runner, facts, maxSide);
 }

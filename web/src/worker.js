@@ -8,10 +8,13 @@ const ORT_BUILDS = { wasm: "./ort.wasm.bundle.min.mjs", webgpu: "./ort.webgpu.bu
 
 let core = null;
 
-async function load({ url, backend, precision, threads }) {
+async function load(id, { url, backend, precision, threads }) {
   const ortFor = (chosen) => import(new URL(ORT_BUILDS[chosen], import.meta.url).href);
-  core = await openBundle(ortFor, url, { backend, precision, threads });
-  const { run, ...facts } = core;
+  const onProgress = (progress) => self.postMessage({ id, progress });
+  await core?.release();
+  core = null;
+  core = await openBundle(ortFor, url, { backend, precision, threads, onProgress });
+  const { run, release, ...facts } = core;
   return facts;
 }
 
@@ -22,11 +25,12 @@ function transferables(outputs) {
 self.onmessage = async ({ data: { id, op, args } }) => {
   try {
     if (op === "load") {
-      self.postMessage({ id, result: await load(args) });
+      self.postMessage({ id, result: await load(id, args) });
     } else if (op === "run") {
       if (!core) throw new Error("no bundle is loaded");
+      const t0 = performance.now();
       const out = await core.run(args.graph, args.feeds);
-      self.postMessage({ id, result: out }, transferables(out));
+      self.postMessage({ id, result: out, ms: performance.now() - t0 }, transferables(out));
     } else {
       throw new Error(`unknown operation ${op}`);
     }

@@ -84,7 +84,7 @@ test("a bundle of another format or version is refused", async () => {
   await assert.rejects(load(edit("v1", (m) => (m.format_version = 1)), opts), /is format 1 .* re-export it/);
   await assert.rejects(load(edit("v3", (m) => (m.format_version = 3)), opts), /has format version 3; this vqedge reads format 2/);
   await assert.rejects(load(`${base}nothing-here/`, opts), /not a vqedge bundle: .*manifest\.json is missing: .* answered 404/);
-  await assert.rejects(load(copyBundle("noprec"), { ...opts, precision: "bf16" }), /has no bf16 variant/);
+  await assert.rejects(load(copyBundle("noprec"), { ...opts, precision: "bf16" }), /precision for the encoder must be one of fp32, fp16, int8, auto, got "bf16"/);
 });
 
 test("a missing or tampered file is refused, naming it", async () => {
