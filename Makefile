@@ -114,7 +114,7 @@ bench-tokenize: setup
 	$(BENCH).tokenize_throughput --images 120 --repeats 1
 bench-verify-cost: setup
 	$(BENCH).verify_cost --rounds 7 --out $(RESULTS)/verify_cost.md
-bench-int8: setup train-data ov-setup
+bench-int8: setup ov-setup
 	$(BENCH).int8_recipe --ov-python $(OV_VENV)/bin/python
 bench-frontier: setup ov-setup
 	$(BENCH).frontier
