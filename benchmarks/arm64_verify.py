@@ -85,14 +85,19 @@ def host_tools() -> str:
 
 def build_root(root: Path) -> None:
     """An arm64 Debian root holding python3.11, unpacked without running anything in it."""
-    if (root / PYTHON.lstrip("/")).is_file():
+    python = root / PYTHON.lstrip("/")
+    if python.is_file():
         return
     if os.geteuid() != 0:
         raise SystemExit("building the arm64 root needs root (debootstrap)")
-    _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
-          "--include=python3.11", SUITE, str(root), MIRROR], timeout=3600)  # fmt: skip
-    for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
+    archives = root / "var/cache/apt/archives"
+    if not any(archives.glob("*.deb")):  # else a first stage already downloaded them
+        _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
+              "--include=python3.11", SUITE, str(root), MIRROR], timeout=3600)  # fmt: skip
+    for deb in sorted(archives.glob("*.deb")):
         _run(["dpkg", "-x", str(deb), str(root)], timeout=600)
+    if not python.is_file():
+        raise RuntimeError(f"the arm64 root at {root} has no {PYTHON} after unpacking")
 
 
 def site_deps(folder: Path, py_version: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vqedge.benchmarks.machine import describe, versions
+from vqedge.benchmarks.machine import describe, finish, provenance, provenance_md, versions
 from vqedge.benchmarks.timing import synthetic_images
 from vqedge.demo.webpage import WEB_DIR, serve
 from vqedge.runtime import load
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"bundles/{folder.name}/"
     rows: list[dict[str, Any]] = []
     started = time.time()
+    prov = provenance("vqedge.benchmarks.web", argv)  # before anything is written
     with sync_playwright() as p:
         chromium = shutil.which("chromium")
         browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS + WEBGPU_ARGS)
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "downloads": download_sizes(folder),
         "rows": rows,
+        "provenance": finish(prov),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "web.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -280,6 +282,7 @@ def markdown(rep: dict) -> str:
     lines = [
         f"# vqedge in the browser: {rep['bundle']}, {rep['image']}",
         "",
+        *provenance_md(rep["provenance"]),
         f"- command: `{rep['command'].strip()}`; commit {rep['commit']}; {rep['date']}; "
         f"{rep['seconds']} s",
         f"- browser: Debian chromium {rep['chromium']}, headless; onnxruntime-web "
