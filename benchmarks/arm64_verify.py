@@ -174,7 +174,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         *provenance_md(r["provenance"]),
         f"- Emulator: {r['qemu']}; guest: Debian {SUITE} arm64, Python {r['guest_python']}; "
-        "set-up: the module's docstring (`python -m vqedge.benchmarks.arm64_verify --help`)",
+        "set-up: the docstring of `benchmarks/arm64_verify.py`",
         "",
         f"Result: {'every run holds (exit 0)' if ok else '**not every run holds**'}. Emulated "
         "time says nothing about Arm hardware's speed; the wall times only record the run.",
