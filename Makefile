@@ -99,7 +99,7 @@ bench: setup
 ov-setup: $(OV_STAMP)
 $(OV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(OV_VENV)
-	$(OV_VENV)/bin/pip install --quiet onnxruntime-openvino numpy pillow
+	$(OV_VENV)/bin/pip install --quiet onnxruntime-openvino==1.24.1 openvino==2026.4.1 numpy pillow
 	$(OV_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(OV_STAMP)
 
