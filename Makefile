@@ -90,6 +90,7 @@ BENCH_LONG := bench-web bench-arm64
 
 bench: setup
 	@echo "make bench: running $(BENCH_SHORT)$(if $(LONG), $(BENCH_LONG))"
+	@$(if $(LONG),true,echo "make bench: NOT running (long; make bench LONG=1): $(BENCH_LONG)")
 	$(MAKE) --no-print-directory $(BENCH_SHORT) $(if $(LONG),$(BENCH_LONG))
 	@echo "make bench: ran $(BENCH_SHORT)$(if $(LONG), $(BENCH_LONG))"
 	@$(if $(LONG),true,echo "make bench: NOT run (long; make bench LONG=1): $(BENCH_LONG)")
@@ -120,7 +121,7 @@ bench-frontier: setup ov-setup
 	$(BENCH).frontier
 bench-web: setup browser
 	$(BENCH).web
-# an arm64 Debian root (debootstrap, qemu-user-static; cached in .arm64-root/), as root
+# an arm64 Debian root (debootstrap, qemu-user-static; cached in .arm64/), as root
 bench-arm64: setup
 	$(BENCH).arm64_verify
 
