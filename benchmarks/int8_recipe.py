@@ -95,21 +95,26 @@ def compare(outputs: dict[str, np.ndarray], images: np.ndarray, recipes: list[st
     int8's images against fp32's."""
     from vqedge.runtime.metrics import psnr
 
-    def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.mean([psnr(x, y) for x, y in zip(a, b)]))
+    def mean_psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+        """None where the images are identical (infinite PSNR)."""
+        db = float(np.mean([psnr(x, y) for x, y in zip(a, b)]))
+        return db if np.isfinite(db) else None
 
     ref_idx, ref = outputs["fp32/indices"], outputs["fp32/recon"]
     fp32_db = mean_psnr(ref, images)
+    if fp32_db is None:
+        raise ValueError("fp32's reconstructions equal the photos: nothing to compare against")
     rows = []
     for name in recipes:
         idx, rec = outputs[f"{name}/indices"], outputs[f"{name}/recon"]
+        vs_fp32 = mean_psnr(rec, ref)
         rows.append(
             {
                 "recipe": name,
                 "fp32_db": round(fp32_db, 2),
-                "int8_drop_db": round(fp32_db - mean_psnr(rec, images), 3),
+                "int8_drop_db": round(fp32_db - (mean_psnr(rec, images) or np.inf), 3),
                 "token_agreement": round(float((idx == ref_idx).mean()), 4),
-                "int8_vs_fp32_db": round(mean_psnr(rec, ref), 1),
+                "int8_vs_fp32_db": None if vs_fp32 is None else round(vs_fp32, 1),
             }
         )
     return rows
@@ -183,7 +188,11 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {row['provider']} | {row['recipe']} | {row['fp32_db']:.2f} | "
             f"{row['int8_drop_db']:.3f} | {row['token_agreement']:.1%} | "
-            f"{row['int8_vs_fp32_db']:.1f} |"
+            + (
+                "identical |"
+                if row["int8_vs_fp32_db"] is None
+                else f"{row['int8_vs_fp32_db']:.1f} |"
+            )
         )
     lines += ["", "## The shipped bundles' check sets (`vqedge verify`)", ""]
     for v in r["verify"]:
