@@ -74,5 +74,61 @@ test: lint browser train-data eval-data
 test-heavy: setup
 	$(BIN)/pytest -m heavy
 
+# --- make bench: every results file in benchmarks/results, rerun at HEAD on this machine ---
+# (docs/performance.md). The short harnesses take about 25 minutes on 2 cores; LONG=1 adds the
+# long ones (the browser run, arm64 under emulation), which are otherwise listed, not run.
+# Nothing else should run on the machine meanwhile: every file records the load average.
+LONG ?=
+OV_VENV ?= .venv-ov
+OV_STAMP := $(OV_VENV)/.installed
+RESULTS := benchmarks/results
+BENCH := $(BIN)/python -m vqedge.benchmarks
+BENCH_SHORT := bench-latest bench-quality bench-tiled bench-tokenize bench-verify-cost \
+  bench-int8 bench-frontier
+BENCH_LONG := bench-web bench-arm64
+.PHONY: bench ov-setup $(BENCH_SHORT) $(BENCH_LONG)
+
+bench: setup
+	@echo "make bench: running $(BENCH_SHORT)$(if $(LONG), $(BENCH_LONG))"
+	@$(if $(LONG),true,echo "make bench: NOT running (long; make bench LONG=1): $(BENCH_LONG)")
+	$(MAKE) --no-print-directory $(BENCH_SHORT) $(if $(LONG),$(BENCH_LONG))
+	@echo "make bench: ran $(BENCH_SHORT)$(if $(LONG), $(BENCH_LONG))"
+	@$(if $(LONG),true,echo "make bench: NOT run (long; make bench LONG=1): $(BENCH_LONG)")
+
+# the OpenVINO provider's environment: onnxruntime-openvino owns the `onnxruntime` module, so
+# it never shares an environment with onnxruntime
+ov-setup: $(OV_STAMP)
+$(OV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/pip install --quiet onnxruntime-openvino==1.24.1 openvino==2026.4.1 numpy pillow
+	$(OV_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(OV_STAMP)
+
+# bf16 is computed at fp32 (emulated, minutes a pass) on a CPU without AVX-512 BF16 or AMX:
+# there the comparison leaves the bf16 configurations out, and its command line says so
+CPU_BF16 := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
+LATEST_CONFIGS := $(if $(CPU_BF16),,--configs vqedge-cpu vqedge-openvino/fp32 \
+  vqedge-openvino/int8 openvino/fp32 openvino/int8 torch-eager/fp32 torch-compile/fp32)
+bench-latest: setup ov-setup
+	$(BENCH).compare --ov-python $(OV_VENV)/bin/python --batches 1 --sizes 256 --rounds 5 \
+	  --iters 5 $(LATEST_CONFIGS)
+bench-quality: setup eval-data
+	$(BENCH).quality
+bench-tiled: setup
+	$(BENCH).tiled_memory --sizes 1024 2048
+bench-tokenize: setup
+	$(BENCH).tokenize_throughput --images 120 --repeats 1
+bench-verify-cost: setup
+	$(BENCH).verify_cost --rounds 7 --out $(RESULTS)/verify_cost.md
+bench-int8: setup ov-setup
+	$(BENCH).int8_recipe --ov-python $(OV_VENV)/bin/python
+bench-frontier: setup ov-setup
+	$(BENCH).frontier
+bench-web: setup browser
+	$(BENCH).web
+# an arm64 Debian root (debootstrap, qemu-user-static; cached in .arm64/), as root
+bench-arm64: setup
+	$(BENCH).arm64_verify
+
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info web/node_modules web/dist

@@ -21,8 +21,11 @@ boosts above it can exceed the stated peak. ``--freq-ghz`` in the driver overrid
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -47,8 +50,9 @@ KEY_FLAGS = (
 PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-openvino", "openvino", "torch", "vqedge")
 
 
+@functools.lru_cache(maxsize=1)
 def _cpuinfo() -> dict[str, str]:
-    """The first processor's block of /proc/cpuinfo."""
+    """The first processor's block of /proc/cpuinfo (read once per process)."""
     out: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -215,26 +219,75 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return shlex.join(["python", "-m", module, *map(str, args)])
 
 
+def _load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def provenance(module: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """What every results file records about how it was made: the commit (and whether the
-    tree was dirty), the command, the date, the CPU (model, key flags, cores) and the
-    versions of the libraries in this interpreter."""
+    """What every results file records about how it was made.
+
+    Parameters
+    ----------
+    module : str
+        The harness's module (``vqedge.benchmarks.NAME``), for the command that reruns it.
+    argv : list of str, optional
+        Its arguments; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    dict
+        The commit (and whether tracked files outside the results differed from it), the
+        command, the date (UTC), the CPU (model, key and all flags, cores), the load average
+        at the start and the versions of python, onnxruntime, OpenVINO, torch, numpy and
+        vqedge in this interpreter. Call it before anything is written, and `finish` on it
+        when the run ends.
+    """
     mach = describe()
     return {
         **git_state(),
         "command": command_line(module, argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "started": time.time(),
         "cpu_model": mach["cpu_model"],
         "key_flags": mach["key_flags"],
         "flags": mach["flags"],
         "physical_cores": mach["physical_cores"],
         "logical_cpus": mach["logical_cpus"],
         "hypervisor": mach["hypervisor"],
-        # other work on the machine when the run began: the spread of a shared machine's
-        # figures grows with it
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # other work on the machine when the run began (and ended): the spread of a shared
+        # machine's figures grows with it
+        "load_average": _load_average(),
         "versions": versions(),
     }
+
+
+def finish(p: dict[str, Any]) -> dict[str, Any]:
+    """``p`` with the load average at the end of the run and the run's seconds added."""
+    p["load_average_end"] = _load_average()
+    p["seconds"] = round(time.time() - p["started"], 1) if p.get("started") else None
+    return p
+
+
+# the line every markdown results file carries and tests parse: "- Commit: <hex>..."
+COMMIT_MD = re.compile(r"^- Commit: ([0-9a-f]{12,40})\b", re.MULTILINE)
+
+
+def recorded_commit(path: Path) -> str | None:
+    """The commit a results file says it was made at (its provenance), or None.
+
+    ``.json``: ``provenance.commit``; ``.md``: the ``- Commit: <hex>`` line.
+    """
+    text = Path(path).read_text(errors="replace")
+    if Path(path).suffix == ".json":
+        try:
+            commit = (json.loads(text).get("provenance") or {}).get("commit")
+        except (ValueError, AttributeError):
+            return None
+        return (
+            commit if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{12,40}", commit) else None
+        )
+    m = COMMIT_MD.search(text)
+    return m.group(1) if m else None
 
 
 def provenance_md(p: dict[str, Any]) -> list[str]:
@@ -256,8 +309,15 @@ def provenance_md(p: dict[str, Any]) -> list[str]:
             if p.get("load_average")
             else ""
         ),
-        f"- Python {v.get('python')}: {libs or 'none of onnxruntime, openvino, torch, numpy'}",
-    ]
+        f"- Python {v.get('python')}: {libs or 'none of onnxruntime, openvino, torch, numpy'}"
+        f"; vqedge {v.get('vqedge')}",
+        *(
+            [f"- Load average at the end {p['load_average_end'][0]:.1f} (1 min); the run took "
+             f"{p['seconds']:.0f} s"]
+            if p.get("load_average_end") and p.get("seconds") is not None
+            else []
+        ),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

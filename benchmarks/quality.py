@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"quality: {e}", file=sys.stderr)
         return 1
+    machine.finish(prov)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "quality.json", (json.dumps(results, indent=1) + "\n").encode())

@@ -46,8 +46,9 @@ def main() -> None:
     ap.add_argument("--untiled-up-to", type=int, default=2048, help="also run untiled up to this")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tiled_memory.json"))
     args = ap.parse_args()
-    from vqedge.benchmarks.machine import provenance
+    from vqedge.benchmarks.machine import finish, provenance
     from vqedge.models.data import held_out_paths
+    from vqedge.runtime.atomic import write_bytes_atomic
 
     prov = provenance("vqedge.benchmarks.tiled_memory", None)
 
@@ -64,8 +65,8 @@ def main() -> None:
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result = {"provenance": prov, "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result = {"provenance": finish(prov), "rows": rows}
+    write_bytes_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vqedge.benchmarks.machine import describe, provenance, provenance_md, versions
+from vqedge.benchmarks.machine import describe, finish, provenance, provenance_md, versions
 from vqedge.benchmarks.timing import synthetic_images
+from vqedge.runtime.atomic import write_bytes_atomic
 
 RESULTS = Path(__file__).parent / "results"
 # (name, engine, workers, threads per worker)
@@ -188,12 +189,12 @@ def main() -> None:
         "runs": runs,
         "machine": machine,
         "versions": vers,
-        "provenance": prov,
+        "provenance": finish(prov),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report(result))
+    write_bytes_atomic(out.with_suffix(".json"), (json.dumps(result, indent=2) + "\n").encode())
+    write_bytes_atomic(out.with_suffix(".md"), report(result).encode())
     print(f"results in {out}.json and {out}.md")
 
 

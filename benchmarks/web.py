@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from vqedge.benchmarks.machine import provenance, provenance_md
+from vqedge.benchmarks.machine import finish, provenance, provenance_md
 from vqedge.benchmarks.timing import synthetic_images
 from vqedge.demo.webpage import WEB_DIR, serve
 from vqedge.runtime import load
+from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.session import bundle_path
 
 RESULTS = Path(__file__).parent / "results"
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             row["tokens_equal_python"] = float(np.mean(np.array(idx) == np.asarray(ref).ravel()))
         out.append({"where": where, "backend": backend, "plan": name, "threads": threads, **row})
     report = {
-        "provenance": prov,
+        "provenance": finish(prov),
         "bundle": folder.name,
         "image": f"{SIDE}x{SIDE} synthetic (benchmarks.timing.synthetic_images, seed 0)",
         "rounds": args.rounds,
@@ -304,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         "rows": out,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "web.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (RESULTS / "web.md").write_text(markdown(report))
+    write_bytes_atomic(
+        RESULTS / "web.json", (json.dumps(report, indent=2, default=str) + "\n").encode()
+    )
+    write_bytes_atomic(RESULTS / "web.md", markdown(report).encode())
     print((RESULTS / "web.md").read_text())
     return 0
 

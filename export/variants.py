@@ -27,6 +27,13 @@ INT8_RECIPE = {
     "activations": "uint8, per tensor, asymmetric",
     "calibration": "MinMax",
 }
+# the int8 recipes benchmarks/int8_recipe.py compares on the CPU it runs on; "u8s8rr" is the
+# shipped one (INT8_RECIPE): uint8 activations, 7-bit weights
+INT8_RECIPES = {
+    "u8s8rr": {"reduce_range": True, "activations": "uint8"},
+    "u8s8": {"reduce_range": False, "activations": "uint8"},
+    "s8s8": {"reduce_range": False, "activations": "int8"},
+}
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -167,8 +174,15 @@ class _Reader:
         return next(self._it, None)
 
 
-def to_int8(model_path: Path, out_path: Path, input_name: str, calib: list[np.ndarray]) -> None:
-    """Static QDQ int8: per-channel 7-bit weights, uint8 activations, calibrated on ``calib``.
+def to_int8(
+    model_path: Path,
+    out_path: Path,
+    input_name: str,
+    calib: list[np.ndarray],
+    recipe: str = "u8s8rr",
+) -> None:
+    """Static QDQ int8: per-channel 7-bit weights, uint8 activations, calibrated on ``calib``
+    (another of ``INT8_RECIPES`` where ``recipe`` names one: the benchmark's candidates).
 
     Convolutions (and the ReLU/Add around them) are quantized; the codebook lookup and the
     final clamp stay float. Weights keep 7 bits (``reduce_range``) because x86 CPUs without
@@ -185,6 +199,8 @@ def to_int8(model_path: Path, out_path: Path, input_name: str, calib: list[np.nd
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    r = INT8_RECIPES[recipe]
+    signed = r["activations"] == "int8"
     with tempfile.TemporaryDirectory() as tmp:
         prep = Path(tmp) / "prep.onnx"
         quant_pre_process(str(model_path), str(prep), skip_symbolic_shape=True)
@@ -194,10 +210,10 @@ def to_int8(model_path: Path, out_path: Path, input_name: str, calib: list[np.nd
             _Reader(input_name, calib),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=True,
-            activation_type=QuantType.QUInt8,
+            reduce_range=r["reduce_range"],
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv", "ConvTranspose", "Relu", "Add"],
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True},
         )

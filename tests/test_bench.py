@@ -368,6 +368,33 @@ def test_provenance_names_commit_command_cpu_and_versions():
     assert p["commit"][:12] in md and "Command: `python -m vqedge.benchmarks.quality" in md
 
 
+def test_provenance_round_trips_through_the_files_a_test_parses(tmp_path):
+    p = machine.finish(machine.provenance("vqedge.benchmarks.verify_cost", ["--rounds", "1"]))
+    assert p["versions"]["vqedge"] and p["versions"]["python"] and p["flags"]
+    assert len(p["load_average"]) == 3 and len(p["load_average_end"]) == 3
+    assert p["seconds"] >= 0
+    md = tmp_path / "x.md"
+    md.write_text("# x\n\n" + "\n".join(machine.provenance_md(p)) + "\n")
+    assert "Load average at the end" in md.read_text()
+    assert machine.recorded_commit(md) == p["commit"][:12]
+    js = tmp_path / "x.json"
+    js.write_text(json.dumps({"provenance": p}))
+    assert machine.recorded_commit(js) == p["commit"]
+    js.write_text("{not json")
+    assert machine.recorded_commit(js) is None
+
+
+def test_cold_start_is_timed_from_the_parents_launch_clock():
+    from vqedge.benchmarks import launch
+
+    proc, t_spawn = launch.run_cold([sys.executable, "-c", "import time; print(time.time())"],
+                                    timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert launch.since_launch(t_spawn, float(proc.stdout)) >= 0
+    with pytest.raises(ValueError, match="precedes its launch"):
+        launch.since_launch(t_spawn, t_spawn - 1)
+
+
 def test_no_project_history_in_benchmarks_or_their_reports():
     """Code, tests and generated reports say what a figure measures, not which ticket set it."""
     import re
