@@ -17,6 +17,7 @@ import numpy as np
 
 from vqedge.benchmarks.bundles import BundleFacts
 from vqedge.benchmarks.configs import REFERENCES
+from vqedge.runtime.kind import NEXT_SCALE
 
 # A generator trained on one configuration's tokens and run on another's sees at most this
 # fraction of its tokens change. bf16 keeps about 97% of the shipped model's tokens, while
@@ -71,8 +72,8 @@ def add_quality(
             token_agreement=agree / total,
         )
         r["quality"]["within_fidelity"] = within(r["quality"], random_weights)
-        if bf.multi_scale:
-            per = [[0, 0] for _ in bf.patch_nums]
+        if bf.offers(NEXT_SCALE):
+            per = [[0, 0] for _ in bf.scales]
             for i in range(n):
                 pairs = zip(bf.split(q[f"tokens{i}"]), bf.split(ref[f"tokens{i}"]))
                 for k, (a, b) in enumerate(pairs):

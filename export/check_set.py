@@ -60,8 +60,8 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
     that the runtime can load it), measure every variant on it with onnxruntime's CPU
     provider, and return the manifest with the file listed and its ``check`` entry; the
     caller writes it."""
+    from vqedge.runtime.kinds import load
     from vqedge.runtime.manifest import manifest_config
-    from vqedge.runtime.tokenizer import load
 
     photos = check_photos(check_side(manifest_config(manifest)))
     recon, tokens = load(root, providers="cpu", verify=False).reconstruct(photos)

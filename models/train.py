@@ -45,9 +45,9 @@ from vqedge.models.data import (
 from vqedge.models.multiscale import build_model
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.images import fit_square
+from vqedge.runtime.images import fit_square, float_to_uint8
 from vqedge.runtime.inputs import find_images
-from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
+from vqedge.runtime.metrics import codebook_stats, psnr
 
 
 @dataclass
@@ -102,7 +102,7 @@ DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    return to_uint8(img[0].float().cpu().permute(1, 2, 0).numpy())
+    return float_to_uint8(img[0].float().cpu().numpy())
 
 
 @torch.no_grad()

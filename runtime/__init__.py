@@ -23,7 +23,6 @@ _LAZY = {
     "BundleError": "vqedge.runtime.manifest",
     "ProviderError": "vqedge.runtime.providers",
     "PrecisionError": "vqedge.runtime.verify",
-    "to_uint8": "vqedge.runtime.metrics",
 }
 
 __all__ = ["VQVAEConfig", "codebook_stats", "psnr", *_LAZY]

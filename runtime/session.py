@@ -20,14 +20,10 @@ import onnxruntime as ort
 from vqedge.runtime.arena import release_memory, use_shared_arena
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.device import cpu_signature
-from vqedge.runtime.limits import DEFAULT_MAX_SIDE
 from vqedge.runtime.manifest import (
-    DECODER,
     ENCODER,
     MANIFEST,
-    MULTI_SCALE,
     QUANTIZER,
-    SCALES,
     SINGLE_SCALE,
     BundleError,
     manifest_config,
@@ -367,14 +363,7 @@ class BundleSessions:
 
 __all__ = [
     "BUNDLES_DIR",
-    "DECODER",
     "DEFAULT_BUNDLE",
-    "DEFAULT_MAX_SIDE",
-    "ENCODER",
-    "MULTI_SCALE",
-    "QUANTIZER",
-    "SCALES",
-    "SINGLE_SCALE",
     "BundleSessions",
     "bundle_path",
     "default_session_options",
