@@ -14,10 +14,13 @@ import numpy as np
 from PIL import Image
 
 from vqedge.models.data import held_out_paths
+from vqedge.runtime.base import TokenizerBase
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.device import device_description
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import sha256_file
+from vqedge.runtime.kind import kind_of
+from vqedge.runtime.manifest import manifest_config, sha256_file
+from vqedge.runtime.session import BundleSessions, default_session_options
 from vqedge.runtime.verify import CHECK_FILE, measure
 
 # photos side for single-scale models: at least 12 tokens a side (256 tokens per photo at f=4,
@@ -55,34 +58,41 @@ def check_photos(side: int) -> np.ndarray:
     return np.stack(out)
 
 
-def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
-    """Write the check set into the bundle folder ``root`` (its manifest already written, so
-    that the runtime can load it), measure every variant on it with onnxruntime's CPU
-    provider, and return the manifest with the file listed and its ``check`` entry; the
-    caller writes it."""
-    from vqedge.runtime.kinds import load
-    from vqedge.runtime.manifest import manifest_config
+def check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
+    """Write the check set into the bundle folder ``root``, measure every variant on it with
+    onnxruntime's CPU provider, and return the manifest's ``check`` entry.
 
+    The bundle is opened from ``manifest`` as it stands (nothing is read from
+    ``root / manifest.json``): the export writes the manifest once, after this, with the
+    entry, the file's sha256 and its bytes (``check_file_facts``).
+    """
     photos = check_photos(check_side(manifest_config(manifest)))
-    recon, tokens = load(root, providers="cpu", verify=False).reconstruct(photos)
+    recon, tokens = _open(root, manifest, "fp32").reconstruct(photos)
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
     np.savez_compressed(root / CHECK_FILE, **arrays)
-    size = (root / CHECK_FILE).stat().st_size
-    manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
-    if "sizes" in manifest:
-        manifest["sizes"]["bundle_bytes"] += size
     expected = {}
     for precision in manifest["variants"]:
-        tok = load(root, providers="cpu", precision=precision, verify=False)
+        tok = _open(root, manifest, precision)
         expected[precision] = {k: round(v, 4) for k, v in measure(tok, arrays).items()}
-    manifest["check"] = {
+    log(
+        f"check set: {len(photos)} photo(s) of {photos.shape[1]}x{photos.shape[2]}, "
+        f"{(root / CHECK_FILE).stat().st_size / 1024:.0f} KiB"
+    )
+    return {
         "file": CHECK_FILE,
         "images": list(photos.shape),
         "made_on": device_description(),
         "expected": expected,
     }
-    log(
-        f"check set: {len(photos)} photo(s) of {photos.shape[1]}x{photos.shape[2]}, "
-        f"{size / 1024:.0f} KiB"
-    )
-    return manifest
+
+
+def check_file_facts(root: Path, entry: dict[str, Any]) -> tuple[str, str, int]:
+    """(file name, sha256, bytes) of the check set ``entry`` describes in ``root``."""
+    path = root / entry["file"]
+    return entry["file"], sha256_file(path), path.stat().st_size
+
+
+def _open(root: Path, manifest: dict[str, Any], precision: str) -> TokenizerBase:
+    """The tokenizer of ``manifest``'s kind over the graphs in ``root``, on the CPU provider."""
+    sessions = BundleSessions(root, manifest, "cpu", precision, default_session_options(), True)
+    return kind_of(manifest).runtime_class()(sessions)

@@ -152,7 +152,9 @@ class BundleSessions:
         self.strict = strict
         self.cache_dir = cache_dir
         self.variant: dict[str, Any] = manifest["variants"][variant_name(precision)]
-        self.bundle_sha256 = sha256_file(root / MANIFEST)
+        # read when first asked: the export measures its check set before the manifest,
+        # which then records it, is written (once)
+        self._bundle_sha256: str | None = None
         self.on_device = provider_names(resolved)[0] in DEVICE_MEMORY
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._files: dict[str, str] = {}  # graph -> the bundle file its session runs
@@ -217,6 +219,13 @@ class BundleSessions:
             core._fresh_options = lambda: default_session_options(threads)
         core.session(ENCODER)
         return core
+
+    @property
+    def bundle_sha256(self) -> str:
+        """sha256 of the bundle's manifest.json (see the class docstring)."""
+        if self._bundle_sha256 is None:
+            self._bundle_sha256 = sha256_file(self.root / MANIFEST)
+        return self._bundle_sha256
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 // The sessions run in a Web Worker (browsers) or in-process (Node, or worker: false); the
 // pixels are prepared here, as the Python runtime prepares them.
 
-import { MULTI_SCALE } from "./bundle.js";
+import { BundleError, MULTI_SCALE, SINGLE_SCALE } from "./bundle.js";
+import { kindClass, kindNames, registerKind } from "./kinds.js";
 import { checkSide, defaultMaxSide, fitSquare, makeImageData, toImage, toInput, toRGB } from "./preprocess.js";
 import { readTokens, writeTokens } from "./tokens.js";
 
@@ -355,6 +356,14 @@ export async function load(url, { backend = "auto", precision = "fp32", threads,
     runner.dispose();
     throw e;
   }
-  const Kind = facts.manifest.kind === MULTI_SCALE ? MultiScaleTokenizer : Tokenizer;
+  const Kind = kindClass(facts.manifest.kind);
+  if (Kind === undefined) {
+    runner.dispose();
+    throw new BundleError(`bundle ${url}: kind ${JSON.stringify(facts.manifest.kind)} is not one this package runs (${kindNames().join(", ")}): upgrade vqedge-web, or registerKind() its class`);
+  }
   return new Kind(runner, facts, maxSide);
 }
+
+// the kinds this package ships (the table: kinds.js)
+registerKind(SINGLE_SCALE, Tokenizer);
+registerKind(MULTI_SCALE, MultiScaleTokenizer);
