@@ -77,12 +77,12 @@ class BundleFacts:
 
 def facts(bundle: str | Path | None) -> BundleFacts:
     """Read a bundle's manifest (a folder, a shipped name, or None for the default)."""
-    from vqedge.runtime.manifest import manifest_config, read_manifest
+    from vqedge.runtime.manifest import bundle_config, read_manifest
     from vqedge.runtime.session import bundle_path
 
     path = bundle_path(bundle).resolve()
     manifest = read_manifest(path, verify=False)
-    cfg = manifest_config(manifest)
+    cfg = bundle_config(manifest)
     source = manifest.get("source") or {}
     family = source.get("family")
     fixed = kind_of(manifest).offers(FIXED_SIZE)

@@ -15,11 +15,11 @@ from PIL import Image
 
 from vqedge.models.data import held_out_paths
 from vqedge.runtime.base import TokenizerBase
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.device import device_description
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.kind import kind_of
-from vqedge.runtime.manifest import manifest_config, sha256_file
+from vqedge.runtime.manifest import bundle_config, sha256_file
 from vqedge.runtime.session import BundleSessions, default_session_options
 from vqedge.runtime.verify import CHECK_FILE, measure
 
@@ -34,7 +34,7 @@ ONE_PHOTO_ABOVE = 96
 PHOTOS = (0, 2)
 
 
-def check_side(config: VQVAEConfig) -> int:
+def check_side(config: BundleConfig) -> int:
     """The side of the check photos for a model of ``config``."""
     if config.resolution:
         return config.resolution
@@ -66,7 +66,7 @@ def check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]
     ``root / manifest.json``): the export writes the manifest once, after this, with the
     entry, the file's sha256 and its bytes (``check_file_facts``).
     """
-    photos = check_photos(check_side(manifest_config(manifest)))
+    photos = check_photos(check_side(bundle_config(manifest)))
     recon, tokens = _open(root, manifest, "fp32").reconstruct(photos)
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
     np.savez_compressed(root / CHECK_FILE, **arrays)

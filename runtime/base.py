@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqedge.runtime import verify as checks
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.limits import default_max_side, size_advice
 from vqedge.runtime.manifest import BundleError
@@ -141,8 +141,8 @@ class TokenizerBase(ABC):
         return self.sessions.manifest
 
     @property
-    def config(self) -> VQVAEConfig:
-        """The model config."""
+    def config(self) -> BundleConfig:
+        """What the bundle's tokens are: f, K, C, the scales (not the architecture)."""
         return self.sessions.config
 
     @property

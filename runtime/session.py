@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vqedge.runtime.arena import release_memory, use_shared_arena
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.device import cpu_signature
 from vqedge.runtime.manifest import (
     ENCODER,
@@ -26,7 +26,7 @@ from vqedge.runtime.manifest import (
     QUANTIZER,
     SINGLE_SCALE,
     BundleError,
-    manifest_config,
+    bundle_config,
     read_manifest,
     sha256_file,
     verified_file,
@@ -115,8 +115,8 @@ class BundleSessions:
         The bundle's manifest.
     kind : str
         The bundle kind (``SINGLE_SCALE`` or ``MULTI_SCALE``).
-    config : VQVAEConfig
-        The model config.
+    config : BundleConfig
+        What the bundle's tokens are (f, K, C, the scales).
     precision : str
         The precision that runs: the one asked for, or fp32 where a lenient load could not
         give bf16.
@@ -143,7 +143,7 @@ class BundleSessions:
         self.root = root
         self.manifest = manifest
         self.kind: str = manifest.get("kind", SINGLE_SCALE)
-        self.config: VQVAEConfig = manifest_config(manifest)
+        self.config: BundleConfig = bundle_config(manifest)
         resolved = resolve_providers(providers, precision)
         self.precision = run_precision(resolved, precision, strict)
         self.providers = resolved
