@@ -62,7 +62,7 @@ def test_every_kind_is_complete_and_its_classes_resolve():
     for name, kind in KINDS.items():
         assert kind.name == name and kind.lookup in kind.graphs
         cls = kind.runtime_class()
-        assert issubclass(cls, TokenizerBase) and cls.KIND == name
+        assert issubclass(cls, TokenizerBase) and name == cls.KIND
         assert kind.browser and set(kind.capabilities) <= set(CAPABILITIES)
         assert kind_of(name) is kind and kind_of({"kind": name}) is kind
     assert KINDS["multi-scale"].offers(NEXT_SCALE) and not KINDS["single-scale"].offers(NEXT_SCALE)
