@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vqedge.models import registry
+from vqedge.runtime.kind import FIXED_SIZE, kind_of
 
 # the seed of the random weights an imported family gets without its checkpoint
 RANDOM_SEED = 0
@@ -38,21 +39,27 @@ class BundleFacts:
     # downsample factor, code dimension
     f: int
     code_dim: int
-    # multi-scale: the scales and the one image side the bundle takes; else () and None
-    patch_nums: tuple[int, ...] = ()
+    # a kind of one image size: each image's token map sides (coarse to fine) and that side;
+    # else () and None
+    scales: tuple[int, ...] = ()
     resolution: int | None = None
     # an imported family ("var", ...) or None for vqedge's own
     family: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def offers(self, capability: str) -> bool:
+        """Whether the bundle's kind offers ``capability`` (``vqedge.runtime.kind``)."""
+        return kind_of(self.kind).offers(capability)
+
     @property
-    def multi_scale(self) -> bool:
-        return bool(self.patch_nums)
+    def graphs(self) -> tuple[str, ...]:
+        """The graphs of a variant of the bundle's kind, in the order an image meets them."""
+        return kind_of(self.kind).graphs
 
     @property
     def num_tokens(self) -> int:
-        return sum(p * p for p in self.patch_nums)
+        return sum(p * p for p in self.scales)
 
     @property
     def target_size(self) -> int:
@@ -62,7 +69,7 @@ class BundleFacts:
     def split(self, idx_BL: Any) -> list[Any]:
         """Concatenated multi-scale tokens [B, L] -> one [B, pn*pn] slice per scale."""
         out, at = [], 0
-        for pn in self.patch_nums:
+        for pn in self.scales:
             out.append(idx_BL[:, at : at + pn * pn])
             at += pn * pn
         return out
@@ -70,23 +77,23 @@ class BundleFacts:
 
 def facts(bundle: str | Path | None) -> BundleFacts:
     """Read a bundle's manifest (a folder, a shipped name, or None for the default)."""
-    from vqedge.runtime.manifest import MULTI_SCALE, manifest_config, read_manifest
+    from vqedge.runtime.manifest import bundle_config, read_manifest
     from vqedge.runtime.session import bundle_path
 
     path = bundle_path(bundle).resolve()
     manifest = read_manifest(path, verify=False)
-    cfg = manifest_config(manifest)
+    cfg = bundle_config(manifest)
     source = manifest.get("source") or {}
     family = source.get("family")
-    multi = manifest["kind"] == MULTI_SCALE
+    fixed = kind_of(manifest).offers(FIXED_SIZE)
     return BundleFacts(
         path=path,
         name=manifest.get("name") or path.name,
         kind=manifest["kind"],
         f=cfg.downsample_factor,
         code_dim=cfg.code_dim,
-        patch_nums=tuple(cfg.patch_nums) if multi else (),
-        resolution=cfg.resolution if multi else None,
+        scales=tuple(cfg.patch_nums) if fixed else (),
+        resolution=cfg.resolution if fixed else None,
         family=family if family in registry.FAMILIES else None,
         source=source,
         manifest=manifest,

@@ -37,6 +37,7 @@ from vqedge.benchmarks.bundles import BundleFacts, facts
 from vqedge.benchmarks.report import finite, markdown
 from vqedge.benchmarks.targets import targets
 from vqedge.benchmarks.timing import E2E, summarize_rounds
+from vqedge.runtime.kind import FIXED_SIZE
 
 HERE = Path(__file__).resolve().parent
 MODULE = "vqedge.benchmarks.compare"
@@ -64,7 +65,7 @@ def write_inputs(path: Path, sizes: list[int], bf: BundleFacts) -> dict[str, Any
     photos = [read_image(p) for p in held_out_paths()]
     arrays: dict[str, np.ndarray] = {"quality_count": np.array(len(photos))}
     for i, photo in enumerate(photos):
-        arrays[f"quality{i}"] = fit_square(photo, bf.resolution) if bf.multi_scale else photo
+        arrays[f"quality{i}"] = fit_square(photo, bf.resolution) if bf.offers(FIXED_SIZE) else photo
     for s in sizes:
         arrays[f"size{s}"] = np.stack(
             [np.asarray(Image.fromarray(p).resize((s, s), Image.BICUBIC)) for p in photos]
@@ -75,7 +76,7 @@ def write_inputs(path: Path, sizes: list[int], bf: BundleFacts) -> dict[str, Any
         "quality_shapes": [list(arrays[f"quality{i}"].shape) for i in range(len(photos))],
         "quality_inputs": f"the held-out photos fitted to {bf.resolution}x{bf.resolution} "
         "(centre square, Lanczos)"
-        if bf.multi_scale
+        if bf.offers(FIXED_SIZE)
         else "the held-out photos at full size",
         "timing_inputs": "the held-out photos resized (bicubic) to size x size, cycled to fill "
         "the batch",
@@ -305,21 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.batches is None:
-        args.batches = [1] if args.quick or bf.multi_scale else [1, 8, 32]
+        args.batches = [1] if args.quick or bf.offers(FIXED_SIZE) else [1, 8, 32]
     if args.sizes is None:
-        args.sizes = [size] if args.quick or bf.multi_scale else [64, 256, 512]
-    if bf.multi_scale and set(args.sizes) != {size}:
-        p.error(
-            f"bundle {bf.name} is multi-scale: it takes {size}x{size} images only, "
-            f"got --sizes {args.sizes}"
-        )
+        args.sizes = [size] if args.quick or bf.offers(FIXED_SIZE) else [64, 256, 512]
+    if bf.offers(FIXED_SIZE) and set(args.sizes) != {size}:
+        p.error(f"bundle {bf.name} takes {size}x{size} images only, got --sizes {args.sizes}")
     mach = machine.describe(args.threads, args.freq_ghz)
     threads = args.threads or mach["physical_cores"]
     cold_b, cold_s = (int(v) for v in (args.cold_case or f"1x{size}").lower().split("x"))
     prof_b, prof_s = (int(v) for v in (args.profile_case or f"1x{size}").lower().split("x"))
     for what, s_ in (("--cold-case", cold_s), ("--profile-case", prof_s)):
-        if bf.multi_scale and s_ != size:
-            p.error(f"bundle {bf.name} is multi-scale at {size}x{size}: {what} must be 1x{size}")
+        if bf.offers(FIXED_SIZE) and s_ != size:
+            p.error(f"bundle {bf.name} takes {size}x{size} images only: {what} must be 1x{size}")
     cases, skipped_cases = [], []
     for b in args.batches:
         for s in args.sizes:

@@ -18,6 +18,7 @@ import numpy as np
 from vqedge.benchmarks.bundles import BundleFacts
 from vqedge.benchmarks.configs import REFERENCES
 from vqedge.runtime.fidelity import PIXELS_MIN_PSNR_DB, TOKENS_MIN_AGREEMENT
+from vqedge.runtime.kind import NEXT_SCALE
 
 # the one fidelity definition (vqedge.runtime.fidelity): the tokens tier and the pixels tier
 TOKEN_AGREEMENT_MIN = TOKENS_MIN_AGREEMENT
@@ -68,8 +69,8 @@ def add_quality(
             token_agreement=agree / total,
         )
         r["quality"]["within_fidelity"] = within(r["quality"], random_weights)
-        if bf.multi_scale:
-            per = [[0, 0] for _ in bf.patch_nums]
+        if bf.offers(NEXT_SCALE):
+            per = [[0, 0] for _ in bf.scales]
             for i in range(n):
                 pairs = zip(bf.split(q[f"tokens{i}"]), bf.split(ref[f"tokens{i}"]))
                 for k, (a, b) in enumerate(pairs):

@@ -19,6 +19,8 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper, shape_inference
 
+from vqedge.runtime.kind import NEXT_SCALE
+
 COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # external tensors up to this many elements are loaded: shape inference may read them
 SHAPE_DATA_MAX = 64
@@ -100,16 +102,17 @@ def stage_flops(bundle: str | Path, batch: int, height: int, width: int) -> dict
     ValueError
         A multi-scale bundle asked for another size.
     """
+    from vqedge.benchmarks.bundles import facts
+
     root = Path(bundle)
     manifest = json.loads((root / "manifest.json").read_text())
-    cfg = manifest["config"]
+    bf = facts(root)
     f = manifest["input"]["downsample_factor"]
     C = manifest["input"]["code_dim"]
     graphs = manifest["variants"]["fp32"]["graphs"]
     out: dict[str, int] = {}
-    if manifest.get("kind") == "multi-scale":
-        pns = cfg["patch_nums"]
-        s, L = pns[-1], sum(p * p for p in pns)
+    if bf.offers(NEXT_SCALE):
+        s, L = bf.scales[-1], bf.num_tokens
         if (height, width) != (s * f, s * f):
             raise ValueError(
                 f"bundle {root.name} is multi-scale at {s * f}x{s * f} only, got {height}x{width}"
@@ -138,12 +141,11 @@ def stage_flops(bundle: str | Path, batch: int, height: int, width: int) -> dict
 if __name__ == "__main__":
     import sys
 
+    from vqedge.benchmarks.bundles import facts
     from vqedge.runtime.session import bundle_path
 
     b = bundle_path(sys.argv[1] if len(sys.argv) > 1 else None)
-    m = json.loads((b / "manifest.json").read_text())
-    pns = m["config"].get("patch_nums")
-    res = pns[-1] * m["input"]["downsample_factor"] if pns else 0
+    res = facts(b).resolution or 0
     for s in (res,) if res else (64, 256, 512):
         fl = stage_flops(b, 1, s, s)
         print(s, {k: f"{v / 1e9:.3f} GFLOP" for k, v in fl.items()})

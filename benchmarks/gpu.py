@@ -34,6 +34,7 @@ from vqedge.benchmarks import machine
 from vqedge.benchmarks.bundles import BundleFacts, facts
 from vqedge.benchmarks.timing import E2E, summarize, synthetic_images, time_stages
 from vqedge.runtime.images import float_to_uint8, uint8_to_float
+from vqedge.runtime.kind import NEXT_SCALE
 from vqedge.runtime.metrics import psnr
 
 HERE = Path(__file__).resolve().parent
@@ -134,8 +135,8 @@ def vqedge_stages(
         C, h, lo, hi = bf.code_dim, size // bf.f, min(batches), max(batches)
 
         def profile(b: int) -> dict[str, str]:
-            if bf.multi_scale:
-                s = bf.patch_nums[-1]
+            if bf.offers(NEXT_SCALE):
+                s = bf.scales[-1]
                 return {
                     "image": f"image:{b}x3x{size}x{size}",
                     "latent": f"latent:{b}x{C}x{s}x{s}",

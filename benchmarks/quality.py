@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from vqedge.benchmarks import machine
-from vqedge.runtime import MultiScaleTokenizer, load
+from vqedge.runtime import load
 from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import read_image
+from vqedge.runtime.kind import NEXT_SCALE, kind_of
 from vqedge.runtime.metrics import codebook_stats, psnr
 
 HERE = Path(__file__).resolve().parent
@@ -147,7 +148,7 @@ def measure(tok: Any, sets: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str
     for set_name, images in sets.items():
         each, indices, prefixes = {}, [], []
         for name, img in images:
-            if isinstance(tok, MultiScaleTokenizer):
+            if kind_of(tok).offers(NEXT_SCALE):
                 img = fit_square(img, tok.resolution)
                 idx_Bl = tok.img_to_idxBl(img)
                 recons = tok.idxBl_to_img(idx_Bl, last_one=False)

@@ -193,7 +193,7 @@ class OpenvinoRunner:
             return core.compile_model(core.read_model(str(path)), "CPU", cfg)
 
         self._compile = compile_graph
-        self.graphs = ("encoder", "quantizer", *(("scales",) if bf.multi_scale else ()), "decoder")
+        self.graphs = bf.graphs
         self._models = {g: compile_graph(g) for g in self.graphs}
         self.details = {
             "openvino": ov.__version__,

@@ -148,7 +148,7 @@ def _summary(source, out, engine, pool, meta, shards, done, results, seconds) ->
     infos = sorted([*done, *results], key=lambda i: i["shard"])
     failures = [f for i in infos for f in i["failures"]]
     new_images = sum(r["images"] for r in results)
-    keep = ("bundle", "bundle_sha256", "precision", "codebook_size", "patch_nums", "preprocess")
+    keep = ("bundle", "bundle_sha256", "precision", "codebook_size", "token_layout", "preprocess")
     return {
         "input": str(source),
         "out": str(out),

@@ -12,9 +12,10 @@ A shard ``part-NNNNN.parquet`` has one row per image that was tokenized:
     bundle_sha256  string        sha256 of the bundle's manifest (as in .vqt files)
 
 and, under the schema metadata key ``vqedge``, a JSON object: the bundle, the precision plan
-and its on-device verdict, the scales (``patch_nums``, empty for a single-scale bundle), the
-preprocessing (the tokenizer's sentence, null when images are taken as they are), the images
-that failed with their reasons, and the digest that ties the shard to its inputs.
+and its on-device verdict, the token layout (``token_layout``: the bundle kind and, where they
+are fixed, the sides of each image's token maps, coarse to fine), the preprocessing (the
+tokenizer's sentence, null when images are taken as they are), the images that failed with
+their reasons, and the digest that ties the shard to its inputs.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ class ShardTokenizer:
     def __init__(self, settings: Settings, tok=None) -> None:
         self.out = Path(settings.out)
         self.tok = tok if tok is not None else load_tokenizer(settings)
-        # the scales of a multi-scale bundle; () for a single-scale one
-        self.patch_nums = tuple(self.tok.config.patch_nums)
         self.meta = {
             "format": FORMAT,
             "bundle": self.tok.manifest.get("name"),
@@ -96,7 +95,7 @@ class ShardTokenizer:
             "precision": self.tok.plan.to_dict(),
             "codebook_size": self.tok.codebook_size,
             "downsample_factor": self.tok.f,
-            "patch_nums": list(self.patch_nums),
+            "token_layout": self.tok.token_layout,
             "preprocess": self.tok.preprocessing,
             # the on-device check of the plan where the shard was made
             "verification": _verdict(self.tok),
@@ -105,8 +104,7 @@ class ShardTokenizer:
     def tokens_of(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """uint8 [H, W, 3] -> (flat int32 tokens [L], (h, w) of the last token map)."""
         tokens, _ = self.tok.encode_image(img)  # fitted, tiled or whole, as `vqedge encode`
-        # the last scale's map of a multi-scale row [1, L]; the map itself otherwise
-        hw = (self.patch_nums[-1],) * 2 if self.patch_nums else tuple(tokens.shape[1:])
+        hw = self.tok.token_maps(tokens)[-1].shape  # the finest map's
         return tokens.reshape(-1).astype(np.int32), hw
 
     def run(self, shard: Shard, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:

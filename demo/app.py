@@ -542,11 +542,8 @@ def build_app(
     The Blocks carry ``engine`` and ``scales_engine``, the engines behind every request.
     """
     eng = Engine(bundle, max_side, oversize, threads)
-    ms = ScalesEngine(
-        scales_bundle if scales_bundle is not None else default_scales_bundle(),
-        eng.default_provider,
-        threads,
-    )
+    scales = scales_bundle if scales_bundle is not None else default_scales_bundle()
+    ms = ScalesEngine(scales, eng.default_provider, threads)
     uploads = Uploads()
     model = {"concurrency_limit": concurrency, "concurrency_id": "tokenizer"}
     ui = {"api_visibility": "private", **model}

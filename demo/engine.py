@@ -31,8 +31,9 @@ from vqedge.demo.metrics import (
     ssim,
     token_image,
 )
-from vqedge.runtime import MultiScaleTokenizer, list_bundles, load
+from vqedge.runtime import list_bundles, load
 from vqedge.runtime.inputs import MAX_PIXELS, ImageError, read_image
+from vqedge.runtime.kind import NEXT_SCALE, TOKEN_EDITING, kind_of
 from vqedge.runtime.manifest import PRECISIONS, BundleError
 from vqedge.runtime.metrics import codebook_stats, psnr
 from vqedge.runtime.plan import AUTO
@@ -228,11 +229,11 @@ class Engine:
                     # fp32, and the page says so beside the choice (``verdict``)
                     strict=False,
                 )
-                if isinstance(tok, MultiScaleTokenizer):
+                if not kind_of(tok).offers(TOKEN_EDITING):
                     raise BundleError(
-                        f"bundle {tok.root.name} is a multi-scale bundle: the demo's main view "
-                        "takes a single-scale one; pass it as --scales-bundle (scales_bundle= "
-                        "in build_app)"
+                        f"bundle {tok.root.name} is a {tok.KIND} bundle: the demo's main view "
+                        "takes one whose tokens can be edited (single-scale); if it has "
+                        "next-scale maps, pass it as --scales-bundle (scales_bundle= in build_app)"
                     )
                 # create every session now, once, rather than racing in requests
                 tok.reconstruct_image(np.zeros((8, 8, 3), np.uint8))
@@ -471,16 +472,17 @@ class ScalesEngine:
             providers=[provider] if provider == CPU else [provider, CPU],
             session_options=default_session_options(threads, arena=False),
         )
-        if not isinstance(tok, MultiScaleTokenizer):
+        if not kind_of(tok).offers(NEXT_SCALE):
             raise BundleError(
-                f"bundle {tok.root.name} is a single-scale bundle; --scales-bundle takes a "
-                "multi-scale one; pass it as --bundle"
+                f"bundle {tok.root.name} is a {tok.KIND} bundle; --scales-bundle takes one "
+                "with next-scale token maps (multi-scale); pass it as --bundle"
             )
         R = tok.resolution
         tok.reconstruct_image(np.zeros((R, R, 3), np.uint8))  # every session made now
         self.tok, self.name = tok, tok.root.name
         self.palette = code_palette(tok.codebook)
-        self.patch_nums: tuple[int, ...] = tuple(tok.patch_nums)
+        # the side of each scale's token map, coarse to fine
+        self.sides: tuple[int, ...] = tuple(tok.token_layout["map_sides"])
         self.resolution: int = R
         self.num_tokens: int = tok.num_tokens
         self.K: int = tok.codebook_size
@@ -498,7 +500,7 @@ class ScalesEngine:
         )
 
     def intro(self) -> str:
-        pns = self.patch_nums
+        pns = self.sides
         return (
             f"Bundle `{self.name}` tokenizes a {self.resolution}x{self.resolution} image into "
             f"{len(pns)} token maps, {pns[0]}x{pns[0]} to {pns[-1]}x{pns[-1]} "
@@ -529,7 +531,7 @@ class ScalesEngine:
         psnrs = [psnr(r, fitted) for r in recons]
         return {
             "fitted": fitted,
-            "maps": [i[0].reshape(pn, pn) for i, pn in zip(idx_Bl, self.patch_nums)],
+            "maps": tok.token_maps(tokens),
             "recons": recons,
             "psnr_db": [p if np.isfinite(p) else None for p in psnrs],
             "latency_ms": {"encode": 1e3 * (t1 - t0), "decode_all_scales": 1e3 * (t2 - t1)},
@@ -539,19 +541,19 @@ class ScalesEngine:
         """(token maps, progressive reconstructions) as gallery items (image, caption)."""
         maps = [
             (token_grid(m, self.palette), f"scale {k}: {pn} x {pn}, {_tokens(pn * pn)}")
-            for k, (m, pn) in enumerate(zip(r["maps"], self.patch_nums), 1)
+            for k, (m, pn) in enumerate(zip(r["maps"], self.sides), 1)
         ]
         # short: a gallery cuts long captions; its label says "decoded from scales 1 to k"
         recons = [
             (img, f"scale {k} ({pn}x{pn}): {'∞' if p is None else f'{p:.2f}'} dB")
-            for k, (img, pn, p) in enumerate(zip(r["recons"], self.patch_nums, r["psnr_db"]), 1)
+            for k, (img, pn, p) in enumerate(zip(r["recons"], self.sides, r["psnr_db"]), 1)
         ]
         return maps, recons
 
     def summary(self, r: dict[str, Any], size: tuple[int, int], note: str) -> str:
         """What the user is seeing, with the token counts, as markdown."""
         h, w = size
-        counts = [pn * pn for pn in self.patch_nums]
+        counts = [pn * pn for pn in self.sides]
         bits = self.bits_per_token * self.num_tokens
         lat = r["latency_ms"]
         p = r["psnr_db"][-1]
@@ -576,8 +578,8 @@ class ScalesEngine:
             "bundle": self.name,
             "image_size": list(size),
             "resolution": self.resolution,
-            "patch_nums": list(self.patch_nums),
-            "token_counts": [pn * pn for pn in self.patch_nums],
+            "scales": list(self.sides),
+            "token_counts": [pn * pn for pn in self.sides],
             "num_tokens": self.num_tokens,
             "codebook_size": self.K,
             "tokens": [m.tolist() for m in r["maps"]],

@@ -21,10 +21,14 @@ from PIL import Image
 
 from vqedge.models.data import VALIDATION, collection, collection_paths
 from vqedge.runtime.atomic import write_bytes_atomic
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.base import TokenizerBase
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.device import device_description
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import MANIFEST, sha256_file
+from vqedge.runtime.kind import kind_of
+from vqedge.runtime.manifest import MANIFEST, bundle_config, sha256_file
+from vqedge.runtime.plan import PrecisionPlan
+from vqedge.runtime.session import BundleSessions, default_session_options
 from vqedge.runtime.verify import CHECK_FILE, measure_decoder, measure_encoder
 
 # photos side for single-scale models: at least 12 tokens a side (256 tokens per photo at f=4,
@@ -38,7 +42,7 @@ ONE_PHOTO_ABOVE = 96
 PHOTO_KIND = "photo"
 
 
-def check_side(config: VQVAEConfig) -> int:
+def check_side(config: BundleConfig) -> int:
     """The side of the check photos for a model of ``config``."""
     if config.resolution:
         return config.resolution
@@ -69,11 +73,9 @@ def check_photos(side: int) -> np.ndarray:
     return np.stack(out)
 
 
-def expected_figures(root: Path, precision: str, arrays: dict[str, np.ndarray]) -> dict:
+def expected_figures(root: Path, manifest: dict[str, Any], precision: str, arrays) -> dict:
     """What ``precision`` gives on this machine's CPU provider, per stage."""
-    from vqedge.runtime.kinds import load
-
-    tok = load(root, providers="cpu", precision=precision, verify=False)
+    tok = _open(root, manifest, precision)
     enc = measure_encoder(tok, arrays)
     dec = measure_decoder(tok, arrays)
     return {
@@ -86,26 +88,24 @@ def expected_figures(root: Path, precision: str, arrays: dict[str, np.ndarray]) 
     }
 
 
-def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
-    """Write the check set into the bundle folder ``root`` (its manifest already written, so
-    that the runtime can load it), measure every variant on it per stage with onnxruntime's
-    CPU provider, and return the manifest with the file listed and its ``check`` entry; the
-    caller writes it. A check set already there is replaced (its size taken off the total)."""
-    from vqedge.runtime.kinds import load
-    from vqedge.runtime.manifest import manifest_config
+def check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, Any]:
+    """Write the check set into the bundle folder ``root``, measure every variant on it per
+    stage with onnxruntime's CPU provider, and return the manifest's ``check`` entry.
 
-    old = root / CHECK_FILE
-    old_size = old.stat().st_size if CHECK_FILE in manifest["files"] and old.is_file() else 0
-    photos = check_photos(check_side(manifest_config(manifest)))
-    recon, tokens = load(root, providers="cpu", verify=False).reconstruct(photos)
+    The bundle is opened from ``manifest`` as it stands (nothing is read from
+    ``root / manifest.json``): the export writes the manifest once, after this, with the
+    entry, the file's sha256 and its bytes (``check_file_facts``).
+    """
+    photos = check_photos(check_side(bundle_config(manifest)))
+    recon, tokens = _open(root, manifest, "fp32").reconstruct(photos)
     arrays = {"image": photos, "tokens": tokens, "reconstruction": recon}
     np.savez_compressed(root / CHECK_FILE, **arrays)
-    size = (root / CHECK_FILE).stat().st_size
-    manifest["files"][CHECK_FILE] = sha256_file(root / CHECK_FILE)
-    if "sizes" in manifest:
-        manifest["sizes"]["bundle_bytes"] += size - old_size
-    expected = {p: expected_figures(root, p, arrays) for p in manifest["variants"]}
-    manifest["check"] = {
+    expected = {p: expected_figures(root, manifest, p, arrays) for p in manifest["variants"]}
+    log(
+        f"check set: {len(photos)} photo(s) of {photos.shape[1]}x{photos.shape[2]}, "
+        f"{(root / CHECK_FILE).stat().st_size / 1024:.0f} KiB"
+    )
+    return {
         "file": CHECK_FILE,
         "images": list(photos.shape),
         "source": f"the collection's {VALIDATION} photos: "
@@ -113,18 +113,33 @@ def add_check_set(root: Path, manifest: dict[str, Any], log=print) -> dict[str, 
         "made_on": device_description(),
         "expected": expected,
     }
-    log(
-        f"check set: {len(photos)} photo(s) of {photos.shape[1]}x{photos.shape[2]}, "
-        f"{size / 1024:.0f} KiB"
-    )
-    return manifest
+
+
+def check_file_facts(root: Path, entry: dict[str, Any]) -> tuple[str, str, int]:
+    """(file name, sha256, bytes) of the check set ``entry`` describes in ``root``."""
+    path = root / entry["file"]
+    return entry["file"], sha256_file(path), path.stat().st_size
+
+
+def _open(root: Path, manifest: dict[str, Any], precision: str) -> TokenizerBase:
+    """The tokenizer of ``manifest``'s kind over the graphs in ``root``, on the CPU provider."""
+    plan = PrecisionPlan.parse(precision)
+    sessions = BundleSessions(root, manifest, "cpu", plan, default_session_options(), True)
+    return kind_of(manifest).runtime_class()(sessions)
 
 
 def remake(root: Path, log=print) -> None:
     """Make a bundle's check set again in place; only check.npz and the manifest's check,
     files and sizes entries change."""
     path = root / MANIFEST
-    manifest = add_check_set(root, json.loads(path.read_text()), log)
+    manifest = json.loads(path.read_text())
+    old = root / CHECK_FILE
+    old_size = old.stat().st_size if CHECK_FILE in manifest["files"] and old.is_file() else 0
+    manifest["check"] = check_set(root, manifest, log)
+    name, digest, size = check_file_facts(root, manifest["check"])
+    manifest["files"][name] = digest
+    if "sizes" in manifest:
+        manifest["sizes"]["bundle_bytes"] += size - old_size
     write_bytes_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())
 
 

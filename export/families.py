@@ -26,15 +26,6 @@ from vqedge.models.taming import config_from_dict as taming_config
 from vqedge.runtime.manifest import PRECISIONS, sha256_file
 
 
-def __getattr__(name: str) -> Any:
-    # the family table's names and presets, as they stand now (families register at run time)
-    if name == "FAMILIES":
-        return registry.names()
-    if name == "PRESETS":
-        return {f.name: f.presets for f in registry.FAMILIES.values()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _read_config_file(path: str | Path, family: str) -> dict[str, Any]:
     """A JSON (or, where PyYAML is installed, YAML) object of config fields."""
     path = Path(path)

@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from vqedge.export.check_set import add_check_set
+from vqedge.export.check_set import check_file_facts, check_set
 from vqedge.export.family_recipe import FamilySingleScaleRecipe
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
@@ -43,6 +43,7 @@ from vqedge.models.var import VARVQVAE
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
 from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
+from vqedge.runtime.kind import kind_of
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
@@ -53,7 +54,8 @@ from vqedge.runtime.manifest import (
     sha256_file,
 )
 
-# model class -> its recipe; the most specific class of a model wins (its MRO order)
+# model class -> its recipe, for the models that do not name their kind (``bundle_kind``);
+# the most specific class of a model wins (its MRO order)
 RECIPES: dict[type, type[Recipe]] = {
     MultiScaleVQVAE: MultiScaleRecipe,
     VQVAE: SingleScaleRecipe,
@@ -76,13 +78,20 @@ REDUCED = (ENCODER, DECODER)
 
 
 def recipe_for(model: torch.nn.Module) -> Recipe:
-    """The export recipe of ``model``'s kind.
+    """The export recipe of ``model``'s kind: the recipe of the kind the model names in
+    ``bundle_kind`` (the table of kinds, ``vqedge.runtime.kind``), else the one ``RECIPES``
+    gives its class.
 
     Raises
     ------
     ValueError
         No recipe exports this model class.
+    BundleError
+        The model names a kind that is not in the table.
     """
+    kind = getattr(model, "bundle_kind", None)
+    if kind is not None:
+        return kind_of(kind).recipe_class()(model)
     for cls in type(model).__mro__:
         if cls in RECIPES:
             return RECIPES[cls](model)
@@ -161,9 +170,12 @@ def export_bundle(
         log("writing the bundle: each weight once per precision")
         written = _write_graphs(recipe, config, tmp, work, variants)
         manifest = build_manifest(recipe, config, source, tmp, variants, results, written)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        manifest = add_check_set(tmp, manifest, log)
+        manifest["check"] = check_set(tmp, manifest, log)
+        name, digest, size = check_file_facts(tmp, manifest["check"])
+        manifest["files"][name] = digest
+        manifest["sizes"]["bundle_bytes"] += size
         manifest["export"]["seconds"] = round(time.perf_counter() - t0, 1)
+        # written once, complete: the check set is measured from the manifest in memory
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         _move_into_place(tmp, out)

@@ -45,9 +45,9 @@ from vqedge.models.data import (
 from vqedge.models.multiscale import build_model
 from vqedge.models.vqvae import VQVAE
 from vqedge.runtime.config import VQVAEConfig
-from vqedge.runtime.images import fit_square
+from vqedge.runtime.images import fit_square, float_to_uint8
 from vqedge.runtime.inputs import find_images
-from vqedge.runtime.metrics import codebook_stats, psnr, to_uint8
+from vqedge.runtime.metrics import codebook_stats, psnr
 
 
 @dataclass
@@ -102,7 +102,7 @@ DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    return to_uint8(img[0].float().cpu().permute(1, 2, 0).numpy())
+    return float_to_uint8(img[0].float().cpu().numpy())
 
 
 @torch.no_grad()
@@ -244,16 +244,11 @@ def _eval_line(ev: dict[str, Any], codebook_size: int) -> str:
     )
 
 
-def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a VQVAE; return the last evaluation (the held-out one at the end).
-
-    Every ``eval_every`` steps the validation split is evaluated (history entries with
-    ``"split": "validation"``), and the checkpoint with the best validation PSNR so far is
-    kept in ``OUT/best``: that is the model selection. The held-out photos (and, on the
-    default collection, the held-out illustrations under ``"illustrations"``) are evaluated
-    once, on the final checkpoint (``"split": "held-out"``), so no decision sees them.
-    """
-    start, state = 0, {"history": [], "wall_seconds": 0.0}
+def _start(tc: TrainConfig, resume: bool) -> tuple[Any, TrainConfig, dict[str, Any], Any]:
+    """(model, the config it trains under, the training state, the checkpoint resumed or
+    None): a resumed run, one initialized from a pretrained model, or a fresh one."""
+    state: dict[str, Any] = {"history": [], "wall_seconds": 0.0}
+    ckpt = None
     if resume:
         model, ckpt = load_model(resolve_checkpoint(tc.out))
         tc = _resumed_config(tc, json.loads((ckpt / "train_state.json").read_text()))
@@ -267,6 +262,37 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
             state["init"] = {"from": tc.init_from, "state": training_record(tc.init_from)}
         else:
             model = build_model(tc.model)
+    return model, tc, state, ckpt
+
+
+def _step(
+    tc: TrainConfig, model: Any, opt: torch.optim.Optimizer, x: torch.Tensor, autocast: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on batch ``x``; returns (loss, reconstruction MSE, indices)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        recon, vq_loss, idx = model(x)
+    recon = recon.float()
+    mse = F.mse_loss(recon, x)
+    loss = mse + vq_loss
+    if tc.l1_weight:
+        loss = loss + tc.l1_weight * F.l1_loss(recon, x)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, mse, idx
+
+
+def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a VQVAE; return the last evaluation (the held-out one at the end).
+
+    Every ``eval_every`` steps the validation split is evaluated (history entries with
+    ``"split": "validation"``), and the checkpoint with the best validation PSNR so far is
+    kept in ``OUT/best``: that is the model selection. The held-out photos (and, on the
+    default collection, the held-out illustrations under ``"illustrations"``) are evaluated
+    once, on the final checkpoint (``"split": "held-out"``), so no decision sees them.
+    """
+    start = 0
+    model, tc, state, ckpt = _start(tc, resume)
     device = _device(tc.device)
     if tc.batch_size is None:
         tc.batch_size = DEFAULT_BATCH[device.type]
@@ -342,16 +368,7 @@ def train(tc: TrainConfig, resume: bool = False, progress: bool = True) -> dict[
             state["data_wait_seconds"] = state.get("data_wait_seconds", 0.0) + (
                 time.perf_counter() - t_data
             )
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                recon, vq_loss, idx = model(x)
-            recon = recon.float()
-            mse = F.mse_loss(recon, x)
-            loss = mse + vq_loss
-            if tc.l1_weight:
-                loss = loss + tc.l1_weight * F.l1_loss(recon, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, mse, idx = _step(tc, model, opt, x, autocast)
             if step % 10 == 0:
                 bar.set_postfix(
                     loss=f"{loss.item():.4f}",

@@ -25,7 +25,6 @@ _LAZY = {
     "PrecisionError": "vqedge.runtime.verify",
     "PrecisionPlan": "vqedge.runtime.plan",
     "Verdict": "vqedge.runtime.verdict",
-    "to_uint8": "vqedge.runtime.metrics",
 }
 
 __all__ = ["VQVAEConfig", "codebook_stats", "psnr", *_LAZY]

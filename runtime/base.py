@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqedge.runtime import verify as checks
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.images import float_to_uint8
 from vqedge.runtime.limits import default_max_side, size_advice
 from vqedge.runtime.manifest import BundleError
@@ -115,6 +115,21 @@ class TokenizerBase(ABC):
     def idxBl_to_var_input(self, idx_Bl: list[np.ndarray]) -> np.ndarray:
         """idx_Bl -> the sequence an autoregressive model over the tokens reads."""
 
+    def token_maps(self, tokens: Any) -> list[np.ndarray]:
+        """One image's tokens (what ``encode_image`` gives, [1, ...]) as its 2-D token maps,
+        coarse to fine; a kind with one token grid (the default here) has one map [h, w]."""
+        t = np.asarray(tokens)
+        if t.ndim < 2 or t.size != t.shape[-2] * t.shape[-1]:
+            raise ValueError(f"expected one image's token map [1, h, w], got shape {t.shape}")
+        return [t.reshape(t.shape[-2:])]
+
+    @property
+    def token_layout(self) -> dict[str, Any]:
+        """The token layout as JSON-able facts (dataset shards, the demo): the ``kind``, and
+        the sides of each image's token maps where they are fixed (``map_sides``, coarse to
+        fine; empty when they follow the image size)."""
+        return {"kind": self.KIND, "map_sides": []}
+
     # -- facts ----------------------------------------------------------------------------
 
     @property
@@ -128,8 +143,8 @@ class TokenizerBase(ABC):
         return self.sessions.manifest
 
     @property
-    def config(self) -> VQVAEConfig:
-        """The model config."""
+    def config(self) -> BundleConfig:
+        """What the bundle's tokens are: f, K, C, the scales (not the architecture)."""
         return self.sessions.config
 
     @property

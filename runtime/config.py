@@ -1,4 +1,6 @@
-"""The model config: one dataclass from training to the bundle manifest to the runtime.
+"""The model configs: ``VQVAEConfig``, the architecture the trainer builds (and the manifest
+records, so that a bundle rebuilds its PyTorch model), and ``BundleConfig``, the facts about
+its tokens a bundle gives the runtime (f, K, C, the scales), read from the manifest.
 
 Torch-free on purpose, so that the runtime reads the same facts the trainer wrote.
 """
@@ -15,8 +17,47 @@ from typing import Any
 SUPPORTED_FACTORS = (4, 8, 16)
 
 
+class TokenFacts:
+    """What both configs derive from f, K and the scales (``downsample_factor``,
+    ``codebook_size``, ``patch_nums``)."""
+
+    downsample_factor: int
+    codebook_size: int
+    patch_nums: tuple[int, ...]
+
+    @property
+    def resolution(self) -> int | None:
+        """The one image side a multi-scale tokenizer accepts (pn[-1] * f); None: any size."""
+        return self.patch_nums[-1] * self.downsample_factor if self.patch_nums else None
+
+    @property
+    def scale_offsets(self) -> tuple[int, ...]:
+        """Where each scale starts in the concatenated [B, L] tokens, then L itself."""
+        offsets = [0]
+        for pn in self.patch_nums:
+            offsets.append(offsets[-1] + pn * pn)
+        return tuple(offsets)
+
+    @property
+    def bits_per_token(self) -> int:
+        """Whole bits that hold one index in [0, K)."""
+        return max(1, math.ceil(math.log2(self.codebook_size)))
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """log2(K) x tokens per image pixel: log2(K) / f^2, or log2(K) * L / side^2 for scales."""
+        if self.patch_nums:
+            return math.log2(self.codebook_size) * self.scale_offsets[-1] / self.resolution**2
+        return math.log2(self.codebook_size) / self.downsample_factor**2
+
+    def split_scales(self, idx_BL: Any) -> list[Any]:
+        """Concatenated tokens [B, L] (numpy or torch) -> one [B, pn*pn] slice per scale."""
+        o = self.scale_offsets
+        return [idx_BL[:, a:b] for a, b in zip(o, o[1:])]
+
+
 @dataclass(frozen=True)
-class VQVAEConfig:
+class VQVAEConfig(TokenFacts):
     """Architecture and tokenization facts of a configurable VQ-VAE.
 
     The downsampling factor ``f`` is ``2 ** (len(channel_mult) - 1)``: each level after the
@@ -100,39 +141,9 @@ class VQVAEConfig:
         return bool(self.patch_nums)
 
     @property
-    def resolution(self) -> int | None:
-        """The one image side a multi-scale tokenizer accepts (pn[-1] * f); None: any size."""
-        return self.patch_nums[-1] * self.downsample_factor if self.patch_nums else None
-
-    @property
-    def scale_offsets(self) -> tuple[int, ...]:
-        """Where each scale starts in the concatenated [B, L] tokens, then L itself."""
-        offsets = [0]
-        for pn in self.patch_nums:
-            offsets.append(offsets[-1] + pn * pn)
-        return tuple(offsets)
-
-    @property
     def downsample_factor(self) -> int:
         """f: image pixels per token along each side."""
         return 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def bits_per_token(self) -> int:
-        """Whole bits that hold one index in [0, K)."""
-        return max(1, math.ceil(math.log2(self.codebook_size)))
-
-    @property
-    def bits_per_pixel(self) -> float:
-        """log2(K) x tokens per image pixel: log2(K) / f^2, or log2(K) * L / side^2 for scales."""
-        if self.patch_nums:
-            return math.log2(self.codebook_size) * self.scale_offsets[-1] / self.resolution**2
-        return math.log2(self.codebook_size) / self.downsample_factor**2
-
-    def split_scales(self, idx_BL: Any) -> list[Any]:
-        """Concatenated tokens [B, L] (numpy or torch) -> one [B, pn*pn] slice per scale."""
-        o = self.scale_offsets
-        return [idx_BL[:, a:b] for a, b in zip(o, o[1:])]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -162,3 +173,34 @@ class VQVAEConfig:
         if not isinstance(d, dict):
             raise ValueError(f"model config {path} must hold a JSON object")
         return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class BundleConfig(TokenFacts):
+    """What a bundle tells the runtime about its tokens: no architecture, no training fields.
+
+    Read from the manifest's ``config`` (``vqedge.runtime.manifest.bundle_config``), which
+    keeps the layout of the config the model was built from, so that every bundle reads.
+    """
+
+    # f: image pixels per token along each side
+    downsample_factor: int
+    # K, the number of codes
+    codebook_size: int
+    # C, the dimension of one code (the latent's channels)
+    code_dim: int
+    # codes looked up by direction (cosine similarity)
+    l2_normalize: bool = False
+    # next-scale token maps: the side of each scale's map, coarse to fine; empty for one grid
+    patch_nums: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, config: VQVAEConfig) -> BundleConfig:
+        """The bundle facts of a model config."""
+        return cls(
+            downsample_factor=config.downsample_factor,
+            codebook_size=config.codebook_size,
+            code_dim=config.code_dim,
+            l2_normalize=config.l2_normalize,
+            patch_nums=config.patch_nums,
+        )

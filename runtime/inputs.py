@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vqedge.runtime.images import uint8_to_float
-from vqedge.runtime.limits import DEFAULT_MAX_SIDE, TILED_ADVICE  # noqa: F401 (old home)
+from vqedge.runtime.limits import TILED_ADVICE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Pillow formats read_image opens; others (EPS runs Ghostscript, PSD, ICO, ...) are refused

@@ -1,13 +1,11 @@
-"""``load``: a bundle as the tokenizer of its kind, and the table of kinds it reads.
+"""``load``: a bundle as the tokenizer of its kind.
 
-A bundle's manifest names its kind (``single-scale``, ``multi-scale``); ``KINDS`` names the
-class that runs each, imported when a bundle of that kind is loaded. Adding a kind adds its
-module and one entry here (docs/extending.md).
+A bundle's manifest names its kind; the table of kinds (``vqedge.runtime.kind.KINDS``) names
+the class that runs each, imported when a bundle of that kind is loaded.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +13,9 @@ import onnxruntime as ort
 
 from vqedge.runtime.cache import GRAPHS, private_dir
 from vqedge.runtime.fidelity import TIERS, TOKENS
+from vqedge.runtime.kind import kind_of
 from vqedge.runtime.limits import check_max_side
-from vqedge.runtime.manifest import ENCODER, MULTI_SCALE, SINGLE_SCALE, BundleError
+from vqedge.runtime.manifest import ENCODER
 from vqedge.runtime.plan import AUTO, PrecisionArg, PrecisionPlan
 from vqedge.runtime.providers import ProviderList
 from vqedge.runtime.session import BundleSessions
@@ -25,17 +24,16 @@ from vqedge.runtime.verify import verify_at_load
 if TYPE_CHECKING:
     from vqedge.runtime.base import TokenizerBase
 
-# manifest kind -> "module:class" of the TokenizerBase subclass that runs it
-KINDS: dict[str, str] = {
-    SINGLE_SCALE: "vqedge.runtime.tokenizer:Tokenizer",
-    MULTI_SCALE: "vqedge.runtime.multiscale:MultiScaleTokenizer",
-}
-
 
 def kind_class(kind: str) -> type[TokenizerBase]:
-    """The class that runs bundles of ``kind`` (imported on first use)."""
-    module, name = KINDS[kind].split(":")
-    return getattr(import_module(module), name)
+    """The class that runs bundles of ``kind`` (imported on first use).
+
+    Raises
+    ------
+    BundleError
+        A kind this vqedge does not run.
+    """
+    return kind_of(kind).runtime_class()
 
 
 def load(
@@ -110,8 +108,8 @@ def load(
     Returns
     -------
     TokenizerBase
-        The class registered in ``KINDS`` for the manifest's ``kind``; ``tok.plan`` is the
-        plan that runs and ``tok.verification`` its verdict (``Verdict``).
+        The runtime class of the manifest's ``kind`` in ``vqedge.runtime.kind.KINDS``;
+        ``tok.plan`` is the plan that runs and ``tok.verification`` its verdict (``Verdict``).
 
     Raises
     ------
@@ -136,11 +134,6 @@ def load(
     sessions = BundleSessions.open(
         bundle, providers, start, threads, strict, session_options, graphs
     )
-    if sessions.kind not in KINDS:
-        raise BundleError(
-            f"bundle {sessions.root.name} is of kind {sessions.kind!r}; this vqedge runs "
-            f"{sorted(KINDS)}: upgrade vqedge"
-        )
     tok = kind_class(sessions.kind)(sessions, max_side)
     if verify:
         verify_at_load(tok, asked, strict, encoder_tier, cache_dir)
@@ -148,4 +141,4 @@ def load(
     return tok
 
 
-__all__ = ["KINDS", "kind_class", "load"]
+__all__ = ["kind_class", "load"]

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig, VQVAEConfig
 
 FORMAT = "vqedge-bundle"
 # Bumped on any change a runtime of an older version could misread.
@@ -161,7 +161,8 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
 
 
 def manifest_config(manifest: dict[str, Any]) -> VQVAEConfig:
-    """The model config a manifest declares.
+    """The model config a manifest declares (the architecture a bundle rebuilds its PyTorch
+    model from; the runtime reads ``bundle_config``).
 
     Raises
     ------
@@ -175,3 +176,14 @@ def manifest_config(manifest: dict[str, Any]) -> VQVAEConfig:
         return VQVAEConfig.from_dict(cfg)
     except (TypeError, ValueError, KeyError) as e:
         raise BundleError(f"bundle manifest 'config' is not a valid config: {e}") from None
+
+
+def bundle_config(manifest: dict[str, Any]) -> BundleConfig:
+    """What a manifest tells the runtime about its tokens (f, K, C, the scales).
+
+    Raises
+    ------
+    BundleError
+        The ``config`` field is missing or not a valid config.
+    """
+    return BundleConfig.of(manifest_config(manifest))

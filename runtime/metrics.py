@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqedge.runtime.images import float_to_uint8
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Channels-last floats [..., H, W, 3] in [-1, 1] -> uint8, by :func:`float_to_uint8`.
-
-    Kept for callers holding channels-last arrays; new code calls
-    ``vqedge.runtime.images.float_to_uint8`` on channels-first arrays.
-    """
-    return float_to_uint8(np.moveaxis(np.asarray(img), -1, -3))
-
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB between two uint8 images of the same shape."""

@@ -16,14 +16,8 @@ import numpy as np
 from vqedge.runtime.base import TokenizerBase
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import to_batch, to_uint8_image
-from vqedge.runtime.session import (
-    DECODER,
-    ENCODER,
-    MULTI_SCALE,
-    QUANTIZER,
-    SCALES,
-    BundleSessions,
-)
+from vqedge.runtime.manifest import DECODER, ENCODER, MULTI_SCALE, QUANTIZER, SCALES
+from vqedge.runtime.session import BundleSessions
 from vqedge.runtime.tokens import TokenFile, save_tokens
 
 
@@ -94,6 +88,18 @@ class MultiScaleTokenizer(TokenizerBase):
     def split(self, idx_BL: np.ndarray) -> list[np.ndarray]:
         """Concatenated tokens [B, L] -> idx_Bl, one [B, pn*pn] array per scale."""
         return self.config.split_scales(idx_BL)
+
+    def token_maps(self, tokens: Any) -> list[np.ndarray]:
+        """One image's row [1, L] (or [L]) -> its token maps [pn, pn], coarse to fine."""
+        row = np.asarray(tokens).reshape(1, -1)
+        if row.shape[1] != self.num_tokens:
+            raise ValueError(f"expected one image's {self.num_tokens} tokens, got {row.size}")
+        return [i[0].reshape(pn, pn) for i, pn in zip(self.split(row), self.patch_nums)]
+
+    @property
+    def token_layout(self) -> dict[str, Any]:
+        """The layout in words and the side of each scale's map, coarse to fine."""
+        return super().token_layout | {"map_sides": list(self.patch_nums)}
 
     def check_idxBl(self, idx_Bl: Any, min_scales: int = 1) -> list[np.ndarray]:
         """Check a list of scales (a prefix of at least ``min_scales``): integer [B, pn*pn]

@@ -21,20 +21,17 @@ import onnxruntime as ort
 
 from vqedge.runtime.arena import release_memory, use_shared_arena
 from vqedge.runtime.cache import FILE_MODE
-from vqedge.runtime.config import VQVAEConfig
+from vqedge.runtime.config import BundleConfig
 from vqedge.runtime.device import cpu_signature
 from vqedge.runtime.fidelity import DECODER_STAGE, ENCODER_STAGE
-from vqedge.runtime.limits import DEFAULT_MAX_SIDE
 from vqedge.runtime.manifest import (
     DECODER,
     ENCODER,
     MANIFEST,
-    MULTI_SCALE,
     QUANTIZER,
-    SCALES,
     SINGLE_SCALE,
     BundleError,
-    manifest_config,
+    bundle_config,
     read_manifest,
     sha256_file,
     verified_file,
@@ -151,8 +148,8 @@ class BundleSessions:
         The bundle's manifest.
     kind : str
         The bundle kind (``SINGLE_SCALE`` or ``MULTI_SCALE``).
-    config : VQVAEConfig
-        The model config.
+    config : BundleConfig
+        What the bundle's tokens are (f, K, C, the scales).
     plan : PrecisionPlan
         The precision each stage runs at: the one asked for, or fp32 for a stage a lenient
         load could not give it (bf16 off OpenVINO, or a precision whose check failed).
@@ -183,14 +180,16 @@ class BundleSessions:
         self.root = root
         self.manifest = manifest
         self.kind: str = manifest.get("kind", SINGLE_SCALE)
-        self.config: VQVAEConfig = manifest_config(manifest)
+        self.config: BundleConfig = bundle_config(manifest)
         self.asked_providers = providers
         self.providers = resolve_providers(providers, "fp32")
         self.lookup_providers = lookup_providers(providers, self.providers)
         self.options = options
         self.strict = strict
         self.graph_cache = graph_cache
-        self.bundle_sha256 = sha256_file(root / MANIFEST)
+        # read when first asked: the export measures its check set before the manifest,
+        # which then records it, is written (once)
+        self._bundle_sha256: str | None = None
         self.on_device = provider_names(self.providers)[0] in DEVICE_MEMORY
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._files: dict[str, str] = {}  # graph -> the bundle file its session runs
@@ -285,6 +284,13 @@ class BundleSessions:
             return self.lookup_providers
         stage = STAGE_OF_GRAPH.get(graph)
         return self.stage_providers[stage] if stage else self.providers
+
+    @property
+    def bundle_sha256(self) -> str:
+        """sha256 of the bundle's manifest.json (see the class docstring)."""
+        if self._bundle_sha256 is None:
+            self._bundle_sha256 = sha256_file(self.root / MANIFEST)
+        return self._bundle_sha256
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -449,14 +455,7 @@ class BundleSessions:
 
 __all__ = [
     "BUNDLES_DIR",
-    "DECODER",
     "DEFAULT_BUNDLE",
-    "DEFAULT_MAX_SIDE",
-    "ENCODER",
-    "MULTI_SCALE",
-    "QUANTIZER",
-    "SCALES",
-    "SINGLE_SCALE",
     "BundleSessions",
     "bundle_path",
     "default_session_options",

@@ -26,9 +26,6 @@ import numpy as np
 
 from vqedge.runtime import limits
 from vqedge.runtime.images import float_to_uint8, uint8_to_float
-
-# re-exported from their home, vqedge.runtime.limits, for code that imports them from here
-from vqedge.runtime.limits import TILE_ABOVE, TILED_MAX_SIDE  # noqa: F401
 from vqedge.runtime.manifest import DECODER, ENCODER
 
 if TYPE_CHECKING:

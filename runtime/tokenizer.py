@@ -1,9 +1,8 @@
 """The single-scale Tokenizer: an image of any size <-> one token map int64 [B, h, w],
 h = ceil(H / f), w = ceil(W / f).
 
-A multi-scale bundle loads as a ``MultiScaleTokenizer`` (vqedge.runtime.multiscale); both
-sit over one session core (vqedge.runtime.session). ``load`` and ``KINDS`` live in
-vqedge.runtime.kinds and are importable from here too.
+``vqedge.runtime.load`` returns this class for a bundle of kind ``single-scale`` (the table
+of kinds: vqedge.runtime.kind); every kind sits over one session core (vqedge.runtime.session).
 """
 
 from __future__ import annotations
@@ -24,21 +23,9 @@ from vqedge.runtime.inputs import (
     to_uint8_image,
     token_map_hw,
 )
-from vqedge.runtime.kinds import KINDS, load
-from vqedge.runtime.multiscale import MultiScaleTokenizer
+from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SINGLE_SCALE
 from vqedge.runtime.providers import DEVICE_MEMORY, provider_names
-from vqedge.runtime.session import (
-    BUNDLES_DIR,
-    DECODER,
-    DEFAULT_BUNDLE,
-    ENCODER,
-    QUANTIZER,
-    SINGLE_SCALE,
-    BundleSessions,
-    bundle_path,
-    default_session_options,
-    list_bundles,
-)
+from vqedge.runtime.session import BundleSessions
 from vqedge.runtime.tokens import TokenFile, save_tokens
 
 # latents per quantizer call: 4 MiB of scores against a codebook of 1024 codes
@@ -59,8 +46,6 @@ class Tokenizer(TokenizerBase):
     """
 
     KIND = SINGLE_SCALE
-    # vqedge.runtime.load under the name older code calls: the tokenizer of the bundle's kind
-    load = staticmethod(load)
 
     def __init__(self, sessions: BundleSessions, max_side: int | None = None) -> None:
         super().__init__(sessions, max_side)
@@ -313,15 +298,4 @@ class Tokenizer(TokenizerBase):
         return self.codebook[flat]
 
 
-__all__ = [
-    "BUNDLES_DIR",
-    "DEFAULT_BUNDLE",
-    "KINDS",
-    "LOOKUP_LATENTS",
-    "MultiScaleTokenizer",
-    "Tokenizer",
-    "bundle_path",
-    "default_session_options",
-    "list_bundles",
-    "load",
-]
+__all__ = ["LOOKUP_LATENTS", "Tokenizer"]

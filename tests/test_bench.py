@@ -445,7 +445,7 @@ def test_torch_model_of_imported_bundle(var_small_bundle):
 
     bundle, ckpt = var_small_bundle
     bf = bundles.facts(bundle)
-    assert bf.multi_scale and bf.family == "var" and bf.resolution == 16
+    assert bf.offers("fixed_size") and bf.family == "var" and bf.resolution == 16
     assert bf.num_tokens == 30
     model, weights = bundles.torch_model(bf, str(ckpt))
     assert isinstance(model, VARVQVAE) and weights["same_as_bundle"]
@@ -485,7 +485,7 @@ def test_flops_match_pytorch_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     from vqedge.models import load_pretrained
-    from vqedge.runtime.tokenizer import bundle_path
+    from vqedge.runtime.session import bundle_path
 
     model = load_pretrained()
     counted = flops.stage_flops(bundle_path(None), 2, 64, 48)

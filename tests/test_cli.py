@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -252,9 +253,32 @@ def _runtime_nodes(tree: ast.AST):
                 todo.append(child)
 
 
-def import_graph() -> dict[str, set[str]]:
+# "vqedge.x.y:Name": a class named by a table (the kinds' runtime classes and recipes)
+NAMED_TARGET = re.compile(r"^(vqedge(?:\.\w+)+):\w+$")
+
+
+def _named_imports(node: ast.AST) -> list[str]:
+    """The modules ``node`` imports by name: ``import_module("vqedge...")`` with a literal,
+    or a ``"vqedge.module:Class"`` string a table resolves later."""
+    func = getattr(node, "func", None)
+    if isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", "")) == (
+        "import_module"
+    ):
+        arg = node.args[0] if node.args else None
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return [arg.value]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        m = NAMED_TARGET.match(node.value)
+        if m:
+            return [m.group(1)]
+    return []
+
+
+def import_graph(named: bool = False) -> dict[str, set[str]]:
     """vqedge module -> the vqedge modules it imports, at any depth of its code (lazy ones
-    too); imports for type checkers only are left out: they never run."""
+    too); imports for type checkers only are left out: they never run. With ``named``, the
+    modules imported by name (``import_module("...")``, ``"module:Class"`` table entries)
+    count too."""
     files = {}
     for folder, package in PACKAGES.items():
         for path in (REPO / folder).rglob("*.py"):
@@ -270,6 +294,8 @@ def import_graph() -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
         for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+            if named:
+                targets.update(_named_imports(node))
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -315,9 +341,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_module_imports_another_that_imports_it_back():
-    graph = import_graph()
+    graph = import_graph(named=True)
     assert "vqedge.commands.main" in graph and "vqedge.dataset.run" in graph
+    # modules imported by name are followed: the table of kinds names its runtime classes
+    assert "vqedge.runtime.tokenizer" in graph["vqedge.runtime.kind"]
     assert cycles(graph) == []
+
+
+def test_the_import_graph_follows_modules_imported_by_name():
+    tree = ast.parse(
+        'import_module("vqedge.runtime.kinds")\nT = "vqedge.runtime.base:TokenizerBase"'
+    )
+    found = [t for node in ast.walk(tree) for t in _named_imports(node)]
+    assert found == ["vqedge.runtime.kinds", "vqedge.runtime.base"]
 
 
 def test_the_runtime_imports_nothing_beside_it():

@@ -355,7 +355,7 @@ def test_scales_endpoint(client, ms_tok, tmp_path):
 
     r = _call(client, handle_file(str(CHELSEA)), api_name="/scales")
     pns, K = list(ms_tok.patch_nums), len(ms_tok.patch_nums)
-    assert r["patch_nums"] == pns and r["token_counts"] == [pn * pn for pn in pns]
+    assert r["scales"] == pns and r["token_counts"] == [pn * pn for pn in pns]
     assert r["num_tokens"] == sum(r["token_counts"]) == ms_tok.num_tokens
     assert r["image_size"] == [300, 451] and r["resolution"] == ms_tok.resolution
     assert [np.array(t).shape for t in r["tokens"]] == [(pn, pn) for pn in pns]

@@ -249,14 +249,14 @@ def test_scales_analyze(ms, chelsea):
     r = ms.analyze(chelsea)
     R = ms.resolution
     assert np.array_equal(r["fitted"], fit_square(chelsea, R))
-    assert [m.shape for m in r["maps"]] == [(pn, pn) for pn in ms.patch_nums]
-    assert len(r["recons"]) == len(r["psnr_db"]) == len(ms.patch_nums)
+    assert [m.shape for m in r["maps"]] == [(pn, pn) for pn in ms.tok.patch_nums]
+    assert len(r["recons"]) == len(r["psnr_db"]) == len(ms.tok.patch_nums)
     assert r["psnr_db"][-1] == pytest.approx(psnr(r["recons"][-1], r["fitted"]), abs=1e-6)
     assert r["psnr_db"][-1] > r["psnr_db"][0]  # finer scales add detail
     j = ms.to_json(r, chelsea.shape[:2], "")
     assert j["num_tokens"] == sum(j["token_counts"]) == ms.num_tokens
     maps, recons = ms.galleries(r)
-    assert maps[0][1] == "scale 1: 1 x 1, 1 token" and len(recons) == len(ms.patch_nums)
+    assert maps[0][1] == "scale 1: 1 x 1, 1 token" and len(recons) == len(ms.tok.patch_nums)
     assert f"fitted to {R}x{R}" in ms.intro()
 
 

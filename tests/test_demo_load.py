@@ -132,7 +132,7 @@ def _check_result(endpoint: str, out) -> None:
     elif endpoint == "/decode":
         assert np.asarray(Image.open(out)).shape == (64, 80, 3)
     else:
-        assert len(out["tokens"]) == len(out["patch_nums"])
+        assert len(out["tokens"]) == len(out["scales"])
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from vqedge.runtime.inputs import (
     to_batch,
     to_uint8_image,
 )
-from vqedge.runtime.metrics import to_uint8
 
 # peak RSS a refused file may add to a process that has imported numpy and Pillow
 REFUSAL_RSS_MIB = 64
@@ -307,6 +306,5 @@ def test_one_uint8_converter():
     out = float_to_uint8(x)
     assert out.shape == (2, 5, 4, 3)
     assert np.array_equal(out[0], float_to_uint8(x[0]))
-    assert np.array_equal(to_uint8(x.transpose(0, 2, 3, 1)), out)
     assert out[x.transpose(0, 2, 3, 1) >= 1].min() == 255
     assert float_to_uint8(np.zeros((1, 3, 1, 1)))[0, 0, 0].tolist() == [128, 128, 128]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqedge.runtime import load
 from vqedge.runtime.manifest import sha256_file
-from vqedge.runtime.tokenizer import Tokenizer
 from vqedge.runtime.tokens import load_tokens
 
 # every test here builds or installs into fresh venvs: minutes each
@@ -49,7 +49,7 @@ PACKAGE_MODULES = (
     "vqedge/benchmarks/compare.py",
 )
 
-# Runs in a venv: argv = image path, JSON {name: Tokenizer.load kwargs}. Encodes and decodes
+# Runs in a venv: argv = image path, JSON {name: load kwargs}. Encodes and decodes
 # the image with each configuration and prints one JSON line with what it saw.
 SNIPPET = r"""
 import json, sys, time
@@ -61,7 +61,7 @@ from PIL import Image
 
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.providers import ProviderError, installed_runtimes, runtime_clash
-from vqedge.runtime.tokenizer import Tokenizer, list_bundles
+from vqedge.runtime import list_bundles, load
 
 img = np.asarray(Image.open(sys.argv[1]).convert("RGB"))
 out = {
@@ -76,7 +76,7 @@ out = {
 for name, kwargs in json.loads(sys.argv[2]).items():
     t0 = time.perf_counter()
     try:
-        tok = Tokenizer.load(**kwargs)
+        tok = load(**kwargs)
     except ProviderError as e:
         out["runs"][name] = {"provider_error": str(e)}
         continue
@@ -244,7 +244,7 @@ def reference(photo) -> np.ndarray:
     """fp32 tokens of the photo from this (development) environment's Tokenizer."""
     import onnxruntime as ort
 
-    tok = Tokenizer.load(providers="cpu", precision="fp32")
+    tok = load(providers="cpu", precision="fp32")
     idx = tok.encode(np.asarray(Image.open(photo).convert("RGB")))
     assert idx.shape == (1, 48, 40), idx.shape
     print(f"\nreference: onnxruntime {ort.__version__} in {sys.prefix}")

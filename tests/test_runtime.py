@@ -13,21 +13,23 @@ from PIL import Image
 from vqedge.export.validate import count_ties
 from vqedge.models import load_pretrained
 from vqedge.models.data import held_out_paths
+from vqedge.runtime import load
 from vqedge.runtime.images import uint8_to_float
 from vqedge.runtime.inputs import read_image
-from vqedge.runtime.manifest import BundleError
+from vqedge.runtime.kind import KINDS
+from vqedge.runtime.limits import TILE_ABOVE, TILED_MAX_SIDE
+from vqedge.runtime.manifest import QUANTIZER, BundleError
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.multiscale import MultiScaleTokenizer
 from vqedge.runtime.providers import RUN_PRECISIONS, ProviderError, resolve_providers
-from vqedge.runtime.session import QUANTIZER, BundleSessions, bundle_path, list_bundles
-from vqedge.runtime.tiling import TILE_ABOVE, TILED_MAX_SIDE
-from vqedge.runtime.tokenizer import KINDS, LOOKUP_LATENTS, Tokenizer, load
+from vqedge.runtime.session import BundleSessions, bundle_path, list_bundles
+from vqedge.runtime.tokenizer import LOOKUP_LATENTS, Tokenizer
 from vqedge.runtime.tokens import load_tokens
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer.load()
+    return load()
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +54,16 @@ def test_shipped_default_is_listed():
 
     assert "vqvae-f4" in list_bundles() == vqedge.runtime.list_bundles()
     assert vqedge.runtime.Tokenizer is Tokenizer
-    assert vqedge.runtime.load is load is Tokenizer.load
+    assert vqedge.runtime.load is load
+    assert not hasattr(Tokenizer, "load")  # one entry point: vqedge.runtime.load
     assert vqedge.runtime.MultiScaleTokenizer is MultiScaleTokenizer
 
 
 def test_load_returns_the_class_of_the_bundle_kind():
     assert isinstance(load("vqvae-f4"), Tokenizer)
-    ms = Tokenizer.load("vqvae-ms-f8")  # the alias returns whatever kind the bundle is
+    ms = load("vqvae-ms-f8")
     assert type(ms) is MultiScaleTokenizer and not isinstance(ms, Tokenizer)
-    assert set(KINDS) == {"single-scale", "multi-scale"}
+    assert {"single-scale", "multi-scale"} <= set(KINDS)
     # siblings over one session core; a kind has the methods it supports and no others
     assert isinstance(ms.sessions, BundleSessions)
     assert not any(hasattr(ms, m) for m in ("encode_tiled", "decode_tiled", "reconstruct_tiled"))
@@ -99,7 +102,7 @@ def test_variants_meet_their_quality_bar_on_this_cpu(photos):
     (its round trip), the one this test measures: int8's tokens differ from fp32's."""
     measured = {}
     for precision in ("fp32", "fp16", "int8"):
-        t = Tokenizer.load(precision=precision, strict=True, encoder_tier="pixels")
+        t = load(precision=precision, strict=True, encoder_tier="pixels")
         measured[precision] = np.mean([psnr(t.reconstruct(img)[0][0], img) for img in photos])
         if precision == "fp32":
             assert abs(measured["fp32"] - t.info["quality"]["held_out_psnr"]) < 0.05
@@ -147,7 +150,7 @@ def test_idxBl_api_matches_pytorch(tok, model, photos):
 
 
 def test_io_binding_path_gives_same_tokens(photos):
-    t = Tokenizer.load()
+    t = load()
     ref = t.encode(photos[2])
     t.io_binding = True  # the GPU path, exercised here on the CPU device
     assert np.array_equal(t.encode(photos[2]), ref)
@@ -158,10 +161,10 @@ def test_shared_arena_gives_the_same_results(photos):
     import onnxruntime as ort
 
     img = photos[2][:96, :128]
-    shared = Tokenizer.load()
+    shared = load()
     assert shared.sessions.options.get_session_config_entry("session.use_env_allocators") == "1"
     own = ort.SessionOptions()  # given options are used as they are: per-session arenas
-    private = Tokenizer.load(session_options=own)
+    private = load(session_options=own)
     with pytest.raises(RuntimeError):  # the entry is not set on options the user gave
         own.get_session_config_entry("session.use_env_allocators")
     for a, b in zip(shared.reconstruct(img), private.reconstruct(img)):
@@ -170,9 +173,9 @@ def test_shared_arena_gives_the_same_results(photos):
 
 def test_optimized_graph_cache(photos, tmp_path, capfd):
     img = photos[2][:64, :64]
-    ref = Tokenizer.load().reconstruct(img)
+    ref = load().reconstruct(img)
     capfd.readouterr()
-    first = Tokenizer.load(cache_dir=tmp_path / "cache", cache_graphs=True).reconstruct(img)
+    first = load(cache_dir=tmp_path / "cache", cache_graphs=True).reconstruct(img)
     # each graph names its own cached weights file: onnxruntime has nothing to warn about
     err = capfd.readouterr().err
     assert "already exists" not in err, err
@@ -182,7 +185,7 @@ def test_optimized_graph_cache(photos, tmp_path, capfd):
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in graphs.iterdir())
     # reconstruct on the CPU provider runs the three graphs, the decoder in its CPU form
     assert any("-fp32-decoder_cpu-CPU-" in name for name in cached), cached
-    again = Tokenizer.load(cache_dir=tmp_path / "cache", cache_graphs=True).reconstruct(img)
+    again = load(cache_dir=tmp_path / "cache", cache_graphs=True).reconstruct(img)
     assert sorted(p.name for p in graphs.iterdir()) == cached
     for out in (first, again):
         assert np.array_equal(out[1], ref[1]) and np.array_equal(out[0], ref[0])
@@ -230,14 +233,14 @@ def test_provider_selection_and_strict_mode():
     assert resolve_providers("cpu", "fp32") == ["CPUExecutionProvider"]
     # OpenVINO is not installed in this environment: strict refuses, lenient warns loudly
     with pytest.raises(ProviderError, match="OpenVINOExecutionProvider"):
-        Tokenizer.load(providers=["OpenVINOExecutionProvider"])
+        load(providers=["OpenVINOExecutionProvider"])
     with pytest.warns(RuntimeWarning, match="OpenVINOExecutionProvider"):
-        t = Tokenizer.load(providers=["OpenVINOExecutionProvider"], strict=False)
+        t = load(providers=["OpenVINOExecutionProvider"], strict=False)
     assert t.info["providers_in_use"]["encoder"] == ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match="bf16 runs on the OpenVINO"):
-        Tokenizer.load(precision="bf16")
+        load(precision="bf16")
     with pytest.raises(ValueError, match="must be one of"):
-        Tokenizer.load(precision="fp8")
+        load(precision="fp8")
     assert RUN_PRECISIONS == ("fp32", "fp16", "int8", "bf16")
 
 
@@ -263,8 +266,8 @@ def test_runtime_import_never_imports_torch():
     code = (
         "import sys, vqedge.runtime, vqedge.runtime.tokenizer, "
         "vqedge.runtime.tokens, vqedge.runtime.tiling\n"
-        "from vqedge.runtime.tokenizer import Tokenizer\n"
-        "Tokenizer.load().encode(__import__('numpy').zeros((8, 8, 3), 'uint8'))\n"
+        "from vqedge.runtime import load\n"
+        "load().encode(__import__('numpy').zeros((8, 8, 3), 'uint8'))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -272,7 +275,7 @@ def test_runtime_import_never_imports_torch():
 
 
 def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
-    tok = Tokenizer.load(bundle_copy)
+    tok = load(bundle_copy)
     rel = tok.graph_file("decoder")  # on the CPU provider: the phase-convolution decoder
     assert rel == "decoder_cpu.fp32.onnx"
     target = bundle_copy / rel
@@ -281,20 +284,20 @@ def test_tampered_or_missing_bundle_file_is_named(bundle_copy):
     target.write_bytes(bytes(data))
     # each file is checked when it is first read: the decoder at the first decode, before
     # anything runs on it; the other variants' files are not read at all
-    tok = Tokenizer.load(bundle_copy)
+    tok = load(bundle_copy)
     idx = tok.encode(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(BundleError, match=f"{rel} does not match its sha256"):
         tok.decode(idx)
     codebook = bundle_copy / "codebook.npy"
     codebook.write_bytes(codebook.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(BundleError, match="codebook.npy does not match its sha256"):
-        _ = Tokenizer.load(bundle_copy, precision="int8", verify=False).codebook
+        _ = load(bundle_copy, precision="int8", verify=False).codebook
     target.unlink()
     with pytest.raises(BundleError, match=f"{rel} is missing"):
-        Tokenizer.load(bundle_copy)
+        load(bundle_copy)
     (bundle_copy / "decoder.fp32.onnx").unlink()  # also needed: other providers run it
     with pytest.raises(BundleError, match="decoder.fp32.onnx is missing"):
-        Tokenizer.load(bundle_copy)
+        load(bundle_copy)
 
 
 def test_newer_bundle_format_is_refused(bundle_copy):
@@ -302,14 +305,14 @@ def test_newer_bundle_format_is_refused(bundle_copy):
     m["format_version"] = 99
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="format version 99"):
-        Tokenizer.load(bundle_copy)
+        load(bundle_copy)
 
 
 def test_unknown_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="no bundle"):
-        Tokenizer.load("no-such-bundle")
+        load("no-such-bundle")
     with pytest.raises(BundleError, match="manifest.json is missing"):
-        Tokenizer.load(tmp_path)
+        load(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def test_token_files_keep_every_scale(tok, tmp_path):
 def test_shipped_bundle_matches_shipped_checkpoint():
     """Real trained weights: the shipped bundle gives the shipped checkpoint's tokens."""
     model = load_pretrained(PRETRAINED_DIR / SHIPPED)
-    tok = Tokenizer.load(SHIPPED)  # the alias of load()
+    tok = load(SHIPPED)
     assert isinstance(tok, MultiScaleTokenizer) and tok.patch_nums == VAR_PATCH_NUMS
     R = tok.resolution
     photos = np.stack([fit_square(read_image(p), R) for p in held_out_paths()])

@@ -101,7 +101,8 @@ def test_shards_hold_the_tokens_of_every_image(local1, images, tok):
         assert np.array_equal(row["tokens"], expected[0])
         assert row["bundle_sha256"] == tok.bundle_sha256
     info = read_shard_info(local1 / "part-00000.parquet")
-    assert info["patch_nums"] == [] and info["bundle_sha256"] == tok.bundle_sha256
+    assert info["token_layout"] == {"kind": "single-scale", "map_sides": []}
+    assert info["bundle_sha256"] == tok.bundle_sha256
     assert info["codebook_size"] == 1024 and info["preprocess"] is None
     # the on-device check of the plan the shards were made with, where they were made
     v = info["verification"]
@@ -149,7 +150,7 @@ def test_a_multiscale_bundle_writes_every_scale(images, tmp_path):
     args = ["tokenize", str(images / "sub"), "--out", str(out), "--bundle", "vqvae-ms-f8"]
     assert main([*args, "--workers", "1"]) == EXIT_PARTIAL  # sub/ holds the corrupt file
     info = read_shard_info(out / "part-00000.parquet")
-    assert info["patch_nums"] == list(ms.patch_nums) and len(ms.patch_nums) > 1
+    assert info["token_layout"]["map_sides"] == list(ms.patch_nums) and len(ms.patch_nums) > 1
     assert info["preprocess"] == ms.preprocessing and str(ms.resolution) in ms.preprocessing
     rows = read_out(out)
     assert sorted(rows) == sorted(str(p) for p in (images / "sub").rglob("img*"))

@@ -2,7 +2,8 @@
 // The sessions run in a Web Worker (browsers) or in-process (Node, or worker: false); the
 // pixels are prepared here, as the Python runtime prepares them.
 
-import { MULTI_SCALE } from "./bundle.js";
+import { BundleError, MULTI_SCALE, SINGLE_SCALE } from "./bundle.js";
+import { kindClass, kindNames, registerKind } from "./kinds.js";
 import { describePlan } from "./plan.js";
 import { LOOKUP_LATENTS } from "./rules.gen.js";
 import { checkSide, defaultMaxSide, fitSquare, makeImageData, toImage, toInput, toRGB } from "./preprocess.js";
@@ -414,7 +415,10 @@ export async function load(url, { backend = "auto", precision = "fp32", strict =
   const args = { url: new URL(url, base).href, backend, threads, onProgress };
   try {
     const facts = await runner.load({ ...args, precision });
-    const Kind = facts.manifest.kind === MULTI_SCALE ? MultiScaleTokenizer : Tokenizer;
+    const Kind = kindClass(facts.manifest.kind);
+    if (Kind === undefined) {
+      throw new BundleError(`bundle ${url}: kind ${JSON.stringify(facts.manifest.kind)} is not one this package runs (${kindNames().join(", ")}): upgrade vqedge-web, or registerKind() its class`);
+    }
     const tok = new Kind(runner, facts, maxSide);
     const auto = precision === "auto" || Object.values(precision ?? {}).includes("auto");
     if (!verify) return tok;
@@ -425,3 +429,7 @@ export async function load(url, { backend = "auto", precision = "fp32", strict =
     throw e;
   }
 }
+
+// the kinds this package ships (the table: kinds.js)
+registerKind(SINGLE_SCALE, Tokenizer);
+registerKind(MULTI_SCALE, MultiScaleTokenizer);
