@@ -30,6 +30,7 @@ from vqedge.export.family_recipe import FamilySingleScaleRecipe
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
 from vqedge.export.multi_scale_recipe import MultiScaleRecipe
+from vqedge.export.output import move_into_place, prepare_out
 from vqedge.export.recipe import Graphs, Recipe, session
 from vqedge.export.single_scale_recipe import SingleScaleRecipe
 from vqedge.export.validate import TOLERANCES, ExportValidationError
@@ -160,7 +161,7 @@ def export_bundle(
     model.eval()
     recipe = recipe_for(model)
     config = VQVAEConfig.from_dict(recipe.config_dict())
-    _prepare_out(out, force)
+    prepare_out(out, force)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -178,7 +179,7 @@ def export_bundle(
         # written once, complete: the check set is measured from the manifest in memory
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -584,27 +585,3 @@ def _check_compat(model: onnx.ModelProto, name: str) -> None:
             f"{name}: IR {model.ir_version} / opset {opset} would not load in onnxruntime "
             f"{MIN_ONNXRUNTIME} (IR <= {MAX_IR_VERSION}, opset <= {MAX_OPSET})"
         )
-
-
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise FileExistsError(f"output {out} already exists: pass --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    for above in (parent, *parent.parents):
-        if above.exists():
-            if not above.is_dir():
-                raise NotADirectoryError(f"cannot write the bundle: {above} is not a folder")
-            break
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write the bundle: {parent} is not writable")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "bundle")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
