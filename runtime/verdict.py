@@ -92,9 +92,10 @@ class Verdict:
         where = f"on {self.device}" + (" (cached verdict)" if self.cached else "")
         if self.fell_back:
             stages = " and ".join(self.fell_back)
+            held = ", ".join(_figure(j) for j in self.judgements if j.holds)
             return (
                 f"{self.reasons()}: the {stages} runs fp32 instead; plan "
-                f"{_plan_text(self.plan)} {where}"
+                f"{_plan_text(self.plan)}" + (f" ({held})" if held else "") + f" {where}"
             )
         head = "holds" if self.holds else "does NOT hold"
         return f"{head}: plan {_plan_text(self.plan)}: {figures} {where}"

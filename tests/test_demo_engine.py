@@ -52,8 +52,15 @@ def test_the_verdict_of_each_precision_is_shown_beside_it(eng):
         if precision == "bf16":
             continue  # the OpenVINO flavour's own test covers it
         text = eng.verdict(precision, "CPUExecutionProvider")
-        assert text.startswith("**On this device:** holds: tokens agree"), text
-        assert "dB below fp32's" in text
+        v = eng.tokenizer(precision, "CPUExecutionProvider").verification
+        assert text == f"**On this device:** {v.describe()}", text
+        # the demo loads leniently: a stage whose check fails here runs fp32, and says so
+        if v.fell_back:
+            assert f"the {' and '.join(v.fell_back)} runs fp32 instead" in text
+        else:
+            assert text.startswith("**On this device:** holds: plan"), text
+        assert "of fp32's tokens" in text
+        assert "from fp32's decode" in text or "the decoder runs fp32" in text
 
 
 @pytest.fixture(scope="module")
