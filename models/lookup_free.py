@@ -32,7 +32,7 @@ FSQ_EPS = 1e-3
 class LookupFree(nn.Module):
     """What LFQ and FSQ share: the codebook surface over ``digits`` / ``codes``."""
 
-    # digits per channel (2 for LFQ); buffers [C] set by the subclass
+    # digits per channel (2 for LFQ) and each digit's place value, [C] (``_set_radix``)
     radix: torch.Tensor
     basis: torch.Tensor
 
@@ -56,23 +56,40 @@ class LookupFree(nn.Module):
         raise NotImplementedError
 
     def digit_codes(self, digits: torch.Tensor) -> torch.Tensor:
-        """Digits [B, C, h, w] -> codes float [B, C, h, w]."""
+        """Digits float [B, C, h, w] (whole numbers) -> codes float [B, C, h, w]."""
         raise NotImplementedError
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """Latent [B, C, h, w] -> indices int64 [B, h, w]."""
         if z.shape[1] != self.embedding_dim:
-            raise ValueError(f"latent has {z.shape[1]} channels, the quantizer {self.embedding_dim}")
+            raise ValueError(
+                f"latent has {z.shape[1]} channels, the quantizer {self.embedding_dim}"
+            )
         return (self.digits(z) * self.basis.view(1, -1, 1, 1)).sum(1)
 
     def embed(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
-        """Indices [B, h, w] -> codes [B, C, h, w]."""
-        idx = idx_Bhw.long().unsqueeze(1)
-        digits = torch.remainder(
-            torch.div(idx, self.basis.view(1, -1, 1, 1), rounding_mode="floor"),
-            self.radix.view(1, -1, 1, 1),
-        )
+        """Indices [B, h, w] -> codes [B, C, h, w].
+
+        Integer arithmetic alone, so that the exported graph is exact at any K and in every
+        variant: r = idx mod (basis_c * radix_c) is digit_c * basis_c plus the lower digits,
+        and digit_c counts the multiples k * basis_c (0 < k < radix_c) that r reaches. (An
+        integer division exports as a float one, inexact above 2^24 and overflowing fp16.)
+        """
+        r = torch.remainder(idx_Bhw.long().unsqueeze(1), self.span.view(1, -1, 1, 1))
+        steps = self.steps.view(1, self.steps.shape[0], 1, 1, -1)  # [1, C, 1, 1, R - 1]
+        # the digits as floats by Where, not Cast: the fp16 conversion mistypes a Cast's output
+        digits = torch.where(r.unsqueeze(-1) >= steps, 1.0, 0.0).sum(-1)  # [B, C, h, w]
         return self.digit_codes(digits)
+
+    def _set_radix(self, radix: torch.Tensor) -> None:
+        """Register ``radix`` [C] int64 and what indices and codes are computed with."""
+        basis = torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
+        span = basis * radix
+        k = torch.arange(1, int(radix.max()), dtype=torch.int64)
+        # [C, max radix - 1]: k * basis_c for 0 < k < radix_c, else span_c, which no r reaches
+        steps = torch.where(k[None] < radix[:, None], k[None] * basis[:, None], span[:, None])
+        for name, t in (("radix", radix), ("basis", basis), ("span", span), ("steps", steps)):
+            self.register_buffer(name, t, persistent=False)
 
     def get_codebook(self) -> torch.Tensor:
         """Every code, [K, C] (only for checks: 2^18 x 18 floats for Open-MAGVIT2)."""
@@ -89,7 +106,7 @@ class LookupFree(nn.Module):
 
     def quantized(self, z: torch.Tensor) -> torch.Tensor:
         """The codes of ``z`` [B, C, h, w], with the gradient the quantizer trains with."""
-        return self.digit_codes(self.digits(z))
+        return self.digit_codes(self.digits(z).float())
 
 
 class LFQ(LookupFree):
@@ -118,21 +135,20 @@ class LFQ(LookupFree):
                 f"got {list(factorized_bits)}"
             )
         self.bits, self.factorized_bits, self.scale = bits, tuple(factorized_bits), float(scale)
-        self.register_buffer("radix", torch.full((bits,), 2, dtype=torch.int64), persistent=False)
-        self.register_buffer("basis", 2 ** torch.arange(bits, dtype=torch.int64), persistent=False)
+        self._set_radix(torch.full((bits,), 2, dtype=torch.int64))
 
     def digits(self, z: torch.Tensor) -> torch.Tensor:
         return (z > 0).long()
 
     def digit_codes(self, digits: torch.Tensor) -> torch.Tensor:
-        return (digits.float() * 2.0 - 1.0) * self.scale
+        return (digits * 2.0 - 1.0) * self.scale
 
     def quantized(self, z: torch.Tensor) -> torch.Tensor:
-        q = self.digit_codes(self.digits(z))
+        q = self.digit_codes(self.digits(z).float())
         return z + (q - z).detach()
 
     def bundle_config(self) -> dict:
-        """The manifest's ``quantizer``: {"quantizer": "lfq", "bits", "factorized_bits", "scale"}."""
+        """The manifest's ``quantizer``: "lfq", bits, factorized_bits and scale."""
         return {
             "quantizer": "lfq",
             "bits": self.bits,
@@ -154,9 +170,7 @@ class FSQ(LookupFree):
             raise ValueError(f"FSQ levels {list(levels)} give more than 2^62 codes")
         self.levels = levels
         lv = torch.tensor(levels, dtype=torch.int64)
-        self.register_buffer("radix", lv, persistent=False)
-        basis = torch.cumprod(torch.tensor((1, *levels[:-1]), dtype=torch.int64), 0)
-        self.register_buffer("basis", basis, persistent=False)
+        self._set_radix(lv)
         half_l = (lv.double() - 1) * (1 + FSQ_EPS) / 2
         offset = torch.where(lv % 2 == 0, 0.5, 0.0).double()
         # float32 as the reference computes them
@@ -177,7 +191,7 @@ class FSQ(LookupFree):
 
     def digit_codes(self, digits: torch.Tensor) -> torch.Tensor:
         hw = self.half_width.view(1, -1, 1, 1)
-        return (digits.float() - hw) / hw
+        return (digits - hw) / hw
 
     def quantized(self, z: torch.Tensor) -> torch.Tensor:
         b = self._bounded(z)

@@ -135,7 +135,8 @@ class Encoder(nn.Module):
 
 class AdaptiveGroupNorm(nn.Module):
     """GroupNorm without affine, then scale = gamma(std of each code channel over the map)
-    and bias = beta(its mean); the variance is the unbiased one, as torch.var's default."""
+    and bias = beta(its mean); the variance is the unbiased one, torch.var's default, as the
+    reference computes it."""
 
     def __init__(self, z_channels: int, ch: int) -> None:
         super().__init__()
@@ -145,8 +146,13 @@ class AdaptiveGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         flat = code.flatten(2)  # [B, Z, h*w]
-        scale = self.gamma((flat.var(dim=-1) + GN_EPS).sqrt())[:, :, None, None]
-        bias = self.beta(flat.mean(dim=-1))[:, :, None, None]
+        mean = flat.mean(dim=-1)
+        # torch.var's unbiased variance, with the count n summed rather than read from the
+        # shape: a shape's Cast to float is what the fp16 conversion mistypes
+        n = torch.ones_like(flat[:1, :1]).sum(dim=-1)
+        var = (flat - mean[..., None]).square().mean(dim=-1) * (n / (n - 1))
+        scale = self.gamma((var + GN_EPS).sqrt())[:, :, None, None]
+        bias = self.beta(mean)[:, :, None, None]
         return self.gn(x) * scale + bias
 
 
@@ -176,8 +182,9 @@ class Decoder(nn.Module):
         adaptive: list[nn.Module] = []
         for i in reversed(range(len(chs))):
             adaptive.insert(0, AdaptiveGroupNorm(cfg.z_channels, cin))
-            level = Level([ResBlock(cin if j == 0 else chs[i], chs[i]) for j in range(cfg.num_res_blocks)])  # fmt: skip
-            cin = chs[i]
+            c = chs[i]
+            level = Level([ResBlock(cin if j == 0 else c, c) for j in range(cfg.num_res_blocks)])
+            cin = c
             if i > 0:
                 level.upsample = Upsampler(cin)
             ups.insert(0, level)
@@ -317,9 +324,7 @@ def _tokenizer_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """The encoder's and decoder's tensors: the EMA copies where the file has them."""
     ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
     own = {
-        k: v
-        for k, v in tensors.items()
-        if not k.startswith((LOSS_PREFIX, EMA_PREFIX, "quantize."))
+        k: v for k, v in tensors.items() if not k.startswith((LOSS_PREFIX, EMA_PREFIX, "quantize."))
     }
     if not ema:
         return own

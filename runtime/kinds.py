@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import onnxruntime as ort
 
 from vqedge.runtime.limits import check_max_side
-from vqedge.runtime.manifest import MULTI_SCALE, SINGLE_SCALE, BundleError
+from vqedge.runtime.manifest import LOOKUP_FREE, MULTI_SCALE, SINGLE_SCALE, BundleError
 from vqedge.runtime.providers import ProviderList
 from vqedge.runtime.session import BundleSessions
 from vqedge.runtime.verify import verify_at_load
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     SINGLE_SCALE: "vqedge.runtime.tokenizer:Tokenizer",
     MULTI_SCALE: "vqedge.runtime.multiscale:MultiScaleTokenizer",
+    LOOKUP_FREE: "vqedge.runtime.lookup_free:LookupFreeTokenizer",
 }
 
 

@@ -203,7 +203,9 @@ class BundleSessions:
             )
         v = manifest["variants"][variant]
         graphs = [*v["graphs"].values(), *v.get("cpu_graphs", {}).values()]
-        rels = [manifest["codebook"]["file"], *(g["file"] for g in graphs), *v.get("weights", [])]
+        # a lookup-free bundle has no codebook file: its codes are computed from the index
+        codebook = [manifest["codebook"]["file"]] if "codebook" in manifest else []
+        rels = [*codebook, *(g["file"] for g in graphs), *v.get("weights", [])]
         for rel in rels:
             if not (root / rel).is_file():
                 raise BundleError(f"bundle file {rel} is missing from {root}")
