@@ -81,15 +81,18 @@ class LookupFree(nn.Module):
         digits = torch.where(r.unsqueeze(-1) >= steps, 1.0, 0.0).sum(-1)  # [B, C, h, w]
         return self.digit_codes(digits)
 
-    def _set_radix(self, radix: torch.Tensor) -> None:
-        """Register ``radix`` [C] int64 and what indices and codes are computed with."""
-        basis = torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
-        span = basis * radix
-        k = torch.arange(1, int(radix.max()), dtype=torch.int64)
-        # [C, max radix - 1]: k * basis_c for 0 < k < radix_c, else span_c, which no r reaches
-        steps = torch.where(k[None] < radix[:, None], k[None] * basis[:, None], span[:, None])
-        for name, t in (("radix", radix), ("basis", basis), ("span", span), ("steps", steps)):
-            self.register_buffer(name, t, persistent=False)
+    def _set_radix(self, radix: tuple[int, ...]) -> None:
+        """Register ``radix`` (digits per channel) and what indices and codes are computed
+        with, all int64 [C] (``steps`` [C, max radix - 1])."""
+        basis = [math.prod(radix[:c]) for c in range(len(radix))]
+        span = [b * r for b, r in zip(basis, radix)]
+        # k * basis_c for 0 < k < radix_c; past radix_c, span_c, which no remainder reaches
+        steps = [
+            [k * b if k < r else s for k in range(1, max(radix))]
+            for b, r, s in zip(basis, radix, span)
+        ]
+        for name, v in (("radix", radix), ("basis", basis), ("span", span), ("steps", steps)):
+            self.register_buffer(name, torch.tensor(v, dtype=torch.int64), persistent=False)
 
     def get_codebook(self) -> torch.Tensor:
         """Every code, [K, C] (only for checks: 2^18 x 18 floats for Open-MAGVIT2)."""
@@ -135,7 +138,7 @@ class LFQ(LookupFree):
                 f"got {list(factorized_bits)}"
             )
         self.bits, self.factorized_bits, self.scale = bits, tuple(factorized_bits), float(scale)
-        self._set_radix(torch.full((bits,), 2, dtype=torch.int64))
+        self._set_radix((2,) * bits)
 
     def digits(self, z: torch.Tensor) -> torch.Tensor:
         return (z > 0).long()
@@ -169,14 +172,14 @@ class FSQ(LookupFree):
         if math.prod(levels) > 2**62:
             raise ValueError(f"FSQ levels {list(levels)} give more than 2^62 codes")
         self.levels = levels
-        lv = torch.tensor(levels, dtype=torch.int64)
-        self._set_radix(lv)
-        half_l = (lv.double() - 1) * (1 + FSQ_EPS) / 2
-        offset = torch.where(lv % 2 == 0, 0.5, 0.0).double()
-        # float32 as the reference computes them
-        self.register_buffer("half_l", half_l.float(), persistent=False)
-        self.register_buffer("offset", offset.float(), persistent=False)
-        self.register_buffer("shift", torch.atanh(offset / half_l).float(), persistent=False)
+        self._set_radix(levels)
+        # in float32 and in the reference's order, so that the same latents round alike
+        lv = torch.tensor(levels, dtype=torch.int32)
+        half_l = (lv - 1) * (1 + FSQ_EPS) / 2
+        offset = torch.where(lv % 2 == 0, 0.5, 0.0)
+        self.register_buffer("half_l", half_l, persistent=False)
+        self.register_buffer("offset", offset, persistent=False)
+        self.register_buffer("shift", torch.atanh(offset / half_l), persistent=False)
         self.register_buffer("half_width", (lv // 2).float(), persistent=False)
 
     def _bounded(self, z: torch.Tensor) -> torch.Tensor:
