@@ -274,7 +274,8 @@ def test_fsq_trains_exports_and_runs_with_vector_quantize_pytorch_indices(photo_
     train += ["--crop", "32", "--base-channels", "8", "--channel-mult", "1", "2", "2"]
     train += ["--res-blocks", "1", "--mid-blocks", "1", "--eval-every", "3"]
     train += ["--fsq-levels", *map(str, levels)]
-    assert main(train) == EXIT_OK
+    with torch.enable_grad():  # this module's tests run under no_grad otherwise
+        assert main(train) == EXIT_OK
     assert main(["export", str(run), "--out", str(bundle), "--precisions", "fp32"]) == EXIT_OK
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["quantizer"] == {"quantizer": "fsq", "levels": levels}
