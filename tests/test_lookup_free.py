@@ -24,10 +24,10 @@ from vqedge.commands.common import EXIT_OK
 from vqedge.commands.main import main
 from vqedge.demo.engine import MODES, Engine
 from vqedge.models.data import held_out_paths
-from vqedge.models.lookup_free import FSQ, LFQ
+from vqedge.models.lookup_free import FSQ, FSQVQVAE, LFQ
 from vqedge.models.open_magvit2 import PRESETS, OpenMagvit2, config_from_dict
 from vqedge.runtime import load
-from vqedge.runtime.images import fit_square, float_to_uint8, uint8_to_float
+from vqedge.runtime.images import fit_square, float_to_uint8, pad_to_multiple, uint8_to_float
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.lookup_free import LookupFreeTokenizer
 from vqedge.runtime.manifest import BundleError
@@ -294,3 +294,10 @@ def test_fsq_trains_exports_and_runs_with_vector_quantize_pytorch_indices(photo_
     assert np.array_equal(var_in[0], tok.codes(idx)[0].reshape(4, -1).T)
     with pytest.raises(ValueError, match="no token factorization"):
         tok.factorize(idx)
+    # the PyTorch model comes back from the bundle alone (no codebook to restore)
+    from vqedge.models.checkpoint import model_from_bundle
+
+    model = model_from_bundle(bundle)
+    assert isinstance(model, FSQVQVAE)
+    x = torch.from_numpy(pad_to_multiple(uint8_to_float(img), 4))
+    assert np.array_equal(model.quantize_latent(model.encode(x)).numpy(), idx)
