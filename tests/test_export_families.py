@@ -362,10 +362,11 @@ def test_cli_offers_every_family_the_library_exports(capsys):
     from vqedge.export import FAMILIES
     from vqedge.models import registry
 
-    assert FAMILIES == registry.names() == ("var", "llamagen", "taming", "diffusers")
+    names = ("var", "llamagen", "taming", "diffusers", "open-magvit2")
+    assert FAMILIES == registry.names() == names
     with pytest.raises(SystemExit):
         main(["export", "--help"])
-    assert "{var,llamagen,taming,diffusers}" in capsys.readouterr().out
+    assert "{var,llamagen,taming,diffusers,open-magvit2}" in capsys.readouterr().out
 
 
 def test_cli_refuses_preset_without_from(tmp_path, capsys):
