@@ -74,15 +74,6 @@ class LookupFreeRecipe(FamilySingleScaleRecipe):
             return {}
         return {"tiling": False, "tiling_note": TILING_REFUSED}
 
-    def examples(self) -> dict[str, torch.Tensor]:
-        cfg, f = self.config, self.config.downsample_factor
-        # batch 2 at trace time (validated at 1 and 3), a non-square map
-        return {
-            ENCODER: torch.rand(2, 3, 6 * f, 10 * f) * 2 - 1,
-            QUANTIZER: torch.randn(2, cfg.code_dim, 6, 10),
-            DECODER: torch.randint(0, cfg.codebook_size, (2, 6, 10)),
-        }
-
     def codebook(self) -> np.ndarray | None:
         return None
 

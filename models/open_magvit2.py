@@ -33,7 +33,7 @@ from vqedge.models.import_checkpoint import (
 )
 from vqedge.models.lookup_free import LFQ
 from vqedge.models.registry import dataclass_from_dict
-from vqedge.models.vqvae import check_images
+from vqedge.models.single_scale import TokenMapModel
 from vqedge.runtime.config import VQVAEConfig
 
 FAMILY = "Open-MAGVIT2"
@@ -206,12 +206,13 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(z)))
 
 
-class OpenMagvit2(nn.Module):
+class OpenMagvit2(TokenMapModel):
     """Open-MAGVIT2's tokenizer for inference: images -> LFQ indices -> images.
 
     The export surface of every model (``encoder``, ``quant_conv``, ``quantize``,
     ``post_quant_conv``, ``decoder``, ``runtime_config``); the convolutions around the
-    quantizer are identities, as Open-MAGVIT2 has none.
+    quantizer are identities, as Open-MAGVIT2 has none. ``encode`` gives the latent before
+    the sign, ``decode`` takes codes (+-1 per channel) and clamps to [-1, 1].
     """
 
     family = FAMILY
@@ -224,16 +225,13 @@ class OpenMagvit2(nn.Module):
         cfg = config or PRESETS["256"]
         self.config = cfg
         self.downsample_factor = cfg.downsample_factor
+        self.in_channels = cfg.in_channels
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Identity()
         self.quantize = LFQ(cfg.z_channels, cfg.factorized_bits)
         self.post_quant_conv = nn.Identity()
         self.decoder = Decoder(cfg)
         self.eval()
-
-    @property
-    def codebook_size(self) -> int:
-        return self.quantize.num_embeddings
 
     @property
     def runtime_config(self) -> VQVAEConfig:
@@ -250,43 +248,6 @@ class OpenMagvit2(nn.Module):
             ema=False,
             dead_code_threshold=0.0,
         )
-
-    def check_images(self, img: torch.Tensor) -> None:
-        check_images(img, self.config.in_channels)
-        f = self.downsample_factor
-        if img.shape[-2] % f or img.shape[-1] % f:
-            raise ValueError(
-                f"{FAMILY} takes image sides that are multiples of f={f}, got "
-                f"{img.shape[-2]}x{img.shape[-1]}"
-            )
-
-    def encode(self, img: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] -> latent [B, bits, H/f, W/f] (before the sign)."""
-        self.check_images(img)
-        return self.encoder(img)
-
-    def quantize_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latent -> indices [B, h, w] in [0, 2^bits)."""
-        return self.quantize.indices(latent)
-
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        """Codes [B, bits, h, w] -> images [B, 3, h*f, w*f], clamped to [-1, 1]."""
-        return self.decoder(code).clamp(-1.0, 1.0)
-
-    def decode_indices(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
-        """Indices [B, h, w] -> images [B, 3, h*f, w*f] in [-1, 1]."""
-        if idx_Bhw.dim() != 3 or idx_Bhw.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"indices must be int [B, h, w], got {tuple(idx_Bhw.shape)}")
-        K = self.codebook_size
-        if idx_Bhw.numel() and (idx_Bhw.min() < 0 or idx_Bhw.max() >= K):
-            raise ValueError(f"indices must lie in [0, {K})")
-        return self.decode(self.quantize.embed(idx_Bhw))
-
-    @torch.no_grad()
-    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (reconstruction, indices [B, h, w])."""
-        idx = self.quantize_latent(self.encode(img))
-        return self.decode_indices(idx), idx
 
 
 def config_from_dict(d: dict[str, Any], where: str = "config") -> OpenMagvit2Config:
