@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vqedge.runtime.inputs import check_indices
-from vqedge.runtime.manifest import LOOKUP_FREE, BundleError
+from vqedge.runtime.manifest import LOOKUP_FREE, QUANTIZER, BundleError
 from vqedge.runtime.session import BundleSessions
 from vqedge.runtime.tokenizer import Tokenizer
 
@@ -79,6 +79,15 @@ class LookupFreeTokenizer(Tokenizer):
             sessions.manifest, cfg.code_dim, cfg.codebook_size
         )
         self._codebook: np.ndarray | None = None
+
+    def quantize(self, latent: np.ndarray) -> np.ndarray:
+        """Latent [B, C, h, w] -> token map int64 [B, h, w] (the quantizer graph alone), in
+        one run: computing an index needs no scores against K codes, so no blocks."""
+        z = np.ascontiguousarray(latent, dtype=np.float32)
+        C = self.config.code_dim
+        if z.ndim != 4 or z.shape[1] != C:
+            raise ValueError(f"latent must be float [B, {C}, h, w], got shape {z.shape}")
+        return self.sessions.run(QUANTIZER, "latent", z)[0]
 
     @property
     def factorized_bits(self) -> tuple[int, ...]:

@@ -301,3 +301,18 @@ def test_fsq_trains_exports_and_runs_with_vector_quantize_pytorch_indices(photo_
     assert isinstance(model, FSQVQVAE)
     x = torch.from_numpy(pad_to_multiple(uint8_to_float(img), 4))
     assert np.array_equal(model.quantize_latent(model.encode(x)).numpy(), idx)
+
+
+def test_loader_takes_the_ema_weights_where_the_checkpoint_has_them():
+    from vqedge.models.open_magvit2 import load_open_magvit2
+
+    _, _, state = open_magvit2_checkpoint(SMALL_DDCONFIG, seed=1)
+    # LitEma keeps a copy of every parameter under model_ema., its name without dots
+    ema = {f"model_ema.{k.replace('.', '')}": v + 1.0 for k, v in state.items()}
+    ema |= {"model_ema.decay": torch.tensor(0.999), "model_ema.num_updates": torch.tensor(5)}
+    cfg = config_from_dict({"ddconfig": SMALL_DDCONFIG})
+    plain = load_open_magvit2({"state_dict": state}, config=cfg)
+    averaged = load_open_magvit2({"state_dict": state | ema}, config=cfg)
+    w = "decoder.adaptive.0.gamma.weight"
+    assert torch.equal(plain.state_dict()[w], state[w])
+    assert torch.equal(averaged.state_dict()[w], state[w] + 1.0)
