@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # `torch` requirement would pull a multi-GB CUDA build. GPU users: see the README.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+OPEN_MAGVIT2_SPEC ?= open-magvit2==1.1
 OUT ?= out
 # the built vqedge-web package (web/): what `vqedge web` serves and the browser tests load
 WEB_BUILD := web/dist/vqedge.js
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade "setuptools>=77"
 	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[all]"
+	# Open-MAGVIT2's modules, the lookup-free tests' reference: without the training stack
+	# its metadata pins (lightning, transformers, albumentations); they need torch and einops
+	$(BIN)/python -m pip install --quiet --no-deps "$(OPEN_MAGVIT2_SPEC)"
 	touch $(STAMP)
 
 # vqedge-web: its npm packages exactly as the lockfile pins them, then its own build into

@@ -70,7 +70,8 @@ def bundle_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
             parts = ", ".join(f"{g} {v:g}" for g, v in gflop.items() if g != "total")
             rows.append(("GFLOP", f"{gflop['total']:g} per {hw[0]}x{hw[1]} image ({parts})"))
     if manifest.get("input", {}).get("tiling") is False:
-        rows.append(("tiling", "refused: attention sees the whole latent"))
+        note = manifest["input"].get("tiling_note") or "attention sees the whole latent"
+        rows.append(("tiling", f"refused: {note}"))
     for prec, v in manifest.get("variants", {}).items():
         q = v.get("quality", {}) if isinstance(v, dict) else {}
         if "fit_for_generator_training" in q:

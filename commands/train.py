@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         l2_normalize=args.l2,
         dead_code_threshold=args.dead_threshold,
         patch_nums=tuple(args.patch_nums or ()),
+        fsq_levels=tuple(args.fsq_levels or ()),
     )
     tc = TrainConfig(
         data=args.data,
@@ -113,6 +114,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="VAR scales (multi-scale tokenizer), e.g. 1 2 3 4 5 6 8 10 13 16; "
         "the crop must then be the last one x f",
+    )
+    p.add_argument(
+        "--fsq-levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="finite scalar quantization instead of a codebook: levels per latent channel, "
+        "e.g. 8 5 5 5 (sets --code-dim to their count and K to their product)",
     )
     p.add_argument(
         "--zoom-out", type=float, default=1.0, help="also crop regions up to this much larger"

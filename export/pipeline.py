@@ -29,6 +29,7 @@ from vqedge.export.check_set import check_file_facts, check_set
 from vqedge.export.family_recipe import FamilySingleScaleRecipe
 from vqedge.export.graphs import EXPORTER, OPSET, export_graph
 from vqedge.export.group_norm import group_norm_from_channel_stats
+from vqedge.export.lookup_free_recipe import LookupFreeRecipe
 from vqedge.export.multi_scale_recipe import MultiScaleRecipe
 from vqedge.export.output import move_into_place, prepare_out
 from vqedge.export.recipe import Graphs, Recipe, session
@@ -38,7 +39,9 @@ from vqedge.export.var_recipe import VARRecipe
 from vqedge.export.variants import INT8_RECIPE, phase_convolutions, to_fp16, to_int8
 from vqedge.export.weights import READS_FP32, WeightStore, externalize, read_external
 from vqedge.models.checkpoint import DEFAULT_PRETRAINED, load_model
+from vqedge.models.lookup_free import FSQVQVAE
 from vqedge.models.multiscale import MultiScaleVQVAE
+from vqedge.models.open_magvit2 import OpenMagvit2
 from vqedge.models.single_scale import SingleScaleVQ
 from vqedge.models.var import VARVQVAE
 from vqedge.models.vqvae import VQVAE
@@ -62,6 +65,8 @@ RECIPES: dict[type, type[Recipe]] = {
     VQVAE: SingleScaleRecipe,
     SingleScaleVQ: FamilySingleScaleRecipe,
     VARVQVAE: VARRecipe,
+    OpenMagvit2: LookupFreeRecipe,
+    FSQVQVAE: LookupFreeRecipe,
 }
 # the int8 variant may lose at most this much held-out PSNR against fp32
 INT8_MAX_PSNR_DROP = 0.5
@@ -76,6 +81,7 @@ MAX_OPSET = 21
 CPU_DECODER = "decoder_cpu"
 # the graphs that get reduced-precision forms; every other graph is fp32 in every variant
 REDUCED = (ENCODER, DECODER)
+CODEBOOK = "codebook.npy"
 
 
 def recipe_for(model: torch.nn.Module) -> Recipe:
@@ -413,8 +419,9 @@ def _write_graphs(
     for name in io:  # as written: external data resolved from the bundle folder
         onnx.checker.check_model(str(tmp / name), full_check=True)
         session(tmp / name)
-    codebook = recipe.model.quantize.get_codebook().numpy().astype(np.float32)
-    np.save(tmp / "codebook.npy", codebook)
+    codebook = recipe.codebook()
+    if codebook is not None:
+        np.save(tmp / CODEBOOK, codebook)
     return Written(io, reads)
 
 
@@ -438,7 +445,7 @@ def _variant_entries(
         entry["weights"] = sorted(weights, key=lambda w: (_weights_order(w), w))
         # what the variant reads: its graph files, the stored tensors they name, the codebook
         regions = {r for f in used for r in read_external(tmp / f).values()}
-        read_bytes = sum(file_sizes[f] for f in (*used, "codebook.npy"))
+        read_bytes = sum(file_sizes[f] for f in (*used, CODEBOOK) if f in file_sizes)
         read_bytes += sum(length for _, _, length in regions)
         entry["quality"] = v["quality"] | {"size_bytes": read_bytes}
         if "recipe" in v:
@@ -491,7 +498,11 @@ def build_manifest(
             "checkpoint_sha256": source.get("sha256"),
         },
         "source": source,
-        "codebook": {"file": "codebook.npy", "shape": [cfg.codebook_size, cfg.code_dim]},
+        **(
+            {"codebook": {"file": CODEBOOK, "shape": [cfg.codebook_size, cfg.code_dim]}}
+            if (tmp / CODEBOOK).is_file()
+            else {}
+        ),
         "variants": _variant_entries(tmp, variants, written, file_sizes),
         "validation": {"passed": True, "tolerances": TOLERANCES, "cases": results},
         **recipe.manifest_extra(),

@@ -121,6 +121,11 @@ class Recipe(ABC):
     def flop_inputs(self) -> dict[str, list[int]]:
         """Each graph's input shape for one image of ``flop_size()``."""
 
+    def codebook(self) -> np.ndarray | None:
+        """The bundle's ``codebook.npy``, float32 [K, C]; None: the kind has none (its codes
+        are computed from the index)."""
+        return self.model.quantize.get_codebook().numpy().astype(np.float32)
+
     def manifest_extra(self) -> dict[str, Any]:
         """Manifest fields of this kind only."""
         return {}

@@ -223,10 +223,12 @@ def model_from_bundle(bundle: str | Path) -> VQVAE:
         for name, array in onnx_initializers(root / graph["file"]).items():
             if name in state and tuple(array.shape) == tuple(state[name].shape):
                 found[name] = torch.from_numpy(array)
-    codebook = torch.from_numpy(np.load(root / manifest["codebook"]["file"]))
-    for name, module in model.named_modules():
-        if isinstance(module, VectorQuantizer):
-            found[f"{name}.embedding.weight"] = codebook
+    # a lookup-free bundle (FSQ) has no codebook: its quantizer has no weights to restore
+    if "codebook" in manifest:
+        codebook = torch.from_numpy(np.load(root / manifest["codebook"]["file"]))
+        for name, module in model.named_modules():
+            if isinstance(module, VectorQuantizer):
+                found[f"{name}.embedding.weight"] = codebook
     # the codebook's EMA statistics are training state that no bundle holds: a new model's
     found = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] in EMA_STATS} | found
     missing = sorted(set(state) - set(found))

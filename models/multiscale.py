@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqedge.models.lookup_free import FSQVQVAE
 from vqedge.models.vqvae import VQVAE, check_images, vector_quantizer
 from vqedge.runtime.config import VQVAEConfig
 
@@ -290,5 +291,8 @@ class MultiScaleVQVAE(VQVAE):
 
 
 def build_model(config: VQVAEConfig) -> VQVAE:
-    """The model a config describes: MultiScaleVQVAE with patch_nums, else VQVAE."""
+    """The model a config describes: MultiScaleVQVAE with patch_nums, FSQVQVAE with
+    fsq_levels, else VQVAE."""
+    if config.fsq_levels:
+        return FSQVQVAE(config)
     return MultiScaleVQVAE(config) if config.patch_nums else VQVAE(config)

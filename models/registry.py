@@ -222,5 +222,16 @@ register(
         config_file="config.json",
     )
 )
+register(
+    Family(
+        name="open-magvit2",
+        module="vqedge.models.open_magvit2",
+        config_class="OpenMagvit2Config",
+        model_class="OpenMagvit2",
+        loader="load_open_magvit2",
+        presets=("256", "128"),
+        checkpoint="Open-MAGVIT2's Lightning .ckpt (--config: its yaml)",
+    )
+)
 
 __all__ = ["FAMILIES", "Family", "dataclass_from_dict", "get", "names", "register"]

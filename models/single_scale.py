@@ -78,51 +78,27 @@ class Codebook(nn.Module):
         return F.embedding(idx_Bhw, self.get_codebook()).permute(0, 3, 1, 2).contiguous()
 
 
-class SingleScaleVQ(nn.Module):
-    """encoder, quant_conv, codebook, post_quant_conv, decoder: one token map per image.
+class TokenMapModel(nn.Module):
+    """What a model with one token map per image offers around its five parts (``encoder``,
+    ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``): the quantizer is anything
+    with ``indices`` (latent -> [B, h, w]), ``embed`` (indices -> codes) and
+    ``num_embeddings``, a codebook or a lookup-free one (``vqedge.models.lookup_free``).
 
     Images are RGB floats in [-1, 1], NCHW, with sides that are multiples of f. Subclasses
-    build it from their family's config and name their family for error messages.
+    set the parts, ``downsample_factor`` and ``in_channels``, and name their family for
+    error messages.
     """
 
     family = "single-scale VQ"
-
-    def __init__(self, backbone: Backbone, codebook: Codebook, quant_conv_kernel: int = 1) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.downsample_factor = backbone.downsample_factor
-        C, Z, k = codebook.embedding_dim, backbone.z_channels, quant_conv_kernel
-        self.encoder = Encoder(backbone)
-        self.quant_conv = nn.Conv2d(Z, C, k, padding=k // 2)
-        self.quantize = codebook
-        self.post_quant_conv = nn.Conv2d(C, Z, k, padding=k // 2)
-        self.decoder = Decoder(backbone)
-        self.eval()
+    downsample_factor: int
+    in_channels: int
 
     @property
     def codebook_size(self) -> int:
         return self.quantize.num_embeddings
 
-    @property
-    def runtime_config(self) -> VQVAEConfig:
-        """What a bundle of this model tells the runtime: f, K, code dim and the lookup (the
-        other fields describe the network's shape as closely as VQVAEConfig can)."""
-        b, cb = self.backbone, self.quantize
-        return VQVAEConfig(
-            in_channels=b.in_channels,
-            base_channels=b.ch,
-            channel_mult=tuple(max(1, c // b.ch) for c in b.channels),
-            num_res_blocks=b.num_res_blocks,
-            num_mid_blocks=2,
-            codebook_size=cb.num_embeddings,
-            code_dim=cb.embedding_dim,
-            ema=False,
-            dead_code_threshold=0.0,
-            l2_normalize=cb.l2_normalize,
-        )
-
     def check_images(self, img: torch.Tensor) -> None:
-        check_images(img, self.backbone.in_channels)
+        check_images(img, self.in_channels)
         f = self.downsample_factor
         if img.shape[-2] % f or img.shape[-1] % f:
             raise ValueError(
@@ -162,3 +138,41 @@ class SingleScaleVQ(nn.Module):
         """Images [B, 3, H, W] -> (reconstruction [B, 3, H, W], indices [B, h, w])."""
         idx = self.quantize_latent(self.encode(img))
         return self.decode(self.quantize.embed(idx)), idx
+
+
+class SingleScaleVQ(TokenMapModel):
+    """encoder, quant_conv, codebook, post_quant_conv, decoder: one token map per image.
+
+    Subclasses build it from their family's config.
+    """
+
+    def __init__(self, backbone: Backbone, codebook: Codebook, quant_conv_kernel: int = 1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.downsample_factor = backbone.downsample_factor
+        self.in_channels = backbone.in_channels
+        C, Z, k = codebook.embedding_dim, backbone.z_channels, quant_conv_kernel
+        self.encoder = Encoder(backbone)
+        self.quant_conv = nn.Conv2d(Z, C, k, padding=k // 2)
+        self.quantize = codebook
+        self.post_quant_conv = nn.Conv2d(C, Z, k, padding=k // 2)
+        self.decoder = Decoder(backbone)
+        self.eval()
+
+    @property
+    def runtime_config(self) -> VQVAEConfig:
+        """What a bundle of this model tells the runtime: f, K, code dim and the lookup (the
+        other fields describe the network's shape as closely as VQVAEConfig can)."""
+        b, cb = self.backbone, self.quantize
+        return VQVAEConfig(
+            in_channels=b.in_channels,
+            base_channels=b.ch,
+            channel_mult=tuple(max(1, c // b.ch) for c in b.channels),
+            num_res_blocks=b.num_res_blocks,
+            num_mid_blocks=2,
+            codebook_size=cb.num_embeddings,
+            code_dim=cb.embedding_dim,
+            ema=False,
+            dead_code_threshold=0.0,
+            l2_normalize=cb.l2_normalize,
+        )

@@ -1,7 +1,8 @@
 """vqedge.runtime: run exported vqedge bundles with numpy and onnxruntime only (never torch).
 
 ``from vqedge.runtime import load`` is the entry point: ``load(bundle)`` returns the tokenizer
-of the bundle's kind (``Tokenizer`` or ``MultiScaleTokenizer``, both ``TokenizerBase``). The
+of the bundle's kind (``Tokenizer``, ``MultiScaleTokenizer`` or ``LookupFreeTokenizer``, all
+``TokenizerBase``). The
 names below are imported on first use, so ``import vqedge.runtime`` (and ``vqedge --help``)
 does not load onnxruntime.
 """
@@ -17,6 +18,7 @@ _LAZY = {
     "TokenizerBase": "vqedge.runtime.base",
     "Tokenizer": "vqedge.runtime.tokenizer",
     "MultiScaleTokenizer": "vqedge.runtime.multiscale",
+    "LookupFreeTokenizer": "vqedge.runtime.lookup_free",
     "list_bundles": "vqedge.runtime.session",
     "save_tokens": "vqedge.runtime.tokens",
     "load_tokens": "vqedge.runtime.tokens",

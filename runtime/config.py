@@ -95,10 +95,22 @@ class VQVAEConfig(TokenFacts):
     quant_resi: float = 0.5
     # Phi convolutions shared across scales by nearest tick (VAR: 4)
     num_phi: int = 4
+    # finite scalar quantization instead of a codebook: levels of each latent channel
+    # (e.g. [8, 5, 5, 5]); sets code_dim to their count and codebook_size to their product
+    fsq_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
+        if self.fsq_levels:
+            if self.patch_nums or any(v < 3 for v in self.fsq_levels):
+                raise ValueError(
+                    f"config fsq_levels {list(self.fsq_levels)}: each level must be at least "
+                    "3, and FSQ does not combine with patch_nums"
+                )
+            object.__setattr__(self, "codebook_size", math.prod(self.fsq_levels))
+            object.__setattr__(self, "code_dim", len(self.fsq_levels))
         ints = {
             "in_channels": self.in_channels,
             "base_channels": self.base_channels,
@@ -149,6 +161,11 @@ class VQVAEConfig(TokenFacts):
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["patch_nums"] = list(self.patch_nums)
+        # only where set, so that codebook bundles' manifests stay as they were
+        if self.fsq_levels:
+            d["fsq_levels"] = list(self.fsq_levels)
+        else:
+            del d["fsq_levels"]
         return d
 
     @classmethod

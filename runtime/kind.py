@@ -169,6 +169,21 @@ register(
 )
 
 
+register(
+    Kind(
+        name="lookup-free",
+        runtime="vqedge.runtime.lookup_free:LookupFreeTokenizer",
+        recipe="vqedge.export.lookup_free_recipe:LookupFreeRecipe",
+        browser="LookupFreeTokenizer",
+        layout=(
+            "one token map [h, w] per image whose index is its code (LFQ sign bits, FSQ "
+            "levels); LFQ with factorized bits also as its sub-token maps"
+        ),
+        capabilities=frozenset({TILING, TOKEN_EDITING, FACTORIZED_TOKENS}),
+    )
+)
+
+
 __all__ = [
     "CAPABILITIES",
     "FACTORIZED_TOKENS",

@@ -119,9 +119,12 @@ def check_tiling(manifest: dict[str, Any], bundle: str, max_side: int, what: str
     """
     if may_tile(manifest):
         return
+    why = manifest.get("input", {}).get("tiling_note") or (
+        "its model's attention sees the whole latent, so tokens computed tile by tile would "
+        "differ from the whole image's"
+    )
     raise ValueError(
-        f"bundle {bundle}: {what} is refused: its model's attention sees the whole latent, "
-        "so tokens computed tile by tile would differ from the whole image's; give images "
+        f"bundle {bundle}: {what} is refused: {why}; give images "
         f"up to {max_side} pixels per side (max_side; resize larger ones) and use encode / "
         "decode / reconstruct, or encode_image / reconstruct_image for files"
     )

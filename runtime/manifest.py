@@ -26,6 +26,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # bundle kinds: the runtime class and the export recipe are chosen by these names
 SINGLE_SCALE = "single-scale"
 MULTI_SCALE = "multi-scale"
+LOOKUP_FREE = "lookup-free"
 # graph names inside a variant's "graphs" (SCALES: multi-scale only)
 ENCODER, QUANTIZER, DECODER, SCALES = "encoder", "quantizer", "decoder", "scales"
 # Pad at the bottom and right by repeating edge pixels to a multiple of f; crop back after.

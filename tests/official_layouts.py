@@ -194,3 +194,28 @@ def random_tensors(layout: Layout, seed: int = 0) -> dict[str, torch.Tensor]:
             t = t.abs()
         out[name] = t
     return out
+
+
+def open_magvit2_checkpoint(
+    ddconfig: dict, seed: int = 0
+) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
+    """Open-MAGVIT2's own Encoder and Decoder (the ``open-magvit2`` package's
+    improved_model.py) with random weights, and the Lightning ``state_dict`` its
+    lfqgan.VQModel saves for them: ``encoder.*``, ``decoder.*`` and the loss's tensors
+    (``loss.*``), which a loader must leave out. GroupNorm affines are drawn too, so that a
+    tensor loaded into the wrong place shows."""
+    from open_magvit2.taming.modules.diffusionmodules.improved_model import Decoder, Encoder
+
+    torch.manual_seed(seed)
+    enc, dec = Encoder(**ddconfig), Decoder(**ddconfig)
+    g = torch.Generator().manual_seed(seed)
+    for name, p in [*enc.named_parameters(), *dec.named_parameters()]:
+        if "norm" in name:
+            p.data = (1.0 if name.endswith(".weight") else 0.0) + 0.1 * torch.randn(
+                p.shape, generator=g
+            )
+    state = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    state |= {f"decoder.{k}": v for k, v in dec.state_dict().items()}
+    state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4, generator=g)
+    state["loss.perceptual_loss.scaling_layer.shift"] = torch.zeros(1, 3, 1, 1)
+    return enc, dec, state

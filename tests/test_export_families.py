@@ -361,10 +361,10 @@ def test_bad_family_preset_and_config_are_refused(llamagen_file, tmp_path):
 def test_cli_offers_every_family_the_library_exports(capsys):
     from vqedge.models import registry
 
-    assert registry.names() == ("var", "llamagen", "taming", "diffusers")
+    assert registry.names() == ("var", "llamagen", "taming", "diffusers", "open-magvit2")
     with pytest.raises(SystemExit):
         main(["export", "--help"])
-    assert "{var,llamagen,taming,diffusers}" in capsys.readouterr().out
+    assert "{var,llamagen,taming,diffusers,open-magvit2}" in capsys.readouterr().out
 
 
 def test_cli_refuses_preset_without_from(tmp_path, capsys):

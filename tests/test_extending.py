@@ -175,7 +175,9 @@ def test_the_table_and_the_export_help_need_no_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == ("('var', 'llamagen', 'taming', 'diffusers') False")
+    assert r.stdout.strip().splitlines()[-1] == (
+        "('var', 'llamagen', 'taming', 'diffusers', 'open-magvit2') False"
+    )
 
 
 # -- the toy kind: a runtime class, a recipe, a browser class and one table entry ------------

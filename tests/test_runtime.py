@@ -63,7 +63,7 @@ def test_load_returns_the_class_of_the_bundle_kind():
     assert isinstance(load("vqvae-f4"), Tokenizer)
     ms = load("vqvae-ms-f8")
     assert type(ms) is MultiScaleTokenizer and not isinstance(ms, Tokenizer)
-    assert {"single-scale", "multi-scale"} <= set(KINDS)
+    assert {"single-scale", "multi-scale", "lookup-free"} <= set(KINDS)
     # siblings over one session core; a kind has the methods it supports and no others
     assert isinstance(ms.sessions, BundleSessions)
     assert not any(hasattr(ms, m) for m in ("encode_tiled", "decode_tiled", "reconstruct_tiled"))
