@@ -119,7 +119,9 @@ def check_variant(root: Path, manifest: dict[str, Any], precision: str) -> None:
         )
     v = manifest["variants"][variant]
     graphs = [*v["graphs"].values(), *v.get("cpu_graphs", {}).values()]
-    rels = [manifest["codebook"]["file"], *(g["file"] for g in graphs), *v.get("weights", [])]
+    # a lookup-free bundle has no codebook file: its codes are computed from the index
+    codebook = [manifest["codebook"]["file"]] if "codebook" in manifest else []
+    rels = [*codebook, *(g["file"] for g in graphs), *v.get("weights", [])]
     rels += [w for g in graphs for w in g.get("weights", [])]
     for rel in rels:
         if not (root / rel).is_file():

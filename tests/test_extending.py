@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from node_runtime import INDEX, encode_in_node
 from PIL import Image
 
 from vqedge.commands.main import main
@@ -328,55 +328,21 @@ def test_a_kind_registered_here_runs_through_the_dataset_stage(toy_bundle, tmp_p
         assert np.array_equal(rows[str(p)]["tokens"], expected.ravel())
 
 
-NODE_SCRIPT = """
-import http from "node:http";
-import {{ readFileSync }} from "node:fs";
-import {{ join, normalize }} from "node:path";
-import {{ load }} from {index};
-import {{ ToyGridTokenizer }} from "./toy_grid.js";
-
-const [root, rgba, width, height] = process.argv.slice(2);
-const server = http.createServer((req, res) => {{
-  const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  const rel = normalize(path).replace(/^\\/+/, "");
-  try {{
-    res.writeHead(200).end(readFileSync(join(root, rel)));
-  }} catch {{
-    res.writeHead(404).end();
-  }}
-}});
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-const url = `http://127.0.0.1:${{server.address().port}}/`;
-const tok = await load(url, {{ backend: "wasm", worker: false }});
-const img = {{ data: new Uint8ClampedArray(readFileSync(rgba)), width: +width, height: +height }};
-const enc = await tok.encode(img);
-const toy = tok instanceof ToyGridTokenizer;
-console.log(JSON.stringify({{ kind: tok.kind, cls: tok.constructor.name, toy,
-  hw: [enc.height, enc.width], indices: Array.from(enc.indices) }}));
-server.close();
-"""
-
-
 @pytest.mark.slow
 def test_a_kind_registered_here_runs_in_the_node_runtime(toy_bundle, tmp_path):
     from vqedge.runtime import load
 
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed: make web-deps (apt-get install nodejs npm)")
-    index = json.dumps((REPO / "web" / "src" / "index.js").as_uri())
-    (tmp_path / "toy_grid.js").write_text(TOY_BROWSER.format(index=index))
-    (tmp_path / "encode.mjs").write_text(NODE_SCRIPT.format(index=index))
-    img = np.asarray(Image.open(_photo(tmp_path)).convert("RGBA"))
-    (tmp_path / "img.rgba").write_bytes(img.tobytes())
-    args = [str(toy_bundle), str(tmp_path / "img.rgba"), "48", "40"]
-    r = subprocess.run(
-        [node, str(tmp_path / "encode.mjs"), *args], capture_output=True, text=True, timeout=300
+    (tmp_path / "toy_grid.js").write_text(TOY_BROWSER.format(index=INDEX))
+    img = np.asarray(Image.open(_photo(tmp_path)).convert("RGB"))
+    js = encode_in_node(
+        toy_bundle,
+        img,
+        tmp_path,
+        imports='import { ToyGridTokenizer } from "./toy_grid.js";',
+        extra="tok instanceof ToyGridTokenizer",
     )
-    assert r.returncode == 0, r.stderr
-    js = json.loads(r.stdout.strip().splitlines()[-1])
-    assert js["kind"] == "toy-grid" and js["cls"] == TOY_KIND.browser and js["toy"]
-    expected = load(toy_bundle).encode(img[..., :3])[0]
+    assert js["kind"] == "toy-grid" and js["cls"] == TOY_KIND.browser and js["extra"]
+    expected = load(toy_bundle).encode(img)[0]
     assert js["hw"] == list(expected.shape)
     # the WASM backend's sums may round apart from the CPU provider's: the tokens tier
     assert np.mean(np.array(js["indices"]) == expected.ravel()) >= 0.99
