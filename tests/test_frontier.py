@@ -1,0 +1,86 @@
+"""Accuracy-driven mixed precision (export/mixed_precision.py) on a tiny exported bundle: the
+search's plan measures what it records, and its frontier rises with the float nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vqedge.export.mixed_precision import (
+    TokenScorer,
+    quantizable_nodes,
+    quantizable_units,
+    search,
+)
+from vqedge.export.variants import to_int8
+from vqedge.runtime.fidelity import TOKENS_MIN_AGREEMENT
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, tiny_config) -> Path:
+    import torch
+
+    from vqedge.export import export_bundle
+    from vqedge.models.checkpoint import save_checkpoint
+    from vqedge.models.vqvae import VQVAE
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("tiny"), 0, VQVAE(tiny_config))
+    out = tmp_path_factory.mktemp("tb") / "bundle"
+    export_bundle(ckpt, out, precisions=("fp32",), log=lambda _m: None)
+    return out
+
+
+def _crops(paths: list[Path], side: int, seed: int) -> list[np.ndarray]:
+    from vqedge.runtime.images import uint8_to_float
+    from vqedge.runtime.inputs import read_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in paths:
+        img = read_image(p)
+        y, x = rng.integers(0, img.shape[0] - side), rng.integers(0, img.shape[1] - side)
+        out.append(uint8_to_float(np.ascontiguousarray(img[y : y + side, x : x + side])))
+    return out
+
+
+def test_search_plan_holds_and_frontier_rises(tiny_bundle, tmp_path):
+    from vqedge.models.data import default_train_paths
+
+    photos = default_train_paths()
+    calib = _crops(photos[:3], 32, seed=0)
+    # scored on other photos than the calibration's
+    scorer = TokenScorer(
+        tiny_bundle / "quantizer.fp32.onnx",
+        _crops(photos[3:7], 48, seed=1),
+        tiny_bundle / "encoder.fp32.onnx",
+    )
+    enc = tiny_bundle / "encoder.fp32.onnx"
+    found = search(enc, "image", calib, scorer, tmp_path / "steps")
+
+    nodes = quantizable_nodes(enc)
+    assert found.nodes == nodes and len(nodes) > 4
+    assert found.trail[0].float_nodes == []
+    units = quantizable_units(enc)
+    assert sorted(n for u in units for n in u) == sorted(nodes)
+    # each step keeps the previous step's float nodes and adds one unit
+    for a, b in zip(found.trail, found.trail[1:]):
+        assert b.float_nodes[: len(a.float_nodes)] == a.float_nodes
+        assert b.float_nodes[len(a.float_nodes) :] in units
+    counts = [len(s.float_nodes) for s in found.frontier]
+    agreements = [s.agreement for s in found.frontier]
+    assert counts == sorted(set(counts)) and agreements == sorted(set(agreements))
+
+    plan = found.plan
+    assert plan is not None and plan.agreement >= TOKENS_MIN_AGREEMENT
+    assert all(s.agreement < TOKENS_MIN_AGREEMENT for s in found.trail[:-1])
+    # the export's int8 with the plan's float nodes gives the tokens the search recorded
+    again = tmp_path / "again.onnx"
+    to_int8(enc, again, "image", calib, float_nodes=plan.float_nodes)
+    assert scorer(again)[0] == pytest.approx(plan.agreement, abs=1e-9)
+    # and the all-int8 graph keeps fewer tokens than the plan (else there was nothing to do)
+    if plan.float_nodes:
+        to_int8(enc, again, "image", calib)
+        assert scorer(again)[0] < TOKENS_MIN_AGREEMENT
