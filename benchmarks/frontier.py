@@ -138,7 +138,9 @@ def _run_provider(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_bundle(bundle: str, ov_python: str | None, reps: int, log=print) -> dict[str, Any]:
+def measure_bundle(
+    bundle: str, ov_python: str | None, reps: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """The search on one bundle, then every graph of its trail and the whole-graph
     precisions on each provider."""
     from vqedge.benchmarks.bundles import facts
