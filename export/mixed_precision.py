@@ -62,6 +62,7 @@ class Search:
     units: list[list[str]]
     single_gain: dict[str, float]
     trail: list[Step]
+    target: float = TOKENS_MIN_AGREEMENT
 
     @property
     def frontier(self) -> list[Step]:
@@ -75,7 +76,7 @@ class Search:
 
     @property
     def plan(self) -> Step | None:
-        return next((s for s in self.frontier if s.agreement >= TOKENS_MIN_AGREEMENT), None)
+        return next((s for s in self.frontier if s.agreement >= self.target), None)
 
     def to_dict(self) -> dict[str, Any]:
         plan = self.plan
@@ -85,6 +86,7 @@ class Search:
             "single_gain": dict(self.single_gain),
             "trail": [s.to_dict() for s in self.trail],
             "frontier_counts": [len(s.float_nodes) for s in self.frontier],
+            "target": self.target,
             "plan": plan.to_dict() if plan else None,
         }
 
@@ -185,6 +187,7 @@ def search(
     timer: Timer | None = None,
     log: Callable[[str], None] = lambda s: None,
     max_float: int | None = None,
+    target: float = TOKENS_MIN_AGREEMENT,
 ) -> Search:
     """Rank the encoder's quantizable units (``quantizable_units``) and return them to float
     one by one until its tokens hold the tokens tier (or every unit is float, or
@@ -209,11 +212,18 @@ def search(
         Progress lines.
     max_float : int, optional
         Stop after this many units are float even if the tier is not reached.
+    target : float
+        The agreement to reach: the tokens tier's, or a stricter one (never a looser one).
 
     Returns
     -------
     Search
     """
+    if target < TOKENS_MIN_AGREEMENT:
+        raise ValueError(
+            f"target agreement {target} is below the tokens tier's {TOKENS_MIN_AGREEMENT}: "
+            "the search may be stricter than the tier, never looser"
+        )
     work.mkdir(parents=True, exist_ok=True)
     nodes = quantizable_nodes(model_path)
     units = quantizable_units(model_path)
@@ -230,7 +240,7 @@ def search(
         log(f"all {len(nodes)} nodes ({len(units)} units) int8: agreement {base.agreement:.4f}")
         gain = {}
         probe = Path(tmp) / "probe.onnx"
-        if base.agreement < TOKENS_MIN_AGREEMENT and limit:
+        if base.agreement < target and limit:
             for u in units:
                 quantize_prepared(prep, probe, input_name, calib, u)
                 gain[u[0]] = scorer(probe)[0] - base.agreement
@@ -238,12 +248,12 @@ def search(
         # most gain first; equal gains: the later unit first (nearer the lookup)
         order = sorted(range(len(units)), key=lambda i: (-gain.get(units[i][0], 0.0), -i))
         trail = [base]
-        while trail[-1].agreement < TOKENS_MIN_AGREEMENT and len(trail) <= limit:
+        while trail[-1].agreement < target and len(trail) <= limit:
             k = len(trail)
             excluded = [n for i in order[:k] for n in units[i]]
             trail.append(step(excluded, work / f"float{k}.onnx"))
             log(f"{k} units float: agreement {trail[-1].agreement:.4f} {trail[-1].encoder_ms}")
-    return Search(nodes, units, gain, trail)
+    return Search(nodes, units, gain, trail, target)
 
 
 __all__ = [
