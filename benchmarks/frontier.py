@@ -188,7 +188,12 @@ def measure_bundle(
                 continue
             toks = np.load(spec["tokens_out"])
             res["rows"] = {
-                label: {"ms": res["ms"][label], **_agreement(toks[label], ref, bf.patch_nums)}
+                label: {
+                    "ms": res["ms"][label],
+                    **_agreement(toks[label], ref, bf.patch_nums),
+                    # the same tokens as this provider's own fp32 run
+                    "same_as_provider_fp32": bool(np.array_equal(toks[label], toks["fp32"])),
+                }
                 for label in res["ms"]
             }
             providers[provider] = res

@@ -130,6 +130,15 @@ def bundle_md(b: dict[str, Any]) -> list[str]:
         out.append(
             f"| {k} | {step['float_count']}{mark} | {node} | " + " | ".join(cells) + " |" + extra
         )
+    ov = b["providers"].get("openvino", {}).get("rows", {})
+    same = [h for h in ("fp32/f16", "fp32/bf16") if ov.get(h, {}).get("same_as_provider_fp32")]
+    if same:
+        out += [
+            "",
+            f"OpenVINO's {' and '.join(h.split('/')[1] for h in same)} inference precision "
+            "gave the tokens of its f32 run at every position: on a CPU without "
+            "AVX512-FP16/BF16 or AMX the CPU plugin runs such a hint at f32.",
+        ]
     plan = s["plan"]
     out += [
         "",
@@ -181,7 +190,9 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "",
         f"Tokens tier (vqedge.runtime.fidelity): at least {TOKENS_MIN_AGREEMENT:.0%} of token "
         "positions equal to the fp32 encoder's (CPU provider), the lookup at fp32 on the CPU "
-        "provider in every row. Latency: median encoder run on one image, default threads.",
+        "provider in every row. Latency: median encoder run on one image, default threads, "
+        "one run per graph: on a shared machine (load average above) the figures carry its "
+        "noise.",
         "",
         GPU_NOTE,
         "",

@@ -24,10 +24,23 @@ def tiny_bundle(tmp_path_factory, tiny_config) -> Path:
 
     from vqedge.export import export_bundle
     from vqedge.models.checkpoint import save_checkpoint
+    from vqedge.models.data import default_train_paths
     from vqedge.models.vqvae import VQVAE
 
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path_factory.mktemp("tiny"), 0, VQVAE(tiny_config))
+    model = VQVAE(tiny_config).eval()
+    # codes drawn from the model's own latents of photos, as training leaves them: latents sit
+    # between codes, so 8-bit arithmetic flips some tokens (a random codebook near zero gives
+    # every position the same code, which no precision changes)
+    with torch.no_grad():
+        x = torch.from_numpy(np.concatenate(_crops(default_train_paths()[:3], 32, seed=2)))
+        z = model.encode(x)
+        z_NC = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        codes = z_NC[torch.randperm(len(z_NC))[: tiny_config.codebook_size]]
+        model.quantize.embedding.weight.copy_(codes)
+        if hasattr(model.quantize, "ema_sum"):
+            model.quantize.ema_sum.copy_(codes)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("tiny"), 0, model)
     out = tmp_path_factory.mktemp("tb") / "bundle"
     export_bundle(ckpt, out, precisions=("fp32",), log=lambda _m: None)
     return out
