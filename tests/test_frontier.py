@@ -101,3 +101,38 @@ def test_search_plan_holds_and_frontier_rises(tiny_bundle, tmp_path):
     # the tier is never loosened
     with pytest.raises(ValueError, match="never looser"):
         search(enc, "image", calib, scorer, tmp_path / "x", target=TOKENS_MIN_AGREEMENT - 0.05)
+
+
+def test_scorer_reports_each_scale_of_a_multi_scale_bundle():
+    """On the shipped multi-scale bundle: agreement per scale, coarse to fine, weighted by
+    each scale's positions, is the agreement over every position."""
+    from vqedge.models.data import default_train_paths
+    from vqedge.runtime.manifest import read_manifest
+    from vqedge.runtime.session import bundle_path
+
+    path = bundle_path("vqvae-ms-f8")
+    pn = read_manifest(path)["config"]["patch_nums"]
+    images = _crops(default_train_paths()[:2], 128, seed=3)
+    scorer = TokenScorer(path / "quantizer.fp32.onnx", images, path / "encoder.fp32.onnx", pn)
+    assert scorer(path / "encoder.fp32.onnx") == (1.0, [1.0] * len(pn))
+    total, per = scorer(path / "encoder.int8.onnx")
+    assert len(per) == len(pn) and total < 1.0
+    weighted = sum(a * p * p for a, p in zip(per, pn)) / sum(p * p for p in pn)
+    assert total == pytest.approx(weighted, abs=1e-12)
+
+
+def test_units_follow_what_qdq_fuses():
+    """Each Relu that only follows a Conv returns to float with it."""
+    import onnx
+
+    from vqedge.runtime.session import bundle_path
+
+    enc = bundle_path("vqvae-f4") / "encoder.fp32.onnx"
+    units = quantizable_units(enc)
+    graph = onnx.load(str(enc), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        src = producer.get(n.input[0]) if n.input else None
+        if n.op_type == "Relu" and src is not None and src.op_type == "Conv":
+            assert [src.name, n.name] in units, n.name
+    assert [n for u in units for n in u] == quantizable_nodes(enc)
