@@ -579,3 +579,26 @@ def test_out_of_set_images_are_in_no_set_and_missing_ones_say_what_to_install(mo
     monkeypatch.setattr(quality, "OUT_OF_SET", (gone,))
     with pytest.raises(FileNotFoundError, match="make eval-data"):
         quality.image_sets()
+
+
+def test_gpu_plan_takes_each_stage_from_the_fastest_config_in_its_tier():
+    """The GPU script's per-runtime plan: fp16's encoder falls out of the tokens tier, its
+    decoder holds the pixels tier, so the plan is fp32's encoder with fp16's decoder."""
+    from vqedge.benchmarks import fidelity
+    from vqedge.benchmarks.gpu import plan
+
+    def result(precision: str, agreement: float, dec_db: float, ms: float) -> dict:
+        q = {"token_agreement": agreement, "decoder_psnr_vs_reference_db": dec_db}
+        q["tiers"] = fidelity.judge(precision, q)
+        stages = {s: {"median_ms": ms} for s in STAGES}
+        return {"quality": q, "cases": [{"batch": 1, "stages": stages}]}
+
+    results = {
+        "vqedge-cuda/fp32": result("fp32", 1.0, 99.0, 3.0),
+        "vqedge-cuda/fp16": result("fp16", 0.97, 47.0, 1.0),
+        "torch-eager/fp32": result("fp32", 1.0, 99.0, 5.0),
+    }
+    p = plan(results, 1)
+    assert p["vqedge-cuda"] == {"encoder": "vqedge-cuda/fp32", "decoder": "vqedge-cuda/fp16",
+                                "round_trip_ms": 3.0 + 3.0 + 1.0, "composed": True}  # fmt: skip
+    assert p["torch-eager"]["composed"] is False
