@@ -110,6 +110,66 @@ def round_trips(res: dict[str, Any], rounds: Any) -> list[dict[str, Any]]:
     return out
 
 
+def headlines(res: dict[str, Any], rounds: Any) -> tuple[list[dict[str, Any]], Any]:
+    """The rows in tiers: the fastest vqedge round trip in tiers against each peer's
+    (end to end and without the lookup), the fastest vqedge decoder in the pixels tier
+    against each peer's; and that round trip (None when none is in tiers)."""
+
+    def fastest(names: list[str], stage: str) -> str | None:
+        return min(names, key=lambda n: _median(rounds(n, stage))) if names else None
+
+    timed = [n for n in res if rounds(n) is not None]
+    ours = [n for n in timed if res[n]["family"] == "vqedge"]
+    peers = [n for n in timed if res[n]["family"] != "vqedge"]
+    rows: list[dict[str, Any]] = []
+    trips = round_trips(res, rounds)
+    mine = [t for t in trips if t["family"] == "vqedge"]
+    best = min(mine, key=lambda t: _median(t["rounds"])) if mine else None
+    by_group: dict[str, dict[str, Any]] = {}
+    for t in trips:
+        if t["family"] != "vqedge":
+            g = by_group.get(t["group"])
+            if g is None or _median(t["rounds"]) < _median(g["rounds"]):
+                by_group[t["group"]] = t
+    for peer in by_group.values() if best else []:
+        composed = " (composed from stage times)" if best["composed"] or peer["composed"] else ""
+        for what, key, note in (("round trip", "rounds", LOOKUP_NOTE),
+                                ("round trip without the lookup", "network", "")):  # fmt: skip
+            row = _row(
+                f"{what} in tiers: `{best['name']}` against `{peer['name']}`{composed}",
+                best[key],
+                peer[key],
+                "ms",
+                1.0,
+                True,
+                "any bundle",
+            )
+            row["headline"] = "round trip"
+            row["composed"] = bool(composed)
+            if note:
+                row["note"] = note
+            rows.append(row)
+    dec_ours = fastest([n for n in ours if in_tier(res[n], "decoder")], "decoder")
+    dec_groups: dict[str, str] = {}
+    for n in [n for n in peers if in_tier(res[n], "decoder")]:
+        g = dec_groups.get(_group(res[n]))
+        if g is None or _median(rounds(n, "decoder")) < _median(rounds(g, "decoder")):
+            dec_groups[_group(res[n])] = n
+    for peer in dec_groups.values() if dec_ours else []:
+        row = _row(
+            f"decoder in the pixels tier: `{dec_ours}` against `{peer}`",
+            rounds(dec_ours, "decoder"),
+            rounds(peer, "decoder"),
+            "ms",
+            1.0,
+            True,
+            "any bundle",
+        )
+        row["headline"] = "decoder"
+        rows.append(row)
+    return rows, best
+
+
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets, checked against this run (batch 1 at the target size, the cold case).
 
@@ -159,51 +219,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "any bundle",
             )
         )
-    trips = round_trips(res, rounds)
-    mine = [t for t in trips if t["family"] == "vqedge"]
-    best = min(mine, key=lambda t: _median(t["rounds"])) if mine else None
-    by_group: dict[str, dict[str, Any]] = {}
-    for t in trips:
-        if t["family"] != "vqedge":
-            g = by_group.get(t["group"])
-            if g is None or _median(t["rounds"]) < _median(g["rounds"]):
-                by_group[t["group"]] = t
-    for peer in by_group.values() if best else []:
-        composed = " (composed from stage times)" if best["composed"] or peer["composed"] else ""
-        for what, key, note in (("round trip", "rounds", LOOKUP_NOTE),
-                                ("round trip without the lookup", "network", "")):  # fmt: skip
-            row = _row(
-                f"{what} in tiers: `{best['name']}` against `{peer['name']}`{composed}",
-                best[key],
-                peer[key],
-                "ms",
-                1.0,
-                True,
-                "any bundle",
-            )
-            row["headline"] = "round trip"
-            row["composed"] = bool(composed)
-            if note:
-                row["note"] = note
-            rows.append(row)
-    dec_ours = fastest([n for n in ours if in_tier(res[n], "decoder")], "decoder")
-    dec_groups: dict[str, str] = {}
-    for n in [n for n in peers if in_tier(res[n], "decoder")]:
-        g = dec_groups.get(_group(res[n]))
-        if g is None or _median(rounds(n, "decoder")) < _median(rounds(g, "decoder")):
-            dec_groups[_group(res[n])] = n
-    for peer in dec_groups.values() if dec_ours else []:
-        row = _row(
-            f"decoder in the pixels tier: `{dec_ours}` against `{peer}`",
-            rounds(dec_ours, "decoder"),
-            rounds(peer, "decoder"),
-            "ms",
-            1.0,
-            True,
-            "any bundle",
-        )
-        row["headline"] = "decoder"
-        rows.append(row)
+    tier_rows, best = headlines(res, rounds)
+    rows += tier_rows
     torch_rss = cold(EAGER, "runs_peak_rss_mb")
     for n in [n for n in res if res[n]["family"] == "vqedge"]:
         rss = cold(n, "runs_peak_rss_mb")
