@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     machine.finish(prov)
     for r in results.values():  # the npz files live in the temporary folder
         r.pop("quality_file", None)
+        r.pop("decoded_file", None)
     shutil.rmtree(workdir, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +393,13 @@ def run(
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     runnable: list[tuple[configs.Config, str, dict[str, Any]]] = []
+    flags = machine.describe()["flags"]
     for cfg in chosen:
+        why = configs.not_native(cfg, flags)
+        if why:
+            skipped[cfg.name] = why
+            print(f"skip {cfg.name}: {why}", flush=True)
+            continue
         python = next((i["python"] for i in interpreters if i.get(cfg.needs)), None)
         if python is None:
             skipped[cfg.name] = (
@@ -451,14 +458,9 @@ def run(
         print(f"round {k + 1}/{args.rounds} done", flush=True)
     for name, per_case in timed.items():
         results[name]["cases"] = [case_summary(b, s, rs) for (b, s), rs in per_case.items()]
+    if not args.no_quality:
+        quality_pass(workers, results, workdir, tag, args.timeout)
     for name, w in workers.items():
-        if not args.no_quality:
-            out = workdir / f"{tag[name]}-quality.npz"
-            ans = w.ask({"op": "quality", "out": str(out)}, args.timeout)
-            if "error" in ans:
-                results[name]["quality_error"] = ans["error"]
-            else:
-                results[name]["quality_file"] = str(out)
         if not args.no_profile and results[name]["family"] != "torch":
             b, s = profile_case
             ans = w.ask({"op": "profile", "batch": b, "size": s}, args.timeout)
@@ -469,6 +471,34 @@ def run(
         results[name]["details"] = ans.get("details", {})
         w.close()
     return results, skipped
+
+
+def quality_pass(
+    workers: dict[str, Worker],
+    results: dict[str, Any],
+    workdir: Path,
+    tag: dict[str, str],
+    timeout: float,
+) -> None:
+    """Each configuration's tokens and decode of the quality images, then its decoder on the
+    references' tokens (the pixels tier judges a decoder on fp32's tokens)."""
+    for name, w in workers.items():
+        out = workdir / f"{tag[name]}-quality.npz"
+        ans = w.ask({"op": "quality", "out": str(out)}, timeout)
+        if "error" in ans:
+            results[name]["quality_error"] = ans["error"]
+        else:
+            results[name]["quality_file"] = str(out)
+    refs = [n for n in configs.REFERENCES if results.get(n, {}).get("quality_file")]
+    for name, w in workers.items() if refs else ():
+        out = workdir / f"{tag[name]}-decoded.npz"
+        files = [results[r]["quality_file"] for r in refs]
+        ans = w.ask({"op": "decode", "refs": files, "out": str(out)}, timeout)
+        if "error" in ans:
+            results[name]["decode_error"] = ans["error"]
+        else:
+            results[name]["decoded_file"] = str(out)
+            results[name]["decoded_references"] = refs
 
 
 if __name__ == "__main__":

@@ -54,6 +54,22 @@ CONFIGS = [
 REFERENCES = ("vqedge-cpu/fp32", "torch-eager/fp32")
 
 
+# CPU flags under which PyTorch's reduced-precision autocast runs natively (else emulated:
+# one eager pass of the f=4 model took about a minute on an AVX2-only Zen 3)
+NATIVE_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def not_native(cfg: Config, flags: set[str] | list[str]) -> str | None:
+    """Why a PyTorch reduced-precision configuration is no peer on this CPU (None: it is)."""
+    need = NATIVE_FLAGS.get(cfg.precision)
+    if cfg.family != "torch" or need is None or set(need) & set(flags):
+        return None
+    return (
+        f"PyTorch {cfg.precision} autocast is emulated on this CPU (none of {', '.join(need)}): "
+        "not a peer here"
+    )
+
+
 def select(wanted: list[str] | None) -> list[Config]:
     """The configurations whose name, name prefix or family is in ``wanted`` (all: None)."""
     return [

@@ -1,11 +1,9 @@
-"""The fidelity rule: how close a configuration's output is to the same bundle's fp32 output.
-
-A configuration's fidelity is measured on the same inputs against the bundle's fp32 output
-(``configs.REFERENCES``): the fraction of tokens equal to fp32's, and the PSNR of its
-reconstruction against fp32's reconstruction. PSNR against the photo is reported apart: it
-says how good the model is, not whether a configuration runs the same model. A
-configuration is *within fidelity* when both figures clear their bar; a model with random
-weights reconstructs nothing, so its PSNR says nothing and it is judged on tokens alone.
+"""Each configuration's stages judged by their fidelity tiers (``vqedge.runtime.fidelity``):
+its encoder with the lookup by the tokens tier (its tokens against the bundle's fp32
+tokens, ``configs.REFERENCES``), its decoder by the pixels tier (its decode of the fp32
+reference's tokens against the reference's own decode). A round trip is in tiers when both
+stages are. PSNR against the photo is reported apart: it says how good the model is, not
+whether a configuration runs the same model.
 """
 
 from __future__ import annotations
@@ -17,12 +15,16 @@ import numpy as np
 
 from vqedge.benchmarks.bundles import BundleFacts
 from vqedge.benchmarks.configs import REFERENCES
-from vqedge.runtime.fidelity import PIXELS_MIN_PSNR_DB, TOKENS_MIN_AGREEMENT
+from vqedge.runtime.fidelity import (
+    DECODER_STAGE,
+    ENCODER_STAGE,
+    PIXELS_MIN_PSNR_DB,
+    PSNR_CAP_DB,
+    TOKENS_MIN_AGREEMENT,
+    judge_pixels,
+    judge_tokens,
+)
 from vqedge.runtime.kind import NEXT_SCALE
-
-# the one fidelity definition (vqedge.runtime.fidelity): the tokens tier and the pixels tier
-TOKEN_AGREEMENT_MIN = TOKENS_MIN_AGREEMENT
-PSNR_VS_FP32_MIN_DB = PIXELS_MIN_PSNR_DB
 
 
 def same_weights(r: dict[str, Any]) -> bool:
@@ -35,7 +37,8 @@ def add_quality(
 ) -> dict[str, Any]:
     """Each configuration's PSNR against the photos, and its fidelity against the fp32
     reference: token agreement (for a multi-scale bundle over all scales, and per scale),
-    PSNR against the reference's reconstruction, and whether it is within fidelity.
+    PSNR against the reference's reconstruction, its decoder's PSNR on the reference's
+    tokens, and each stage judged by its tier (``judge``).
 
     A PyTorch model with other weights than the bundle's (an imported family without its
     checkpoint) is compared with PyTorch eager fp32 on the same weights instead.
@@ -68,7 +71,6 @@ def add_quality(
             identical_to_reference=bool(not np.isfinite(vs_ref)),
             token_agreement=agree / total,
         )
-        r["quality"]["within_fidelity"] = within(r["quality"], random_weights)
         if bf.offers(NEXT_SCALE):
             per = [[0, 0] for _ in bf.scales]
             for i in range(n):
@@ -77,32 +79,61 @@ def add_quality(
                     per[k][0] += int((a == b).sum())
                     per[k][1] += b.size
             r["quality"]["token_agreement_per_scale"] = [a / t for a, t in per]
+        r["quality"]["decoder_psnr_vs_reference_db"] = _decoder_psnr(r, ran[rn], rn, n)
+        r["quality"]["tiers"] = judge(r["precision"], r["quality"])
     return {
         "reference": ref_name,
         "reference_other_weights": other_ref,
         "random_weights": random_weights,
-        "rule": rule(random_weights),
-        "token_agreement_min": TOKEN_AGREEMENT_MIN,
-        "psnr_vs_fp32_min_db": None if random_weights else PSNR_VS_FP32_MIN_DB,
+        "rule": rule(),
+        "tokens_min_agreement": TOKENS_MIN_AGREEMENT,
+        "pixels_min_psnr_db": PIXELS_MIN_PSNR_DB,
         "psnr": "mean over images of 10 log10(255^2 / MSE) on uint8 RGB (inf when identical)",
     }
 
 
-def within(quality: dict[str, Any], random_weights: bool) -> bool:
-    """Whether a configuration's fidelity figures clear the bars (see the module)."""
-    if quality.get("token_agreement", 0.0) < TOKEN_AGREEMENT_MIN:
-        return False
-    if random_weights or quality.get("identical_to_reference"):
-        return True
-    vs_ref = quality.get("psnr_vs_reference_db")
-    return vs_ref is not None and vs_ref >= PSNR_VS_FP32_MIN_DB
+def _decoder_psnr(r: dict[str, Any], ref: dict[str, Any], rn: str, n: int) -> float | None:
+    """Mean PSNR of this configuration's decode of the reference's tokens against the
+    reference's own decode (capped at PSNR_CAP_DB when identical); None if not decoded."""
+    from vqedge.runtime.metrics import psnr
+
+    if rn not in r.get("decoded_references", []) or not r.get("decoded_file"):
+        return None
+    j = r["decoded_references"].index(rn)
+    dec, own = np.load(r["decoded_file"]), np.load(ref["quality_file"])
+    values = [min(psnr(dec[f"decoded{j}_{i}"], own[f"recon{i}"]), PSNR_CAP_DB) for i in range(n)]
+    return float(np.mean(values))
 
 
-def rule(random_weights: bool) -> str:
-    """The rule in words, for the report."""
-    tokens = f"at least {TOKEN_AGREEMENT_MIN:.0%} of its tokens equal to fp32's"
-    if random_weights:
-        return f"{tokens} (random weights: reconstructions say nothing, so tokens alone decide)"
+def judge(precision: str, quality: dict[str, Any]) -> dict[str, Any]:
+    """{"encoder": tokens-tier judgement, "decoder": pixels-tier judgement or None,
+    "round_trip": both hold}, as JSON carries them."""
+    enc = judge_tokens(
+        ENCODER_STAGE,
+        precision,
+        quality.get("token_agreement", 0.0),
+        quality.get("token_agreement_per_scale", ()),
+    )
+    db = quality.get("decoder_psnr_vs_reference_db")
+    dec = judge_pixels(DECODER_STAGE, precision, db) if db is not None else None
+    return {
+        "encoder": enc.to_dict(),
+        "decoder": dec.to_dict() if dec else None,
+        "round_trip": bool(enc.holds and dec is not None and dec.holds),
+    }
+
+
+def in_tier(r: dict[str, Any], stage: str) -> bool:
+    """Whether a configuration's ``stage`` ("encoder", "decoder" or "round_trip") holds its
+    tier in this run."""
+    t = r.get("quality", {}).get("tiers", {}).get(stage)
+    return bool(t if isinstance(t, bool) else t and t["holds"])
+
+
+def rule() -> str:
+    """The tiers in words, for the report."""
     return (
-        f"{tokens} and a PSNR against fp32's reconstruction of {PSNR_VS_FP32_MIN_DB:.0f} dB or more"
+        f"encoder (tokens tier): at least {TOKENS_MIN_AGREEMENT:.0%} of its tokens equal to "
+        f"fp32's; decoder (pixels tier): its decode of fp32's tokens at least "
+        f"{PIXELS_MIN_PSNR_DB:.0f} dB from fp32's decode of them"
     )

@@ -11,7 +11,10 @@ eager (fp32, fp16 autocast) and torch.compile (fp32, fp16 autocast), at batch 1 
 256x256 images. Numpy in, numpy out for everyone: host-device copies are part of the time.
 Per stage and end to end (for vqedge, end to end is ``decode(encode(x))``, the IO-bound
 path), median and p99, images per second, GPU memory, and quality against PyTorch fp32 on
-the held-out photos resized to the benchmark size.
+the held-out photos resized to the benchmark size. TF32 is off on both sides unless
+``--tf32``. Each stage is judged by its fidelity tier (vqedge.runtime.fidelity: the encoder's
+tokens, the decoder's decode of fp32's tokens), and ``plans`` gives per runtime the fastest
+in-tier encoder and decoder and their round trip, composed from the stage times.
 
 Needs onnxruntime-gpu (not beside plain onnxruntime) and a CUDA build of torch. Without any
 GPU provider it says so, writes a JSON saying so, and exits with status 3.
@@ -169,6 +172,7 @@ def vqedge_stages(
     # end to end through the IO-bound path: the latent never leaves the GPU
     e2e = [("end_to_end_io_bound", lambda x: tok.decode(tok.encode(x), output="float"))]
     details = {"io_binding": getattr(tok, "io_binding", None), "providers": str(providers)}
+    details["_decode"] = lambda idx: tok.decode(idx, output="float")
     return stages, e2e, details, tok
 
 
@@ -213,12 +217,17 @@ def torch_stages(name: str, bf: BundleFacts, checkpoint: str | None, tf32: bool)
         ("quantizer", synced(quant)),
         ("decoder", lambda idx: dec(idx).cpu().numpy()),  # the copy to the host syncs
     ]
+
+    def decode_numpy(idx: np.ndarray) -> np.ndarray:  # the pixels tier decodes fp32's tokens
+        return dec(torch.from_numpy(idx).cuda()).cpu().numpy()
+
     details = {
         "torch": torch.__version__,
         "autocast": "fp16" if fp16 else None,
         "weights": weights["what"],
         "same_weights_as_bundle": weights["same_as_bundle"],
     }
+    details["_decode"] = decode_numpy
     return stages, [], details, None
 
 
@@ -233,12 +242,11 @@ def measure(
 ):
     t0 = time.perf_counter()
     if name.startswith("vqedge"):
-        stages, extra, details, tok = vqedge_stages(
-            name, bf, size, args.batches, cache, not args.no_tf32
-        )
+        stages, extra, details, tok = vqedge_stages(name, bf, size, args.batches, cache, args.tf32)
         details["providers_in_use"] = tok.info["providers_in_use"]
     else:
-        stages, extra, details, _ = torch_stages(name, bf, checkpoint, not args.no_tf32)
+        stages, extra, details, _ = torch_stages(name, bf, checkpoint, args.tf32)
+    decode = details.pop("_decode")
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "details": details, "cases": []}
     for b, imgs in inputs.items():
         x = uint8_to_float(imgs)
@@ -265,13 +273,19 @@ def measure(
         if stage == "quantizer":
             tokens = y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
     out["_tokens"], out["_recon"] = tokens, float_to_uint8(np.asarray(y))
+    out["_decode"] = decode
     return out
 
 
 def add_quality(results: dict[str, Any], originals: np.ndarray) -> str | None:
     """Token agreement and PSNR against PyTorch fp32 (against ``vqedge-cuda/fp32`` for the
-    bundle's configurations when PyTorch runs other weights than the bundle's)."""
-    kept = {n: (r.pop("_tokens"), r.pop("_recon")) for n, r in results.items()}
+    bundle's configurations when PyTorch runs other weights than the bundle's), and each
+    stage judged by its tier (``vqedge.benchmarks.fidelity.judge``): the encoder by its
+    tokens, the decoder by its decode of the reference's tokens."""
+    from vqedge.benchmarks.fidelity import judge
+    from vqedge.runtime.fidelity import PSNR_CAP_DB
+
+    kept = {n: (r.pop("_tokens"), r.pop("_recon"), r.pop("_decode")) for n, r in results.items()}
 
     def same(n: str) -> bool:
         return results[n]["details"].get("same_weights_as_bundle", True)
@@ -279,20 +293,52 @@ def add_quality(results: dict[str, Any], originals: np.ndarray) -> str | None:
     torch_same = REFERENCE in kept and same(REFERENCE)
     bundle_ref = REFERENCE if torch_same else ("vqedge-cuda/fp32" if "vqedge-cuda/fp32" in kept
                                                 else None)  # fmt: skip
-    for n, (tokens, recon) in kept.items():
+    for n, (tokens, recon, decode) in kept.items():
         ref = bundle_ref if same(n) else REFERENCE
         if ref not in kept:
             continue
-        ref_tokens, ref_recon = kept[ref]
+        ref_tokens, ref_recon, _ = kept[ref]
         vs_ref = psnr(recon, ref_recon)
-        results[n]["quality"] = {
+        dec_db = psnr(float_to_uint8(np.asarray(decode(ref_tokens))), ref_recon)
+        q = results[n]["quality"] = {
             "reference": ref,
             "token_agreement": float((tokens == ref_tokens).mean()),
             "psnr_vs_reference_db": vs_ref if np.isfinite(vs_ref) else None,
             "identical_to_reference": bool(not np.isfinite(vs_ref)),
+            "decoder_psnr_vs_reference_db": min(float(dec_db), PSNR_CAP_DB),
             "psnr_vs_input_db": psnr(recon, originals),
         }
+        q["tiers"] = judge(n.split("/")[1], q)
     return bundle_ref
+
+
+def plan(results: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Per runtime (vqedge-cuda, torch-eager, ...): the fastest encoder (with the lookup) in
+    the tokens tier and the fastest decoder in the pixels tier at ``batch``, and their round
+    trip composed from the stage times."""
+    from vqedge.benchmarks.fidelity import in_tier
+
+    def ms(n: str, stages: tuple[str, ...]) -> float | None:
+        case = next((c for c in results[n]["cases"] if c["batch"] == batch), None)
+        return sum(case["stages"][s]["median_ms"] for s in stages) if case else None
+
+    out: dict[str, Any] = {}
+    for runtime in sorted({n.split("/")[0] for n in results}):
+        names = [n for n in results if n.split("/")[0] == runtime and ms(n, ("encoder",))]
+        enc = [n for n in names if in_tier(results[n], "encoder")]
+        dec = [n for n in names if in_tier(results[n], "decoder")]
+        if not (enc and dec):
+            out[runtime] = None
+            continue
+        e = min(enc, key=lambda n: ms(n, ("encoder", "quantizer")))
+        d = min(dec, key=lambda n: ms(n, ("decoder",)))
+        out[runtime] = {
+            "encoder": e,
+            "decoder": d,
+            "round_trip_ms": ms(e, ("encoder", "quantizer")) + ms(d, ("decoder",)),
+            "composed": e != d,
+        }
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,9 +364,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=420, help="skip configurations after this")
     p.add_argument("--out", default=str(HERE / "results" / "gpu-latest.json"))
     p.add_argument(
-        "--no-tf32",
+        "--tf32",
         action="store_true",
-        help="full fp32 convolutions on both sides (TF32 is the CUDA default of both)",
+        help="TF32 convolutions on both sides (the CUDA default of both; off here: TF32 "
+        "rounds inputs to 10-bit mantissas and flips tokens fp32 keeps)",
     )
     return p
 
@@ -359,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "batches": args.batches,
         "iters": args.iters,
-        "tf32": not args.no_tf32,
+        "tf32": args.tf32,
         "results": {},  # bundle name -> configuration -> result
         "skipped": {},
     }
@@ -409,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped[name] = f"{type(e).__name__}: {e}"
                     traceback.print_exc()
         add_quality(results, inputs[max(inputs)])
+        report.setdefault("plans", {})[bf.name] = {b: plan(results, b) for b in args.batches}
     ran = {b: r for b, r in report["results"].items() if r}
     report["gpu_available"] = bool(ran)
     if not ran:

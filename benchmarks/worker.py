@@ -297,6 +297,27 @@ def quality(runner: Any, inputs: Any, path: str) -> int:
     return n
 
 
+def decode_references(runner: Any, inputs: Any, refs: list[str], path: str) -> int:
+    """This configuration's decoder on the reference configurations' tokens of the quality
+    images (``refs``: their quality files, in order): ``decoded{j}_{i}`` in ``path``, what
+    the pixels tier judges against the reference's own decode."""
+    dec = dict(runner.stages())["decoder"]
+    torch = getattr(runner, "torch", None)  # PyTorch's stages take tensors
+    out = {}
+    n = int(inputs["quality_count"])
+    for j, ref in enumerate(refs):
+        tokens = np.load(ref)
+        for i in range(n):
+            h, w = inputs[f"quality{i}"].shape[:2]
+            idx = tokens[f"tokens{i}"]
+            if torch is not None:
+                idx = torch.from_numpy(idx)
+            rec = _to_numpy(dec(idx))[:, :, :h, :w]
+            out[f"decoded{j}_{i}"] = float_to_uint8(rec)[0]
+    np.savez_compressed(path, **out)
+    return n
+
+
 def time_case(stages: list[tuple[str, Any]], inputs: Any, request: dict[str, Any]) -> dict:
     """One round of one case: a warm-up pass (other configurations ran in between and took
     the caches), then ``iters`` timed passes; the seconds of each pass per stage."""
@@ -309,8 +330,9 @@ def time_case(stages: list[tuple[str, Any]], inputs: Any, request: dict[str, Any
 def serve(spec: dict[str, Any]) -> None:
     """Load once, then answer the driver's requests one JSON line at a time, so that the
     driver can interleave configurations round by round. Requests: ``time`` (batch, size,
-    iters), ``quality`` (out), ``profile`` (batch, size), ``finish`` (the runner's details,
-    then exit). Replies go to the original stdout; what a library prints goes to stderr."""
+    iters), ``quality`` (out), ``decode`` (refs, out), ``profile`` (batch, size), ``finish``
+    (the runner's details, then exit). Replies go to the original stdout; what a library
+    prints goes to stderr."""
     import os
 
     reply = os.fdopen(os.dup(1), "w")
@@ -335,6 +357,9 @@ def serve(spec: dict[str, Any]) -> None:
                 answer = time_case(stages, inputs, request)
             elif op == "quality":
                 answer = {"images": quality(runner, inputs, request["out"])}
+            elif op == "decode":
+                refs, out = request["refs"], request["out"]
+                answer = {"images": decode_references(runner, inputs, refs, out)}
             elif op == "profile":
                 answer = {"profile": runner.profile(request["batch"], request["size"], top=8)}
             else:  # finish

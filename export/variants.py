@@ -7,7 +7,7 @@ precision there would flip tokens without making anything measurably faster.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -174,46 +174,76 @@ class _Reader:
         return next(self._it, None)
 
 
+# the op types the int8 recipe quantizes (the lookup and the final clamp stay float)
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Relu", "Add")
+
+
 def to_int8(
     model_path: Path,
     out_path: Path,
     input_name: str,
     calib: list[np.ndarray],
     recipe: str = "u8s8rr",
+    float_nodes: Sequence[str] = (),
 ) -> None:
     """Static QDQ int8: per-channel 7-bit weights, uint8 activations, calibrated on ``calib``
     (another of ``INT8_RECIPES`` where ``recipe`` names one: the benchmark's candidates).
 
-    Convolutions (and the ReLU/Add around them) are quantized; the codebook lookup and the
-    final clamp stay float. Weights keep 7 bits (``reduce_range``) because x86 CPUs without
-    VNNI (AVX2 only: AMD Zen 1-3, Intel before Cascade Lake) multiply uint8 by int8 with
-    VPMADDUBSW, which sums pairs of products in int16 and saturates at 8-bit weights; 7-bit
-    weights keep every pair sum in range, on those CPUs and on VNNI/AMX ones alike, so one
-    int8 variant gives the same tokens everywhere (benchmarks/results/int8_recipe.md).
+    Convolutions (and the ReLU/Add around them) are quantized, except the nodes named in
+    ``float_nodes`` (an accuracy-driven mixed plan, export/mixed_precision.py); the codebook
+    lookup and the final clamp stay float. Weights keep 7 bits (``reduce_range``) because x86
+    CPUs without VNNI (AVX2 only: AMD Zen 1-3, Intel before Cascade Lake) multiply uint8 by
+    int8 with VPMADDUBSW, which sums pairs of products in int16 and saturates at 8-bit
+    weights; 7-bit weights keep every pair sum in range, on those CPUs and on VNNI/AMX ones
+    alike, so one int8 variant gives the same tokens everywhere
+    (benchmarks/results/int8_recipe.md).
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        prep = prepare_for_int8(model_path, Path(tmp))
+        quantize_prepared(prep, out_path, input_name, calib, float_nodes, recipe)
+
+
+def prepare_for_int8(model_path: Path, tmp: Path) -> Path:
+    """onnxruntime's pre-processing for quantization (shape inference, folding), once per
+    graph: ``tmp / "prep.onnx"``. A graph whose weights are in a bundle's shared weights file
+    is first saved with them inline (the pre-processing copies the graph file alone)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    inline, prep = tmp / "inline.onnx", tmp / "prep.onnx"
+    onnx.save(onnx.load(str(model_path)), str(inline))
+    quant_pre_process(str(inline), str(prep), skip_symbolic_shape=True)
+    return prep
+
+
+def quantize_prepared(
+    prep: Path,
+    out_path: Path,
+    input_name: str,
+    calib: list[np.ndarray],
+    float_nodes: Sequence[str] = (),
+    recipe: str = "u8s8rr",
+) -> None:
+    """``to_int8`` of a graph ``prepare_for_int8`` made."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     r = INT8_RECIPES[recipe]
     signed = r["activations"] == "int8"
-    with tempfile.TemporaryDirectory() as tmp:
-        prep = Path(tmp) / "prep.onnx"
-        quant_pre_process(str(model_path), str(prep), skip_symbolic_shape=True)
-        quantize_static(
-            str(prep),
-            str(out_path),
-            _Reader(input_name, calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=r["reduce_range"],
-            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv", "ConvTranspose", "Relu", "Add"],
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True},
-        )
+    quantize_static(
+        str(prep),
+        str(out_path),
+        _Reader(input_name, calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=r["reduce_range"],
+        activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+        nodes_to_exclude=list(float_nodes),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True},
+    )
