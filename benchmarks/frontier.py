@@ -111,10 +111,10 @@ def validation_tiles(side: int) -> np.ndarray:
     return np.concatenate(tiles)
 
 
-def _agreement(tokens: np.ndarray, ref: np.ndarray, patch_nums: tuple[int, ...]) -> dict:
+def _agreement(tokens: np.ndarray, ref: np.ndarray, scales: tuple[int, ...]) -> dict:
     eq = (tokens == ref).reshape(len(ref), -1)
     per, start = [], 0
-    for pn in patch_nums:
+    for pn in scales:
         per.append(float(eq[:, start : start + pn * pn].mean()))
         start += pn * pn
     return {"agreement": float(eq.mean()), "per_scale": per}
@@ -156,7 +156,7 @@ def measure_bundle(
     quantizer = bf.path / "quantizer.fp32.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        scorer = TokenScorer(quantizer, [t[None] for t in tiles], enc32, bf.patch_nums)
+        scorer = TokenScorer(quantizer, [t[None] for t in tiles], enc32, bf.scales)
         t0 = time.perf_counter()
         found = search(enc32, "image", calib, scorer, work / "steps", log=log)
         search_s = time.perf_counter() - t0
@@ -190,7 +190,7 @@ def measure_bundle(
             res["rows"] = {
                 label: {
                     "ms": res["ms"][label],
-                    **_agreement(toks[label], ref, bf.patch_nums),
+                    **_agreement(toks[label], ref, bf.scales),
                     # the same tokens as this provider's own fp32 run
                     "same_as_provider_fp32": bool(np.array_equal(toks[label], toks["fp32"])),
                 }
@@ -201,7 +201,7 @@ def measure_bundle(
         "bundle": bf.name,
         "kind": bf.kind,
         "side": side,
-        "patch_nums": list(bf.patch_nums),
+        "scales": list(bf.scales),
         "validation": {
             "tiles": int(len(tiles)),
             "positions": int(ref.size),

@@ -93,7 +93,7 @@ def bundle_md(b: dict[str, Any]) -> list[str]:
     s = b["search"]
     v = b["validation"]
     provs = [p for p in PROVIDERS if "rows" in b["providers"].get(p, {})]
-    ms = bool(b["patch_nums"])
+    ms = bool(b["scales"])
     out = [
         f"## {b['bundle']} ({b['kind']}, {b['side']}x{b['side']} encoder input)",
         "",
@@ -187,7 +187,7 @@ def parting(b: dict[str, Any]) -> list[str]:
         first = next((i for i, a in enumerate(r["per_scale"]) if a < TOKENS_MIN_AGREEMENT), None)
         where = (
             f"first below {TOKENS_MIN_AGREEMENT:.0%} at scale {first + 1} "
-            f"({b['patch_nums'][first]}x{b['patch_nums'][first]})"
+            f"({b['scales'][first]}x{b['scales'][first]})"
             if first is not None
             else "every scale holds"
         )

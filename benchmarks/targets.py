@@ -245,13 +245,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _shipped_rows(
     res: dict[str, Any],
-    best: str | None,
+    best: dict[str, Any] | None,
     rounds: Callable[..., list[float] | None],
     cold: Callable[[str, str], list[float] | None],
 ) -> list[dict[str, Any]]:
     """The shipped default's own targets: its speed-up over PyTorch and its cold start."""
     rows: list[dict[str, Any]] = []
-    return rows
     if best and rounds(EAGER):
         rows.append(
             _row(
