@@ -127,7 +127,7 @@ bench-verify-cost: setup
 bench-int8: setup ov-setup
 	$(BENCH).int8_recipe --ov-python $(OV_VENV)/bin/python
 bench-frontier: setup ov-setup
-	$(BENCH).frontier
+	$(BENCH).frontier --ov-python $(OV_VENV)/bin/python
 bench-web: setup browser
 	$(BENCH).web
 # an arm64 Debian root (debootstrap, qemu-user-static; cached in .arm64/), as root

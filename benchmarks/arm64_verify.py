@@ -22,7 +22,6 @@ reported. Writes ``arm64_verify.json`` and ``arm64_verify.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -201,19 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per emulated run")
     p.add_argument("--out", default=str(HERE / "results"), help="folder for arm64_verify.*")
     args = p.parse_args(argv)
-    from vqedge.benchmarks.machine import finish, provenance
-    from vqedge.runtime.atomic import write_bytes_atomic
+    from vqedge.benchmarks.machine import finish, provenance, write_results
 
     prov = provenance(MODULE, argv)  # before anything is written
     cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     result = {"provenance": prov, **measure(cache, args.cpus, args.bundles, args.timeout)}
     finish(prov)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "arm64_verify.json", (json.dumps(result, indent=1) + "\n").encode())
-    write_bytes_atomic(out / "arm64_verify.md", markdown(result).encode())
-    print(markdown(result))
+    write_results(args.out, "arm64_verify", result, markdown(result))
     return 0 if all(run["exit"] == 0 for run in result["runs"]) else 4
 
 

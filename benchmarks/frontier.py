@@ -145,8 +145,7 @@ def measure_bundle(
     precisions on each provider."""
     from vqedge.benchmarks.bundles import facts
     from vqedge.export.mixed_precision import TokenScorer, search
-    from vqedge.export.recipe import training_crops
-    from vqedge.export.single_scale_recipe import CALIBRATION_SIDE
+    from vqedge.export.recipe import CALIBRATION_SIDE, training_crops
 
     bf = facts(bundle)
     side = bf.target_size

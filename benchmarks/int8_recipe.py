@@ -69,8 +69,7 @@ def quantize(work: Path, bundle_dir: Path) -> dict[str, dict[str, str]]:
     import onnx
     import onnxruntime as ort
 
-    from vqedge.export.recipe import training_crops
-    from vqedge.export.single_scale_recipe import CALIBRATION_SIDE
+    from vqedge.export.recipe import CALIBRATION_SIDE, training_crops
     from vqedge.export.variants import INT8_RECIPES, to_int8
 
     fp32 = {}
@@ -212,17 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.child)
         return 0
-    from vqedge.benchmarks.machine import finish, provenance
-    from vqedge.runtime.atomic import write_bytes_atomic
+    from vqedge.benchmarks.machine import finish, provenance, write_results
 
     prov = provenance(MODULE, argv)  # before anything is written
     result = {"provenance": prov, **measure(args.side, args.ov_python)}
     finish(prov)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "int8_recipe.json", (json.dumps(result, indent=1) + "\n").encode())
-    write_bytes_atomic(out / "int8_recipe.md", markdown(result).encode())
-    print(markdown(result))
+    write_results(args.out, "int8_recipe", result, markdown(result))
     return 0
 
 

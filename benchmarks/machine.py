@@ -261,6 +261,18 @@ def provenance(module: str, argv: list[str] | None = None) -> dict[str, Any]:
     }
 
 
+def write_results(out: str | Path, name: str, data: dict[str, Any], markdown: str) -> None:
+    """Write ``out/NAME.json`` and ``out/NAME.md`` atomically (a crash leaves the old pair)
+    and print the markdown."""
+    from vqedge.runtime.atomic import write_bytes_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
+    write_bytes_atomic(out / f"{name}.md", markdown.encode())
+    print(markdown)
+
+
 def finish(p: dict[str, Any]) -> dict[str, Any]:
     """``p`` with the load average at the end of the run and the run's seconds added."""
     p["load_average_end"] = _load_average()

@@ -16,7 +16,6 @@ Writes ``OUT/quality.json`` and ``OUT/quality.md``, with the provenance of the r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 
 from vqedge.benchmarks import machine
 from vqedge.runtime import load
-from vqedge.runtime.atomic import write_bytes_atomic
 from vqedge.runtime.images import fit_square
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.kind import NEXT_SCALE, kind_of
@@ -278,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality: {e}", file=sys.stderr)
         return 1
     machine.finish(prov)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "quality.json", (json.dumps(results, indent=1) + "\n").encode())
-    write_bytes_atomic(out / "quality.md", report(results).encode())
-    print(report(results))
+    machine.write_results(args.out, "quality", results, report(results))
     return 0
 
 

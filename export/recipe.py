@@ -35,8 +35,10 @@ FLOP_SIDE = 256
 __all__ = ["Calibration", "GraphIO", "Graphs", "Recipe", "session", "training_crops"]
 
 
-# training crops that calibrate an int8 variant
+# training crops that calibrate an int8 variant, and their side (a model of one resolution
+# takes its own)
 CALIBRATION_IMAGES = 12
+CALIBRATION_SIDE = 128
 
 
 def training_crops(side: int, n: int = CALIBRATION_IMAGES) -> list[np.ndarray]:

@@ -11,15 +11,20 @@ import numpy as np
 import torch
 
 from vqedge.export.graphs import DecoderGraph, EncoderGraph, QuantizerGraph
-from vqedge.export.recipe import Calibration, Graphs, Recipe, session, training_crops
+from vqedge.export.recipe import (
+    CALIBRATION_SIDE,
+    Calibration,
+    Graphs,
+    Recipe,
+    session,
+    training_crops,
+)
 from vqedge.export.validate import ExportValidationError, format_report, validate_fp32
 from vqedge.models.data import held_out_paths
 from vqedge.runtime.images import float_to_uint8, pad_to_multiple, uint8_to_float
 from vqedge.runtime.inputs import read_image
 from vqedge.runtime.manifest import DECODER, ENCODER, QUANTIZER, SINGLE_SCALE, SIZE_POLICY
 from vqedge.runtime.metrics import psnr
-
-CALIBRATION_SIDE = 128
 
 
 class SingleScaleRecipe(Recipe):

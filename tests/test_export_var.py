@@ -251,7 +251,7 @@ def test_demo_serves_an_imported_var_bundle(small):
 
     model, out, _, _ = small
     engine = ScalesEngine(out)
-    assert engine.available and engine.patch_nums == tuple(model.patch_nums)
+    assert engine.available and engine.sides == tuple(model.patch_nums)
     photo = photos(1, 40, seed=31)[0]  # not square, not the bundle's size: fitted first
     r = engine.analyze(photo)
     assert [m.shape for m in r["maps"]] == [(pn, pn) for pn in model.patch_nums]

@@ -31,6 +31,8 @@ STAGES = ("demo", "dataset", "commands", "benchmarks")
 # each kind's code names: its class, its constants, its own fields
 CODE_NAMES = {
     "multi-scale": r"patch_nums|MultiScaleTokenizer|MULTI_SCALE|multi_scale",
+    "lookup-free": r"LookupFreeTokenizer|LOOKUP_FREE|lookup_free|fsq_levels",
+    "single-scale": r"SINGLE_SCALE|single_scale",
 }
 MAX_FILES_PER_KIND = 2
 
@@ -58,7 +60,7 @@ def test_the_counter_counts():
 
 
 def test_every_kind_is_complete_and_its_classes_resolve():
-    assert {"single-scale", "multi-scale"} <= set(KINDS)
+    assert {"single-scale", "multi-scale", "lookup-free"} <= set(KINDS)
     for name, kind in KINDS.items():
         assert kind.name == name and kind.lookup in kind.graphs
         cls = kind.runtime_class()
