@@ -154,7 +154,7 @@ def python_cpu(bundle: str, img: np.ndarray, plan: Any, threads: int, repeats: i
             times["encode"].append((b - a) * 1e3)
             times["decode"].append((c - b) * 1e3)
             times["roundtrip"].append((d - c) * 1e3)
-    return {"times": times, "indices": idx, "ran": str(getattr(tok, "precision", plan))}
+    return {"times": times, "indices": idx, "ran": tok.plan.describe()}
 
 
 def _visit(context, page_url: str, js_args: list) -> dict:
