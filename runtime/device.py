@@ -64,10 +64,6 @@ def device_description(providers: list[str] | None = None) -> str:
     return f"{text}; {', '.join(gpu)}" if gpu else text
 
 
-# providers that run on a GPU, whose model and driver change the kernels
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
-
-
 @functools.cache
 def gpu_description() -> str:
     """NVIDIA GPUs' name, driver and compute capability from nvidia-smi (no torch), else
@@ -89,23 +85,3 @@ def gpu_description() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out or "unknown"
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    found = {}
-    for dist in ("vqedge", "onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu", "openvino"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def machine_key(providers: list[str]) -> dict[str, object]:
-    """What a cached verdict must have been measured on: the CPU signature, the GPU a GPU
-    provider runs (or "none"), and the versions of vqedge, onnxruntime and OpenVINO."""
-    gpu = gpu_description() if any(p in _GPU_PROVIDERS for p in providers) else "none"
-    return {"cpu": cpu_signature(), "gpu": gpu, "versions": _versions()}

@@ -21,6 +21,8 @@ and it judges the same from its stored figures under today's rules.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import statistics
@@ -33,7 +35,7 @@ import numpy as np
 
 from vqedge.runtime import fidelity
 from vqedge.runtime.cache import VERDICTS, private_dir, write_private
-from vqedge.runtime.device import device_description, machine_key
+from vqedge.runtime.device import cpu_signature, device_description, gpu_description
 from vqedge.runtime.fidelity import (
     DECODER_STAGE,
     ENCODER_STAGE,
@@ -45,7 +47,13 @@ from vqedge.runtime.fidelity import (
 from vqedge.runtime.manifest import BundleError, verified_file
 from vqedge.runtime.metrics import psnr
 from vqedge.runtime.plan import AUTO, PrecisionPlan
-from vqedge.runtime.providers import OPENVINO, ProviderError, provider_names
+from vqedge.runtime.providers import (
+    GPU_PROVIDERS,
+    OPENVINO,
+    ProviderError,
+    installed_runtimes,
+    provider_names,
+)
 from vqedge.runtime.verdict import Trial, Verdict
 
 CHECK_FILE = "check.npz"
@@ -100,10 +108,13 @@ def _mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([min(psnr(x, y), fidelity.PSNR_CAP_DB) for x, y in zip(a, b)]))
 
 
-def measure_encoder(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def measure_encoder(
+    tok: Any, arrays: dict[str, np.ndarray], round_trip: bool = True
+) -> dict[str, Any]:
     """The encoder (with the fp32 lookup) on the check photos -> agreement with the check
-    set's fp32 tokens over all scales, per scale (several scales only), and the round trip's
-    PSNR drop against the photos beside fp32's (dB, decoded at the tokenizer's plan)."""
+    set's fp32 tokens over all scales, per scale (several scales only), and, with
+    ``round_trip``, the round trip's PSNR drop against the photos beside fp32's (dB, decoded
+    at the tokenizer's plan: what an encoder held to the pixels tier is judged by)."""
     photos, ref = arrays["image"], arrays["tokens"]
     idx_Bl = tok.img_to_idxBl(photos)
     got = np.concatenate([np.asarray(i).reshape(len(photos), -1) for i in idx_Bl], axis=1)
@@ -118,13 +129,12 @@ def measure_encoder(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         n = np.asarray(i).reshape(len(photos), -1).shape[1]
         per_scale.append(float(same[:, start : start + n].mean()))
         start += n
-    recon = tok.decode(got.reshape(ref.shape))
-    drop = _mean_psnr(photos, arrays["reconstruction"]) - _mean_psnr(photos, recon)
-    return {
-        "agreement": float(same.mean()),
-        "per_scale": per_scale if len(per_scale) > 1 else [],
-        "round_trip_drop_db": float(drop),
-    }
+    out = {"agreement": float(same.mean()), "per_scale": per_scale if len(per_scale) > 1 else []}
+    if round_trip:
+        recon = tok.decode(got.reshape(ref.shape))
+        drop = _mean_psnr(photos, arrays["reconstruction"]) - _mean_psnr(photos, recon)
+        out["round_trip_drop_db"] = float(drop)
+    return out
 
 
 def measure_decoder(tok: Any, arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -182,6 +192,24 @@ def key_fields(tok: Any, stage: str, tier: str) -> dict[str, Any]:
         "machine": machine_key(provider_names(s.providers)),
         "rules": fidelity.rules_digest(),
     }
+
+
+@functools.cache
+def _versions() -> tuple[str, ...]:
+    from importlib import metadata
+
+    found = list(installed_runtimes())  # every onnxruntime flavour, as `vqedge info` lists
+    for dist in ("vqedge", "openvino"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{dist}=={metadata.version(dist)}")
+    return tuple(found)
+
+
+def machine_key(providers: list[str]) -> dict[str, object]:
+    """What a cached judgement must have been measured on: the CPU signature, the GPU a GPU
+    provider runs (or "none"), and the versions of onnxruntime, OpenVINO and vqedge."""
+    gpu = gpu_description() if GPU_PROVIDERS.intersection(providers) else "none"
+    return {"cpu": cpu_signature(), "gpu": gpu, "versions": list(_versions())}
 
 
 # session config entries that change which kernels run or how they round
@@ -301,8 +329,10 @@ class Checker:
         if hit is not None:  # a cached judgement without the time "auto" needs: time it
             j, got = hit[0], hit[1]
         else:
-            measure = measure_encoder if stage == ENCODER_STAGE else measure_decoder
-            got = measure(self.tok, self.arrays)
+            if stage == ENCODER_STAGE:  # the round trip only where the pixels tier reads it
+                got = measure_encoder(self.tok, self.arrays, self.tier(stage) == PIXELS)
+            else:
+                got = measure_decoder(self.tok, self.arrays)
             j = judge_stage(stage, precision, self.tier(stage), got)
         ms = stage_time_ms(self.tok, stage, self.arrays) if timed else None
         remember(self.folder, fields, got, j, ms)
