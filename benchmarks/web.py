@@ -41,6 +41,7 @@ from vqedge.benchmarks.timing import synthetic_images
 from vqedge.demo.webpage import WEB_DIR, serve
 from vqedge.runtime import load
 from vqedge.runtime.atomic import write_bytes_atomic
+from vqedge.runtime.plan import PrecisionPlan
 from vqedge.runtime.session import bundle_path
 
 RESULTS = Path(__file__).parent / "results"
@@ -127,10 +128,6 @@ def download_sizes(bundle: Path) -> list[dict[str, Any]]:
 
 def _plan(text: str) -> str | dict[str, str]:
     return json.loads(text) if text.strip().startswith("{") else text
-
-
-def _plan_name(plan: str | dict[str, str]) -> str:
-    return plan if isinstance(plan, str) else ", ".join(f"{k} {v}" for k, v in plan.items())
 
 
 def python_cpu(bundle: str, img: np.ndarray, plan: Any, threads: int, repeats: int) -> dict:
@@ -271,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 opts = {"backend": backend, "precision": plan, "strict": False}
                 if threads:
                     opts["threads"] = threads
-                name = _plan_name(plan)
+                name = PrecisionPlan.parse(plan).describe()
                 print(f"round {r + 1}: browser {backend} {name} threads={threads}", flush=True)
                 key = ("browser", backend, name, threads)
                 res = browser_round(browser, url, page_url, opts, img, args.repeats)
