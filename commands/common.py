@@ -86,6 +86,19 @@ def runtime_args(p: argparse.ArgumentParser) -> None:
         "--no-verify", dest="verify", action="store_false",
         help="do not check the plan on the bundle's check set (a bundle without one loads)",
     )  # fmt: skip
+    encoder_tier_arg(p)
+
+
+def encoder_tier_arg(p: argparse.ArgumentParser) -> None:
+    """``--encoder-tier``: the fidelity tier the encoder is held to (vqedge.runtime.fidelity)."""
+    from vqedge.runtime import fidelity as f
+
+    p.add_argument(
+        "--encoder-tier", choices=f.TIERS, default=f.TOKENS,
+        help=f"tokens: at least {f.TOKENS_MIN_AGREEMENT * 100:.0f}%% of fp32's tokens; pixels: "
+        "knowingly accept other tokens (the round trip's PSNR within "
+        f"{f.PIXELS_ENCODER_MAX_DROP_DB} dB of fp32's)",
+    )  # fmt: skip
 
 
 def precision_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +128,7 @@ def load_tokenizer(args: argparse.Namespace) -> Any:
         precision=precision_plan(args),
         threads=args.threads,
         verify=args.verify,
+        encoder_tier=args.encoder_tier,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqedge.commands.common import EXIT_DOES_NOT_HOLD, EXIT_OK, positive_int
+from vqedge.commands.common import EXIT_DOES_NOT_HOLD, EXIT_OK, encoder_tier_arg, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,10 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--precision", action="append", default=None,
         help="a precision to check at every stage (repeatable; default: every variant)",
     )  # fmt: skip
-    p.add_argument(
-        "--encoder-tier", choices=("tokens", "pixels"), default="tokens",
-        help="the tier the encoder is held to (pixels: its round trip's PSNR only)",
-    )  # fmt: skip
+    encoder_tier_arg(p)
     p.add_argument("--providers", default="auto", help="auto, cpu, cuda, openvino, or a name")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")

@@ -335,6 +335,27 @@ def test_cli_precision_per_stage():
     assert r.returncode == 1 and "precision for the encoder must be one of" in r.stderr
 
 
+def test_cli_encoder_tier_is_the_explicit_way_to_other_tokens():
+    """A strict int8 encoder is refused by the tokens tier unless it holds here; the CLI's
+    --encoder-tier pixels is how a user says they accept other tokens."""
+    from vqedge.runtime import load
+
+    tok = load("vqvae-f4", providers="cpu", precision="int8", encoder_tier="pixels")
+    encoder = next(j for j in tok.verification.judgements if j.stage == "encoder")
+    int8 = tok.verify()  # the tokens tier, measured here
+    holds = next(j for j in int8.judgements if j.stage == "encoder").holds
+    r = _vqedge("info", "--json", "--providers", "cpu", "--precision", "int8")
+    assert r.returncode == (0 if holds else 1), r.stderr
+    if not holds:
+        assert "of fp32's tokens (tokens tier" in r.stderr
+    r = _vqedge(
+        "info", "--json", "--providers", "cpu", "--precision", "int8", "--encoder-tier", "pixels"
+    )
+    assert r.returncode == (0 if encoder.holds else 1), r.stderr
+    if encoder.holds:
+        assert json.loads(r.stdout)["verification"]["encoder_tier"] == "pixels"
+
+
 def test_arm_cpus_are_told_apart_in_the_verdict_key(monkeypatch):
     """Arm's /proc/cpuinfo has no model name or flags: its part and Features tell a core
     without dot-product instructions from one with them."""
